@@ -1,0 +1,122 @@
+"""Array backend: one code path for NumPy (CPU) and CuPy (GPU).
+
+Every op asks :func:`get_array_module` for the module that owns its inputs
+(the Chainer/CuPy idiom), so nothing in pvt_np names ``numpy`` or ``cupy``
+on a hot path. CuPy is optional: importing pvt_np never requires it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+try:  # CuPy is an optional extra; its absence is normal on CPU machines.
+    import cupy as _cupy
+except Exception:  # noqa: BLE001 - a broken CUDA install must not break CPU use
+    _cupy = None
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+DEVICES = ("cpu", "gpu")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def cupy_module() -> ModuleType | None:
+    """Return the cupy module if it imported, else None."""
+    return _cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    if _cupy is None:
+        return False
+    try:
+        return _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - no driver, no device: both mean "no GPU"
+        return False
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    if _cupy is not None:
+        for a in arrays:
+            if isinstance(a, _cupy.ndarray):
+                return _cupy
+    return np
+
+
+def device_of(x: Array) -> str:
+    """'gpu' for a CuPy array, 'cpu' otherwise."""
+    return "gpu" if get_array_module(x) is not np else "cpu"
+
+
+def check_device(device: str) -> str:
+    """Validate a device name and that the device can be used."""
+    if device not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
+    if device == "gpu" and not gpu_available():
+        why = "CuPy is not installed" if _cupy is None else "CuPy finds no CUDA device"
+        raise RuntimeError(
+            f"device='gpu' requested but {why}; install the 'gpu' extra "
+            "(pip install 'pvt_np[gpu]') on a machine with an NVIDIA GPU, or use device='cpu'"
+        )
+    return device
+
+
+def to_device(x: Array, device: str) -> Array:
+    """Move an array to 'cpu' (NumPy) or 'gpu' (CuPy); a no-op when already there."""
+    check_device(device)
+    if device == "cpu":
+        return to_numpy(x)
+    return _cupy.asarray(x)
+
+
+def to_numpy(x: Array) -> np.ndarray:
+    """Return a NumPy array (copying from the GPU if needed)."""
+    if _cupy is not None and isinstance(x, _cupy.ndarray):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def check_float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
+    """Normalise a dtype and require float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}") from err
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
+    return dt
+
+
+# Random numbers ------------------------------------------------------------
+# Dropout and drop-path draw from one generator per backend. Seeding it with
+# manual_seed makes every mask reproducible; the trainer reseeds it from
+# (seed, step) each step, so an interrupted run resumes with the same masks
+# without saving generator state.
+_RNGS: dict[str, Any] = {}
+_SEED = 0
+
+
+def derive_seed(*keys: int) -> int:
+    """Mix integers into one 63-bit seed (stable across runs and machines)."""
+    h = hashlib.blake2b(repr(tuple(int(k) for k in keys)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+def manual_seed(seed: int) -> None:
+    """Reset the dropout/drop-path generators of both backends to ``seed``."""
+    global _SEED
+    _SEED = int(seed)
+    _RNGS.clear()
+
+
+def get_rng(xp: ModuleType = np) -> Any:
+    """The shared generator for array module ``xp`` (created from the last manual_seed)."""
+    key = xp.__name__
+    if key not in _RNGS:
+        _RNGS[key] = xp.random.default_rng(_SEED)
+    return _RNGS[key]

@@ -1,0 +1,312 @@
+"""torch.nn-shaped layers over the functional ops (same names, arguments, defaults, parameter names)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from pvt_np import backend, ops
+from pvt_np.backend import Array
+from pvt_np.nn.module import Module, Parameter
+from pvt_np.ops._validate import check_array, check_ndim, check_same_dtype, pair
+
+
+def _uniform(shape: tuple[int, ...], bound: float, dtype: Any) -> Array:
+    """U(-bound, bound), torch's default init for Linear and Conv2d (kaiming_uniform with a=sqrt(5))."""
+    return backend.get_rng(np).uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Identity(Module):
+    """y = x; backward passes the gradient through."""
+
+    def forward(self, x: Array) -> Array:
+        return x
+
+    def backward(self, dout: Array) -> Array:
+        return dout
+
+
+class Linear(Module):
+    """y = x W^T + b over any leading dimensions; weight (out_features, in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: Any = np.float32) -> None:
+        super().__init__()
+        dtype = backend.check_float_dtype(dtype)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features else 0.0
+        self.weight = Parameter(_uniform((self.out_features, self.in_features), bound, dtype))
+        self.bias = Parameter(_uniform((self.out_features,), bound, dtype)) if bias else None
+
+    def forward(self, x: Array) -> Array:
+        check_array(x, self._label())
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self._label()}: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}")
+        check_same_dtype(x, self.weight.data, self._label())
+        out, cache = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        dx, dw, db = ops.linear_backward(dout, self._pop_cache())
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Conv2d(Module):
+    """torch.nn.Conv2d on NCHW input (or NHWC with ``channels_last=True``, as PVT v2's token maps)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dtype: Any = np.float32,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        dtype = backend.check_float_dtype(dtype)
+        who = "Conv2d"
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.kernel_size = pair(kernel_size, who, "kernel_size")
+        self.stride = pair(stride, who, "stride")
+        self.padding = pair(padding, who, "padding")
+        self.channels_last = bool(channels_last)
+        if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"{who}: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+            )
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels // self.groups * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = Parameter(_uniform((self.out_channels, self.in_channels // self.groups, kh, kw), bound, dtype))
+        self.bias = Parameter(_uniform((self.out_channels,), bound, dtype)) if bias else None
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H_out, W_out) for an input of height x width."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return ops.conv_output_size(height, kh, sh, ph), ops.conv_output_size(width, kw, sw, pw)
+
+    def forward(self, x: Array) -> Array:
+        who = self._label()
+        layout = "(N, H, W, C)" if self.channels_last else "(N, C, H, W)"
+        check_ndim(x, 4, who, layout)
+        c = x.shape[3] if self.channels_last else x.shape[1]
+        if c != self.in_channels:
+            expect = f"(N, H, W, {self.in_channels})" if self.channels_last else f"(N, {self.in_channels}, H, W)"
+            raise ValueError(f"{who}: expected input of shape {expect}, got {tuple(x.shape)}")
+        check_same_dtype(x, self.weight.data, who)
+        h, w = (x.shape[1], x.shape[2]) if self.channels_last else (x.shape[2], x.shape[3])
+        ho, wo = self.output_size(h, w)
+        if ho < 1 or wo < 1:
+            raise ValueError(
+                f"{who}: input {h}x{w} is too small for kernel {self.kernel_size} "
+                f"with padding {self.padding} (output would be {ho}x{wo})"
+            )
+        out, cache = ops.conv2d_forward(
+            x,
+            self.weight.data,
+            None if self.bias is None else self.bias.data,
+            self.stride,
+            self.padding,
+            self.groups,
+            self.channels_last,
+        )
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        dx, dw, db = ops.conv2d_backward(dout, self._pop_cache())
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class LayerNorm(Module):
+    """Normalises the last dimension; weight (ones) and bias (zeros) of that size."""
+
+    def __init__(self, normalized_shape: int | tuple[int], eps: float = 1e-5, dtype: Any = np.float32) -> None:
+        super().__init__()
+        dtype = backend.check_float_dtype(dtype)
+        if isinstance(normalized_shape, (tuple, list)):
+            if len(normalized_shape) != 1:
+                raise ValueError(f"LayerNorm: only a 1-D normalized_shape is supported, got {normalized_shape!r}")
+            normalized_shape = normalized_shape[0]
+        self.normalized_shape = (int(normalized_shape),)
+        self.eps = float(eps)
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype=dtype))
+        self.bias = Parameter(np.zeros(self.normalized_shape, dtype=dtype))
+
+    def forward(self, x: Array) -> Array:
+        who = self._label()
+        check_array(x, who)
+        c = self.normalized_shape[0]
+        if x.ndim < 1 or x.shape[-1] != c:
+            raise ValueError(f"{who}: expected input of shape (..., {c}), got {tuple(x.shape)}")
+        check_same_dtype(x, self.weight.data, who)
+        out, cache = ops.layer_norm_forward(x, self.weight.data, self.bias.data, self.eps)
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        dx, dw, db = ops.layer_norm_backward(dout, self._pop_cache())
+        self.weight.accumulate(dw)
+        self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class GELU(Module):
+    """x * Phi(x) (approximate='none') or its tanh approximation (approximate='tanh')."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: Array) -> Array:
+        out, cache = ops.gelu_forward(x, self.approximate)
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        return ops.gelu_backward(dout, self._pop_cache())
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class ReLU(Module):
+    """max(x, 0)."""
+
+    def forward(self, x: Array) -> Array:
+        out, cache = ops.relu_forward(x)
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        return ops.relu_backward(dout, self._pop_cache())
+
+
+class Softmax(Module):
+    """Softmax along ``dim``."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x: Array) -> Array:
+        out, cache = ops.softmax_forward(x, self.dim)
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        return ops.softmax_backward(dout, self._pop_cache())
+
+
+class Dropout(Module):
+    """Zeroes elements with probability p in training (scaling the rest by 1/(1-p)); identity in eval."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = float(p)
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+
+    def forward(self, x: Array) -> Array:
+        out, cache = ops.dropout_forward(x, self.p, self.training)
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        return ops.dropout_backward(dout, self._pop_cache())
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class DropPath(Module):
+    """Stochastic depth: drops a sample's whole residual branch with probability p (timm's DropPath)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = float(p)
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"DropPath: p must be in [0, 1], got {p}")
+
+    def forward(self, x: Array) -> Array:
+        out, cache = ops.drop_path_forward(x, self.p, self.training)
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        return ops.drop_path_backward(dout, self._pop_cache())
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output_size with torch's (possibly overlapping) windows."""
+
+    def __init__(self, output_size: int | tuple[int, int], channels_last: bool = False) -> None:
+        super().__init__()
+        self.output_size = pair(output_size, "AdaptiveAvgPool2d", "output_size")
+        self.channels_last = bool(channels_last)
+
+    def forward(self, x: Array) -> Array:
+        check_ndim(x, 4, self._label(), "(N, H, W, C)" if self.channels_last else "(N, C, H, W)")
+        out, cache = ops.adaptive_avg_pool2d_forward(x, self.output_size, self.channels_last)
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        return ops.adaptive_avg_pool2d_backward(dout, self._pop_cache())
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class CrossEntropyLoss(Module):
+    """Mean softmax cross-entropy: ``loss = crit(logits, target)`` then ``dlogits = crit.backward()``."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = float(label_smoothing)
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
+
+    def forward(self, logits: Array, target: Array) -> Array:
+        loss, cache = ops.cross_entropy_forward(logits, target, self.label_smoothing)
+        self._save(cache)
+        return loss
+
+    def backward(self, dout: float | Array = 1.0) -> Array:
+        return ops.cross_entropy_backward(dout, self._pop_cache())
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"

@@ -1,0 +1,207 @@
+"""2-D convolution (cross-correlation, as torch.nn.functional.conv2d).
+
+Internally everything runs channels-last (N, H, W, C): PVT v2 keeps its
+activations as tokens (N, H*W, C), which are NHWC maps without a copy, and
+channels-last makes both the im2col rows and the depthwise taps contiguous.
+The public functions also take and return NCHW (``channels_last=False``).
+Weights always have torch's layout (out_channels, in_channels/groups, kh, kw).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pvt_np.backend import Array, get_array_module
+from pvt_np.ops._validate import check_ndim, check_same_dtype, pair
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """floor((size + 2*padding - kernel) / stride) + 1, torch's formula."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _pad_nhwc(x: Array, ph: int, pw: int) -> Array:
+    """Zero-pad H and W of an NHWC array into a new contiguous array."""
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    if ph == 0 and pw == 0:
+        return xp.ascontiguousarray(x)
+    out = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    out[:, ph : ph + h, pw : pw + w, :] = x
+    return out
+
+
+def _windows(xpad: Array, kh: int, kw: int, sh: int, sw: int, ho: int, wo: int) -> Array:
+    """Strided view (N, Ho, Wo, kh, kw, C) of every kernel window: im2col without a copy."""
+    xp = get_array_module(xpad)
+    n, _, _, c = xpad.shape
+    s_n, s_h, s_w, s_c = xpad.strides
+    return xp.lib.stride_tricks.as_strided(
+        xpad, shape=(n, ho, wo, kh, kw, c), strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_c)
+    )
+
+
+def _tap(xpad: Array, p: int, q: int, sh: int, sw: int, ho: int, wo: int) -> Array:
+    """The input pixels that kernel tap (p, q) meets at every output position."""
+    return xpad[:, p : p + sh * (ho - 1) + 1 : sh, q : q + sw * (wo - 1) + 1 : sw, :]
+
+
+def _check_conv(x: Array, weight: Array, bias: Array | None, groups: int, channels_last: bool, who: str) -> None:
+    layout = "(N, H, W, C)" if channels_last else "(N, C, H, W)"
+    check_ndim(x, 4, who, layout)
+    check_ndim(weight, 4, who, "(out_channels, in_channels/groups, kh, kw)", name="weight")
+    check_same_dtype(x, weight, who)
+    c_in = x.shape[3] if channels_last else x.shape[1]
+    o, cg = weight.shape[:2]
+    if groups < 1 or c_in % groups or o % groups:
+        raise ValueError(f"{who}: groups={groups} must divide in_channels={c_in} and out_channels={o}")
+    if c_in != cg * groups:
+        expect = f"(N, H, W, {cg * groups})" if channels_last else f"(N, {cg * groups}, H, W)"
+        raise ValueError(f"{who}: expected input of shape {expect}, got {tuple(x.shape)}")
+    if bias is not None and tuple(bias.shape) != (o,):
+        raise ValueError(f"{who}: expected bias of shape ({o},), got {tuple(bias.shape)}")
+
+
+def conv2d_forward(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    channels_last: bool = False,
+) -> tuple[Array, Any]:
+    """out[n,o,i,j] = b[o] + sum_{c in group(o), p, q} w[o,c,p,q] * xpad[n, c, i*sh+p, j*sw+q].
+
+    Dense and grouped convs: im2col builds, through a strided view, the matrix X
+    of all windows (rows: output pixels, columns: kh*kw*C/groups taps), so the
+    conv is one GEMM per group, out = X W^T. Depthwise (groups == C == O) is
+    kh*kw shifted multiply-adds: out += w[:, p, q] * xpad[shifted by (p, q)].
+    """
+    who = "conv2d"
+    sh, sw = pair(stride, who, "stride")
+    ph, pw = pair(padding, who, "padding")
+    _check_conv(x, weight, bias, groups, channels_last, who)
+    x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
+    n, h, w, c = x_nhwc.shape
+    o, cg, kh, kw = weight.shape
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"{who}: input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}"
+        )
+    xpad = _pad_nhwc(x_nhwc, ph, pw)
+    if groups == c == o:
+        out = _depthwise_forward(xpad, weight, sh, sw, ho, wo)
+    else:
+        out = _grouped_forward(xpad, weight, groups, sh, sw, ho, wo)
+    if bias is not None:
+        out += bias
+    cache = (xpad, weight, bias is not None, (sh, sw), (ph, pw), groups, channels_last)
+    return (out if channels_last else out.transpose(0, 3, 1, 2)), cache
+
+
+def _grouped_forward(xpad: Array, weight: Array, groups: int, sh: int, sw: int, ho: int, wo: int) -> Array:
+    n = xpad.shape[0]
+    o, cg, kh, kw = weight.shape
+    cols = _im2col(xpad, kh, kw, groups, sh, sw, ho, wo)  # (G, M, K)
+    w_mat = _weight_matrix(weight, groups)  # (G, O/G, K)
+    out = cols @ w_mat.transpose(0, 2, 1)  # (G, M, O/G)
+    if groups == 1:
+        return out.reshape(n, ho, wo, o)
+    return out.transpose(1, 0, 2).reshape(n, ho, wo, o)
+
+
+def _im2col(xpad: Array, kh: int, kw: int, groups: int, sh: int, sw: int, ho: int, wo: int) -> Array:
+    """(G, M, K) matrix of windows, K ordered (kh, kw, C/G) to match _weight_matrix."""
+    n, _, _, c = xpad.shape
+    win = _windows(xpad, kh, kw, sh, sw, ho, wo)
+    m = n * ho * wo
+    if groups == 1:
+        return win.reshape(1, m, kh * kw * c)
+    cg = c // groups
+    win = win.reshape(n, ho, wo, kh, kw, groups, cg).transpose(5, 0, 1, 2, 3, 4, 6)
+    return win.reshape(groups, m, kh * kw * cg)
+
+
+def _weight_matrix(weight: Array, groups: int) -> Array:
+    """torch's (O, C/G, kh, kw) as (G, O/G, kh*kw*C/G), columns ordered like _im2col."""
+    o, cg, kh, kw = weight.shape
+    return weight.reshape(groups, o // groups, cg, kh, kw).transpose(0, 1, 3, 4, 2).reshape(groups, o // groups, -1)
+
+
+def _depthwise_forward(xpad: Array, weight: Array, sh: int, sw: int, ho: int, wo: int) -> Array:
+    xp = get_array_module(xpad)
+    c, _, kh, kw = weight.shape
+    taps = weight.reshape(c, kh * kw).T.copy()  # (kh*kw, C): one contiguous row per tap
+    out = _tap(xpad, 0, 0, sh, sw, ho, wo) * taps[0]
+    tmp = xp.empty_like(out)
+    for t in range(1, kh * kw):
+        p, q = divmod(t, kw)
+        xp.multiply(_tap(xpad, p, q, sh, sw, ho, wo), taps[t], out=tmp)
+        out += tmp
+    return out
+
+
+def conv2d_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None]:
+    """Gradients of the conv, with G = dL/dout:
+
+    db[o]       = sum_{n,i,j} G[n,o,i,j]
+    dW          = G^T X  per group (X the im2col matrix, rebuilt from the cached padded input)
+    dX          = G W    per group, then col2im: each tap (p, q) slice-adds its column block
+                  back onto the input pixels it read (kh*kw strided slice-adds, no scatter)
+    Depthwise:  dw[c,p,q] = sum_{n,i,j} G[n,i,j,c] * xpad[n, i*sh+p, j*sw+q, c],
+                dxpad[shifted by (p, q)] += w[c,p,q] * G.
+    Returns (dx, dW, db); db is None when there was no bias.
+    """
+    xpad, weight, has_bias, (sh, sw), (ph, pw), groups, channels_last = cache
+    g = dout if channels_last else dout.transpose(0, 2, 3, 1)
+    n, ho, wo, o = g.shape
+    c = xpad.shape[3]
+    db = g.sum(axis=(0, 1, 2)) if has_bias else None
+    if groups == c == o:
+        dxpad, dw = _depthwise_backward(g, xpad, weight, sh, sw)
+    else:
+        dxpad, dw = _grouped_backward(g, xpad, weight, groups, sh, sw)
+    hp, wp = xpad.shape[1:3]
+    dx = dxpad[:, ph : hp - ph, pw : wp - pw, :]
+    return (dx if channels_last else dx.transpose(0, 3, 1, 2)), dw, db
+
+
+def _grouped_backward(g: Array, xpad: Array, weight: Array, groups: int, sh: int, sw: int) -> tuple[Array, Array]:
+    xp = get_array_module(g)
+    n, ho, wo, o = g.shape
+    _, cg, kh, kw = weight.shape
+    m, og = n * ho * wo, o // groups
+    g_mat = g.reshape(m, groups, og).transpose(1, 0, 2)  # (G, M, O/G)
+    cols = _im2col(xpad, kh, kw, groups, sh, sw, ho, wo)
+    dw_mat = g_mat.transpose(0, 2, 1) @ cols  # (G, O/G, K)
+    dw = dw_mat.reshape(groups, og, kh, kw, cg).transpose(0, 1, 4, 2, 3).reshape(o, cg, kh, kw)
+    dcols = g_mat @ _weight_matrix(weight, groups)  # (G, M, K)
+    dcols = dcols.reshape(groups, n, ho, wo, kh, kw, cg)
+    if kh == kw == 1 and sh == sw == 1:
+        return dcols.transpose(1, 2, 3, 0, 4, 5, 6).reshape(xpad.shape), xp.ascontiguousarray(dw)
+    dxpad = xp.zeros(xpad.shape, dtype=g.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            tap = dcols[:, :, :, :, p, q, :].transpose(1, 2, 3, 0, 4).reshape(n, ho, wo, groups * cg)
+            _tap(dxpad, p, q, sh, sw, ho, wo)[...] += tap
+    return dxpad, xp.ascontiguousarray(dw)
+
+
+def _depthwise_backward(g: Array, xpad: Array, weight: Array, sh: int, sw: int) -> tuple[Array, Array]:
+    xp = get_array_module(g)
+    n, ho, wo, c = g.shape
+    _, _, kh, kw = weight.shape
+    taps = weight.reshape(c, kh * kw).T.copy()
+    dtaps = xp.empty((kh * kw, c), dtype=g.dtype)
+    dxpad = xp.zeros(xpad.shape, dtype=g.dtype)
+    tmp = xp.empty_like(g)
+    for t in range(kh * kw):
+        p, q = divmod(t, kw)
+        x_tap = _tap(xpad, p, q, sh, sw, ho, wo)
+        xp.multiply(g, x_tap, out=tmp)
+        dtaps[t] = tmp.reshape(-1, c).sum(axis=0)
+        xp.multiply(g, taps[t], out=tmp)
+        _tap(dxpad, p, q, sh, sw, ho, wo)[...] += tmp
+    return dxpad, dtaps.T.reshape(c, 1, kh, kw).copy()

@@ -1,0 +1,94 @@
+"""Adaptive average pooling (torch's windows) and global average pooling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pvt_np.backend import Array, get_array_module
+from pvt_np.ops._validate import check_array, check_ndim, pair
+
+
+def adaptive_pool_matrix(xp: Any, in_size: int, out_size: int, dtype: Any) -> Array:
+    """(out_size, in_size) averaging matrix of torch's adaptive windows.
+
+    Row i averages inputs start_i <= h < end_i with start_i = floor(i*H/P) and
+    end_i = ceil((i+1)*H/P); windows overlap when H is not divisible by P.
+    """
+    a = xp.zeros((out_size, in_size), dtype=dtype)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        a[i, start:end] = 1.0 / (end - start)
+    return a
+
+
+def adaptive_avg_pool2d_forward(
+    x: Array, output_size: int | tuple[int, int], channels_last: bool = False
+) -> tuple[Array, Any]:
+    """out[i, j] = mean of x over the window rows(i) x cols(j), per sample and channel.
+
+    A rectangle's mean is the product of a row mean and a column mean, so the
+    pooling is separable: out = A_h x A_w^T with the averaging matrices A of
+    :func:`adaptive_pool_matrix` -- two small GEMM-shaped contractions.
+    """
+    who = "adaptive_avg_pool2d"
+    check_ndim(x, 4, who, "(N, H, W, C)" if channels_last else "(N, C, H, W)")
+    ph, pw = pair(output_size, who, "output_size")
+    if ph < 1 or pw < 1:
+        raise ValueError(f"{who}: output_size must be positive, got {output_size!r}")
+    xp = get_array_module(x)
+    h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    a_h = adaptive_pool_matrix(xp, h, ph, x.dtype)
+    a_w = adaptive_pool_matrix(xp, w, pw, x.dtype)
+    spec = "ih,nhwc,jw->nijc" if channels_last else "ih,nchw,jw->ncij"
+    out = xp.einsum(spec, a_h, x, a_w, optimize=True)
+    return out, (a_h, a_w, channels_last)
+
+
+def adaptive_avg_pool2d_backward(dout: Array, cache: Any) -> Array:
+    """dx = A_h^T G A_w: each output's gradient is spread evenly over its window
+    (and summed where windows overlap)."""
+    a_h, a_w, channels_last = cache
+    xp = get_array_module(dout)
+    spec = "ih,nijc,jw->nhwc" if channels_last else "ih,ncij,jw->nchw"
+    return xp.einsum(spec, a_h, dout, a_w, optimize=True)
+
+
+def token_mean_forward(x: Array) -> tuple[Array, Any]:
+    """Global average pool of tokens: (B, N, C) -> (B, C), y = mean over the N tokens."""
+    check_ndim(x, 3, "token_mean", "(B, tokens, C)")
+    return x.mean(axis=1), x.shape
+
+
+def token_mean_backward(dout: Array, cache: Any) -> Array:
+    """dx[b, t, c] = dout[b, c] / N for every token t."""
+    xp = get_array_module(dout)
+    b, n, c = cache
+    return xp.broadcast_to((dout / n)[:, None, :], (b, n, c)).copy()
+
+
+def tokens_to_nhwc(x: Array, feat_size: tuple[int, int]) -> Array:
+    """(B, H*W, C) tokens as an (B, H, W, C) map: a reshape, no copy."""
+    check_array(x, "tokens_to_nhwc")
+    b, n, c = x.shape
+    h, w = feat_size
+    if n != h * w:
+        raise ValueError(f"tokens_to_nhwc: {n} tokens do not form a {h}x{w} map")
+    return x.reshape(b, h, w, c)
+
+
+def nhwc_to_tokens(x: Array) -> Array:
+    """(B, H, W, C) -> (B, H*W, C), row-major tokens as timm's flatten(2).transpose(1, 2)."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h * w, c)
+
+
+def nchw_to_tokens(x: Array) -> Array:
+    """(B, C, H, W) -> (B, H*W, C) (a transposed view)."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h * w).transpose(0, 2, 1)
+
+
+def tokens_to_nchw(x: Array, feat_size: tuple[int, int]) -> Array:
+    """(B, H*W, C) -> (B, C, H, W) (a transposed view); the inverse of nchw_to_tokens."""
+    return tokens_to_nhwc(x, feat_size).transpose(0, 3, 1, 2)
