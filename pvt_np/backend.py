@@ -15,7 +15,7 @@ import numpy as np
 
 try:  # CuPy is an optional extra; its absence is normal on CPU machines.
     import cupy as _cupy
-except Exception:  # noqa: BLE001 - a broken CUDA install must not break CPU use
+except Exception:
     _cupy = None
 
 Array = Any  # numpy.ndarray or cupy.ndarray
@@ -35,7 +35,7 @@ def gpu_available() -> bool:
         return False
     try:
         return _cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - no driver, no device: both mean "no GPU"
+    except Exception:
         return False
 
 

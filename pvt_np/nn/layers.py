@@ -42,7 +42,9 @@ class Linear(Module):
     def forward(self, x: Array) -> Array:
         check_array(x, self._label())
         if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"{self._label()}: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{self._label()}: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
+            )
         check_same_dtype(x, self.weight.data, self._label())
         out, cache = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
         self._save(cache)

@@ -83,13 +83,11 @@ def conv2d_forward(
     ph, pw = pair(padding, who, "padding")
     _check_conv(x, weight, bias, groups, channels_last, who)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
-    n, h, w, c = x_nhwc.shape
-    o, cg, kh, kw = weight.shape
+    _n, h, w, c = x_nhwc.shape
+    o, _cg, kh, kw = weight.shape
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     if ho < 1 or wo < 1:
-        raise ValueError(
-            f"{who}: input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}"
-        )
+        raise ValueError(f"{who}: input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}")
     xpad = _pad_nhwc(x_nhwc, ph, pw)
     if groups == c == o:
         out = _depthwise_forward(xpad, weight, sh, sw, ho, wo)
@@ -103,7 +101,7 @@ def conv2d_forward(
 
 def _grouped_forward(xpad: Array, weight: Array, groups: int, sh: int, sw: int, ho: int, wo: int) -> Array:
     n = xpad.shape[0]
-    o, cg, kh, kw = weight.shape
+    o, _cg, kh, kw = weight.shape
     cols = _im2col(xpad, kh, kw, groups, sh, sw, ho, wo)  # (G, M, K)
     w_mat = _weight_matrix(weight, groups)  # (G, O/G, K)
     out = cols @ w_mat.transpose(0, 2, 1)  # (G, M, O/G)
@@ -156,7 +154,7 @@ def conv2d_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None
     """
     xpad, weight, has_bias, (sh, sw), (ph, pw), groups, channels_last = cache
     g = dout if channels_last else dout.transpose(0, 2, 3, 1)
-    n, ho, wo, o = g.shape
+    _n, _ho, _wo, o = g.shape
     c = xpad.shape[3]
     db = g.sum(axis=(0, 1, 2)) if has_bias else None
     if groups == c == o:
@@ -191,7 +189,7 @@ def _grouped_backward(g: Array, xpad: Array, weight: Array, groups: int, sh: int
 
 def _depthwise_backward(g: Array, xpad: Array, weight: Array, sh: int, sw: int) -> tuple[Array, Array]:
     xp = get_array_module(g)
-    n, ho, wo, c = g.shape
+    _n, ho, wo, c = g.shape
     _, _, kh, kw = weight.shape
     taps = weight.reshape(c, kh * kw).T.copy()
     dtaps = xp.empty((kh * kw, c), dtype=g.dtype)
