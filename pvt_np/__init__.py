@@ -3,14 +3,17 @@
 from pvt_np import nn, ops
 from pvt_np.backend import get_array_module, gpu_available, manual_seed, to_device, to_numpy
 from pvt_np.grad_check import gradcheck, relative_error
+from pvt_np.models import create_model, list_models
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "create_model",
     "get_array_module",
     "gpu_available",
     "gradcheck",
+    "list_models",
     "manual_seed",
     "nn",
     "ops",

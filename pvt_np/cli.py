@@ -1,0 +1,52 @@
+"""The ``pvt-np`` command (also ``python -m pvt_np``): one sub-command per job.
+
+Each sub-command lives beside the code it drives and exposes
+``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Modules are imported when the parser is built.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("pvt_np.training.cli_train", "train a PVT v2 on CIFAR-10/100 or an image folder"),
+    "evaluate": ("pvt_np.training.cli_evaluate", "evaluate a checkpoint on a test set"),
+    "convert": ("pvt_np.weights", "convert a checkpoint between pvt_np (.npz), timm and the official PVT layout"),
+    "flops": ("pvt_np.complexity", "print params and FLOPs per layer, per stage and in total"),
+    "bench": ("pvt_np.bench", "time pvt_np against PyTorch on this machine (speed and memory)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pvt-np", description="PVT v2 in NumPy/CuPy with hand-written backward passes"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue  # a sub-command not built yet is simply not offered
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
