@@ -2,6 +2,7 @@
 
 from pvt_np import nn, ops
 from pvt_np.backend import get_array_module, gpu_available, manual_seed, to_device, to_numpy
+from pvt_np.complexity import count_flops, count_params
 from pvt_np.grad_check import gradcheck, relative_error
 from pvt_np.models import create_model, list_models
 
@@ -9,6 +10,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "count_flops",
+    "count_params",
     "create_model",
     "get_array_module",
     "gpu_available",

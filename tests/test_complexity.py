@@ -1,0 +1,364 @@
+"""pvt_np.complexity: the paper's table, parameter counts against timm, per-layer FLOPs against real forwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pvt_np import complexity
+from pvt_np.cli import main
+from pvt_np.complexity import (
+    PAPER_TABLE,
+    attention_flops,
+    count_flops,
+    count_params,
+    flops_breakdown,
+    paper_table,
+    print_complexity,
+)
+from pvt_np.models import Attention, create_model
+from pvt_np.nn import AdaptiveAvgPool2d, Conv2d, LayerNorm, Linear, Module, ReLU, no_grad
+
+VARIANTS = list(PAPER_TABLE)
+
+_MODELS: dict[tuple[Any, ...], Module] = {}
+
+
+def _cached_create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> Module:
+    """create_model, built once per argument set (counting never changes a model)."""
+    key = (name, num_classes, tuple(sorted(kwargs.items())))
+    if key not in _MODELS:
+        _MODELS[key] = create_model(name, num_classes=num_classes, **kwargs)
+    return _MODELS[key]
+
+
+@pytest.fixture
+def cached_models(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Module]:
+    """complexity's model builder replaced by the cached one (paper_table / CLI build all seven variants)."""
+    monkeypatch.setattr(complexity, "create_model", _cached_create_model)
+    return _cached_create_model
+
+
+# ---------------------------------------------------------------------------
+# the paper's table
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", VARIANTS)
+def test_paper_table_per_variant(name: str) -> None:
+    model = _cached_create_model(name)
+    paper_params, paper_gflops = PAPER_TABLE[name]
+    assert round(count_params(model) / 1e6, 1) == paper_params
+    assert round(count_flops(model, (224, 224)) / 1e9, 1) == paper_gflops
+
+
+def test_official_readme_b2_numbers() -> None:
+    # classification/README.md of whai362/PVT: "python get_flops.py pvt_v2_b2" gives 4.04 GFLOPs, 25.36 M.
+    model = _cached_create_model("pvt_v2_b2")
+    assert round(count_flops(model) / 1e9, 2) == 4.04
+    assert round(count_params(model) / 1e6, 2) == 25.36
+
+
+def test_b5_rounding_needs_layer_norm_flops() -> None:
+    # b5 is 11.75 G: counting LayerNorm as 2 FLOPs per element (mmcv's norm hook) tips it to the paper's 11.8;
+    # without the LayerNorms it would round to 11.7.
+    model = _cached_create_model("pvt_v2_b5")
+    rows = flops_breakdown(model, (224, 224), "layer")
+    total = sum(r.flops for r in rows)
+    ln = sum(r.flops for r in rows if r.kind == "LayerNorm")
+    assert round(total / 1e9, 1) == 11.8
+    assert round((total - ln) / 1e9, 1) == 11.7
+
+
+def test_paper_table_prints_all_variants(cached_models: Callable[..., Module], capsys: pytest.CaptureFixture) -> None:
+    rows = paper_table()
+    out = capsys.readouterr().out
+    assert [r.name for r in rows] == VARIANTS
+    assert all(r.matches for r in rows)
+    for r in rows:
+        line = next(line for line in out.splitlines() if line.startswith(r.name + " "))
+        assert f"{r.paper_params_m:.1f}" in line and line.rstrip().endswith("yes")
+
+
+# ---------------------------------------------------------------------------
+# parameters
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", VARIANTS)
+def test_params_match_parameter_sizes_and_timm(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    model = _cached_create_model(name)
+    ours = count_params(model)
+    assert ours == sum(int(np.prod(p.shape)) for p in model.parameters())
+    with torch.device("meta"):  # structure only: no memory, no init
+        reference = timm.create_model(name, num_classes=1000)
+    assert ours == sum(p.numel() for p in reference.parameters())
+    # every parameter sits in exactly one breakdown row, at every depth
+    for depth in complexity.DEPTHS:
+        assert sum(r.params for r in flops_breakdown(model, (224, 224), depth)) == ours
+
+
+def test_params_without_head_and_cifar() -> None:
+    model = create_model("pvt_v2_b0", num_classes=0)
+    assert count_params(model) == count_params(_cached_create_model("pvt_v2_b0")) - (256 * 1000 + 1000)
+    cifar = create_model("pvt_v2_b0", num_classes=10, cifar=True)
+    assert count_params(cifar) == sum(p.size for p in cifar.parameters())
+
+
+# ---------------------------------------------------------------------------
+# per-layer FLOPs against shapes observed in real forwards
+# ---------------------------------------------------------------------------
+def _record_forwards(model: Module) -> dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """Wrap every leaf module's forward to record (input shape, output shape) per call."""
+    calls: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+    for name, m in model.named_modules():
+        if m._modules:
+            continue
+
+        def wrapped(x: Any, *args: Any, _name: str = name, _orig: Any = m.forward, **kwargs: Any) -> Any:
+            y = _orig(x, *args, **kwargs)
+            calls.setdefault(_name, []).append((tuple(x.shape), tuple(y.shape)))
+            return y
+
+        object.__setattr__(m, "forward", wrapped)
+    return calls
+
+
+def _independent_flops(m: Module, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> int:
+    """The same rules computed from the observed arrays and the parameter arrays' sizes."""
+    if isinstance(m, Conv2d):
+        ho, wo = (y_shape[1], y_shape[2]) if m.channels_last else (y_shape[2], y_shape[3])
+        return (m.weight.size + (m.bias.size if m.bias is not None else 0)) * ho * wo
+    if isinstance(m, Linear):
+        return int(np.prod(x_shape[:-1])) * m.weight.size
+    if isinstance(m, LayerNorm):
+        return 2 * int(np.prod(x_shape))
+    if isinstance(m, ReLU):
+        return int(np.prod(y_shape))
+    if isinstance(m, AdaptiveAvgPool2d):
+        return int(np.prod(x_shape))
+    return 0
+
+
+def _iter_attention(model: Module) -> Iterator[tuple[str, Attention]]:
+    for name, m in model.named_modules():
+        if isinstance(m, Attention):
+            yield name, m
+
+
+FORWARD_CASES = [
+    ("pvt_v2_b0", (97, 61), {"depths": (1, 2, 1, 1)}),  # SRA, odd non-square input
+    ("pvt_v2_b2_li", (61, 97), {"depths": (1, 1, 1, 1), "embed_dims": (16, 32, 40, 64)}),  # linear SRA
+    ("pvt_v2_b0", (35, 33), {"cifar": True, "depths": (1, 1, 1, 1)}),  # CIFAR stem
+    ("pvt_v2_b1", (71, 45), {"depths": (1, 1, 1, 1), "sr_ratios": (3, 2, 2, 1), "embed_dims": (16, 32, 40, 64)}),
+]
+
+
+@pytest.mark.parametrize(("name", "size", "overrides"), FORWARD_CASES)
+def test_layer_flops_match_a_real_forward(name: str, size: tuple[int, int], overrides: dict[str, Any]) -> None:
+    model = create_model(name, num_classes=7, **overrides)
+    rows = flops_breakdown(model, size, "layer")
+    calls = _record_forwards(model)
+    x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
+    with no_grad():
+        model.eval()(x)
+    modules = dict(model.named_modules())
+    matmuls = {r.name: r for r in rows if r.kind == "AttentionMatmul"}
+    layer_rows = {r.name: r for r in rows if r.kind != "AttentionMatmul"}
+    assert set(layer_rows) == set(calls), "every leaf module runs once per forward and has one row"
+    kinds_seen = set()
+    for row_name, row in layer_rows.items():
+        ((x_shape, y_shape),) = calls[row_name]
+        assert row.output_shape == y_shape[1:], row_name  # the analytic shape is the forward's
+        assert row.flops == _independent_flops(modules[row_name], x_shape, y_shape), row_name
+        assert row.kind == type(modules[row_name]).__name__
+        kinds_seen.add(row.kind)
+    assert {"Conv2d", "Linear", "LayerNorm"} <= kinds_seen
+    if model.linear:
+        assert {"ReLU", "AdaptiveAvgPool2d"} <= kinds_seen
+    # the attention matmuls: N and C from the observed q output, M from the observed kv output
+    attentions = list(_iter_attention(model))
+    assert len(matmuls) == len(attentions) == sum(model.depths)
+    for attn_name, _ in attentions:
+        ((_, q_out),) = calls[f"{attn_name}.q"]
+        ((_, kv_out),) = calls[f"{attn_name}.kv"]
+        n, c, m = q_out[1], q_out[2], kv_out[1]
+        assert matmuls[f"{attn_name}.matmul"].flops == 2 * n * m * c
+    assert sum(r.flops for r in rows) == count_flops(model, size)
+
+
+# ---------------------------------------------------------------------------
+# breakdown totals, stages, official attention term
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("depth", complexity.DEPTHS)
+def test_breakdown_sums_to_totals(depth: str) -> None:
+    model = _cached_create_model("pvt_v2_b2_li")
+    rows = flops_breakdown(model, (160, 224), depth)
+    assert sum(r.flops for r in rows) == count_flops(model, (160, 224))
+    assert sum(r.params for r in rows) == count_params(model)
+    assert all(isinstance(r.flops, int) and isinstance(r.params, int) for r in rows)
+
+
+def test_stage_rows_are_sums_of_their_layers() -> None:
+    model = _cached_create_model("pvt_v2_b1")
+    layers = flops_breakdown(model, (224, 224), "layer")
+    blocks = flops_breakdown(model, (224, 224), "block")
+    stages = flops_breakdown(model, (224, 224), "stage")
+    assert [r.name for r in stages] == [
+        "patch_embed",
+        "stages.0",
+        "stages.1",
+        "stages.2",
+        "stages.3",
+        "head_drop",
+        "head",
+    ]
+    for st in stages:
+        prefix = st.name + "."
+        assert st.flops == sum(r.flops for r in layers if r.name.startswith(prefix) or r.name == st.name)
+        assert st.flops == sum(r.flops for r in blocks if r.name.startswith(prefix) or r.name == st.name)
+    assert [r.output_shape[:2] for r in stages[1:5]] == model.feature_sizes(224, 224)
+    assert sum(1 for r in blocks if r.kind == "Block") == sum(model.depths)
+
+
+def _official_attention_term(model: Module, height: int, width: int) -> int:
+    """get_flops.py's added term: sra_flops / li_sra_flops on H//4, H//8, H//16, H//32, times the depths."""
+    total = 0
+    for i, depth in enumerate(model.depths):
+        h, w, dim = height // 2 ** (i + 2), width // 2 ** (i + 2), model.embed_dims[i]
+        if model.linear:
+            total += 2 * h * w * 7 * 7 * dim * depth
+        else:
+            r = model.sr_ratios[i]
+            total += 2 * h * w * (h // r) * (w // r) * dim * depth
+    return total
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b0"])
+@pytest.mark.parametrize("size", [(224, 224), (256, 320)])
+def test_attention_term_equals_official_script(name: str, size: tuple[int, int]) -> None:
+    model = _cached_create_model(name)
+    rows = flops_breakdown(model, size, "layer")
+    ours = sum(r.flops for r in rows if r.kind == "AttentionMatmul")
+    assert ours == _official_attention_term(model, *size)
+
+
+# ---------------------------------------------------------------------------
+# the analytic attention formulas
+# ---------------------------------------------------------------------------
+def test_attention_formulas() -> None:
+    h, w, c = 56, 56, 64
+    n = h * w
+    assert attention_flops(h, w, c) == 2 * n * n * c
+    assert attention_flops(h, w, c, "sra", sr_ratio=8) == 2 * n * n * c // 64
+    assert attention_flops(h, w, c, "sra", sr_ratio=8, exact=False) == pytest.approx(2 * n * n * c / 64)
+    assert attention_flops(h, w, c, "sra", sr_ratio=1) == attention_flops(h, w, c, "full")
+    assert attention_flops(h, w, c, "linear") == 2 * n * 49 * c
+    assert attention_flops(h, w, c, "linear", pool_size=5) == 2 * n * 25 * c
+    # a ratio that does not divide the map: the stride-R conv floors
+    assert attention_flops(25, 16, 8, "sra", sr_ratio=8) == 2 * 400 * (3 * 2) * 8
+    assert attention_flops(25, 16, 8, "sra", sr_ratio=8, exact=False) == pytest.approx(2 * 400 * 400 * 8 / 64)
+    with pytest.raises(ValueError, match="mode"):
+        attention_flops(h, w, c, "windowed")
+    with pytest.raises(ValueError, match="positive"):
+        attention_flops(0, w, c)
+
+
+def test_attention_formula_matches_counter_rows() -> None:
+    model = _cached_create_model("pvt_v2_b2")
+    rows = {r.name: r for r in flops_breakdown(model, (224, 224), "layer")}
+    for i, (h, w) in enumerate(model.feature_sizes(224, 224)):
+        c, r = model.embed_dims[i], model.sr_ratios[i]
+        assert rows[f"stages.{i}.blocks.0.attn.matmul"].flops == attention_flops(h, w, c, "sra", sr_ratio=r)
+
+
+def _stage0_attention(model: Module, size: int) -> int:
+    rows = flops_breakdown(model, (size, size), "layer")
+    return next(r.flops for r in rows if r.name == "stages.0.blocks.0.attn.matmul")
+
+
+def test_linear_sra_grows_linearly_sra_quadratically() -> None:
+    sra, li = _cached_create_model("pvt_v2_b2"), _cached_create_model("pvt_v2_b2_li")
+    # doubling the side multiplies the tokens by 4
+    assert _stage0_attention(sra, 448) == 16 * _stage0_attention(sra, 224)
+    assert _stage0_attention(li, 448) == 4 * _stage0_attention(li, 224)
+    assert _stage0_attention(li, 896) == 16 * _stage0_attention(li, 224)
+    tokens = np.array([8, 16, 32, 64]) ** 2
+    full = np.array([attention_flops(s, s, 64, "full") for s in (8, 16, 32, 64)])
+    sra_f = np.array([attention_flops(s, s, 64, "sra", sr_ratio=8) for s in (8, 16, 32, 64)])
+    lin = np.array([attention_flops(s, s, 64, "linear") for s in (8, 16, 32, 64)])
+    np.testing.assert_allclose(lin / tokens, lin[0] / tokens[0])
+    np.testing.assert_allclose(sra_f / tokens**2, sra_f[0] / tokens[0] ** 2)
+    np.testing.assert_allclose(full / sra_f, 64)
+
+
+# ---------------------------------------------------------------------------
+# printing and the CLI
+# ---------------------------------------------------------------------------
+def test_print_complexity(capsys: pytest.CaptureFixture) -> None:
+    model = _cached_create_model("pvt_v2_b0")
+    params, flops = print_complexity(model, (224, 224), depth="layer")
+    out = capsys.readouterr().out
+    assert (params, flops) == (count_params(model), count_flops(model))
+    assert "stages.0.blocks.0.attn.sr" in out and "AttentionMatmul" in out and "per stage" in out
+    assert f"params {params:,} (3.67 M)" in out and f"FLOPs {flops:,} (0.57 G)" in out
+    assert ".drop_path1" not in out  # zero-cost rows are left out of the printed table
+
+
+def test_cli_model(cached_models: Callable[..., Module], capsys: pytest.CaptureFixture) -> None:
+    assert main(["flops", "pvt_v2_b0"]) == 0
+    out = capsys.readouterr().out
+    assert "input 1x3x224x224" in out and "stages.3" in out and "3,666,760" in out
+    assert main(["flops", "pvt_v2_b0", "--input-size", "97", "61", "--depth", "block", "--num-classes", "10"]) == 0
+    out = capsys.readouterr().out
+    model = create_model("pvt_v2_b0", num_classes=10)
+    assert "input 1x3x97x61" in out and "stages.1.blocks.1" in out and f"{count_flops(model, (97, 61)):,}" in out
+
+
+def test_cli_cifar_defaults_to_32(capsys: pytest.CaptureFixture) -> None:
+    assert main(["flops", "pvt_v2_b0", "--cifar", "--num-classes", "10"]) == 0
+    out = capsys.readouterr().out
+    model = create_model("pvt_v2_b0", num_classes=10, cifar=True)
+    assert "input 1x3x32x32" in out and f"{count_flops(model, (32, 32)):,}" in out
+
+
+def test_cli_paper(cached_models: Callable[..., Module], capsys: pytest.CaptureFixture) -> None:
+    assert main(["flops", "--paper"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in VARIANTS) and "NO" not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["flops", "pvt_v2_b9"], "unknown model 'pvt_v2_b9'"),
+        (["flops", "pvt_v2_b0", "--input-size", "16", "16"], "too small"),
+        (["flops"], "give a MODEL"),
+        (["flops", "pvt_v2_b0", "--paper"], "--paper takes no MODEL"),
+    ],
+)
+def test_cli_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_numbers(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["flops", "pvt_v2_b0", "--input-size", "0", "32"])
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_bad_input_errors() -> None:
+    model = _cached_create_model("pvt_v2_b0")
+    with pytest.raises(ValueError, match="too small"):
+        count_flops(model, (16, 16))
+    with pytest.raises(ValueError, match="positive"):
+        count_flops(model, (0, 224))
+    with pytest.raises(ValueError, match="pair of ints"):
+        count_flops(model, (224, 224, 3))
+    with pytest.raises(ValueError, match="depth"):
+        flops_breakdown(model, (224, 224), depth="head")
+    with pytest.raises(TypeError, match="PyramidVisionTransformerV2"):
+        count_flops(Linear(3, 4), (224, 224))
+    assert count_flops(model, 224) == count_flops(model, (224, 224))
