@@ -76,7 +76,8 @@ def gradcheck(
     target: a Module (checks its input and every parameter; it is cast to
     float64 for the check and cast back afterwards), or a pair
     ``(forward, backward)`` of functional ops, ``forward(*inputs, *args) -> (out, cache)``
-    and ``backward(dout, cache) -> grads`` in the order of ``inputs``.
+    and ``backward(dout, cache) -> grads`` in the order of ``inputs`` (one gradient per
+    input, none of them None; further trailing gradients, e.g. of ``args``, are ignored).
     inputs: the differentiable array(s), cast to float64 copies.
     args: further non-differentiable arguments (feat_size, targets, flags).
     num_checks: check only this many random entries per tensor (all by default).
@@ -94,6 +95,8 @@ def gradcheck(
         return _check_module(target, arrays, tuple(args), seed, eps, num_checks, rng, xp)
     forward, backward_fn = target
     labels = list(names) if names is not None else [f"input{i}" for i in range(len(arrays))]
+    if len(labels) != len(arrays):
+        raise ValueError(f"gradcheck: {len(labels)} names for {len(arrays)} inputs")
 
     def run() -> tuple[Any, Any]:
         backend.manual_seed(seed)
@@ -102,12 +105,16 @@ def gradcheck(
     out, cache = run()
     dout = xp.asarray(rng.standard_normal(np.shape(out)))
     grads = _as_tuple(backward_fn(dout, cache))
+    if len(grads) < len(arrays):  # extra trailing gradients (of fixed args) are allowed, missing ones are not
+        raise ValueError(f"gradcheck: backward returned {len(grads)} gradients for {len(arrays)} inputs")
 
     def objective() -> float:
         return float((run()[0] * dout).sum())
 
     result = {}
-    for label, arr, grad in zip(labels, arrays, grads, strict=False):
+    for label, arr, grad in zip(labels, arrays, grads[: len(arrays)], strict=True):
+        if grad is None:
+            raise ValueError(f"gradcheck: backward returned no gradient for {label!r}")
         coords = _coords(arr.shape, num_checks, rng)
         numeric = _numeric(objective, arr, coords, eps)
         result[label] = relative_error(backend.to_numpy(grad).reshape(-1)[coords], numeric)

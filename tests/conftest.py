@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from pvt_np import backend  # noqa: E402
 
 try:
-    import torch  # noqa: E402
+    import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 except ImportError:  # torch is a test extra; tests that need it skip via importorskip

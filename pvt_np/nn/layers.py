@@ -101,11 +101,10 @@ class Conv2d(Module):
 
     def forward(self, x: Array) -> Array:
         who = self._label()
-        layout = "(N, H, W, C)" if self.channels_last else "(N, C, H, W)"
-        check_ndim(x, 4, who, layout)
+        expect = f"(N, H, W, {self.in_channels})" if self.channels_last else f"(N, {self.in_channels}, H, W)"
+        check_ndim(x, 4, who, expect)
         c = x.shape[3] if self.channels_last else x.shape[1]
         if c != self.in_channels:
-            expect = f"(N, H, W, {self.in_channels})" if self.channels_last else f"(N, {self.in_channels}, H, W)"
             raise ValueError(f"{who}: expected input of shape {expect}, got {tuple(x.shape)}")
         check_same_dtype(x, self.weight.data, who)
         h, w = (x.shape[1], x.shape[2]) if self.channels_last else (x.shape[2], x.shape[3])
@@ -191,6 +190,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x: Array) -> Array:
+        check_array(x, self._label())
         out, cache = ops.gelu_forward(x, self.approximate)
         self._save(cache)
         return out
@@ -206,6 +206,7 @@ class ReLU(Module):
     """max(x, 0)."""
 
     def forward(self, x: Array) -> Array:
+        check_array(x, self._label())
         out, cache = ops.relu_forward(x)
         self._save(cache)
         return out
@@ -222,6 +223,11 @@ class Softmax(Module):
         self.dim = int(dim)
 
     def forward(self, x: Array) -> Array:
+        who = self._label()
+        check_array(x, who)
+        if not -x.ndim <= self.dim < x.ndim:
+            rank = self.dim + 1 if self.dim >= 0 else -self.dim
+            raise ValueError(f"{who}: dim={self.dim} needs an input of rank >= {rank}, got shape {tuple(x.shape)}")
         out, cache = ops.softmax_forward(x, self.dim)
         self._save(cache)
         return out
@@ -240,6 +246,7 @@ class Dropout(Module):
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
 
     def forward(self, x: Array) -> Array:
+        check_array(x, self._label())
         out, cache = ops.dropout_forward(x, self.p, self.training)
         self._save(cache)
         return out
@@ -261,6 +268,10 @@ class DropPath(Module):
             raise ValueError(f"DropPath: p must be in [0, 1], got {p}")
 
     def forward(self, x: Array) -> Array:
+        who = self._label()
+        check_array(x, who)
+        if x.ndim < 1:
+            raise ValueError(f"{who}: expected input of shape (N, ...) with a batch dimension, got {tuple(x.shape)}")
         out, cache = ops.drop_path_forward(x, self.p, self.training)
         self._save(cache)
         return out
@@ -303,7 +314,12 @@ class CrossEntropyLoss(Module):
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
 
     def forward(self, logits: Array, target: Array) -> Array:
-        loss, cache = ops.cross_entropy_forward(logits, target, self.label_smoothing)
+        who = self._label()
+        check_ndim(logits, 2, who, "(N, num_classes)", name="logits")
+        try:
+            loss, cache = ops.cross_entropy_forward(logits, target, self.label_smoothing)
+        except (ValueError, TypeError) as err:  # a bad target: say which layer got it
+            raise type(err)(f"{who}: {err}") from err
         self._save(cache)
         return loss
 

@@ -38,6 +38,8 @@ def drop_path_forward(x: Array, p: float = 0.0, training: bool = True, rng: Any 
     """Stochastic depth: each sample's whole residual branch is kept with probability 1 - p
     and scaled by 1/(1 - p), y[n] = x[n] * m[n] / (1 - p), one draw per sample (timm's drop_path)."""
     check_array(x, "drop_path")
+    if x.ndim < 1:
+        raise ValueError(f"drop_path: expected input of shape (N, ...) with a batch dimension, got {tuple(x.shape)}")
     p = check_probability(p, "drop_path")
     if not training or p == 0.0:
         return x, None

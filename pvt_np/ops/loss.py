@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from pvt_np.backend import Array, get_array_module
 from pvt_np.ops._validate import check_ndim, check_probability
 
@@ -12,6 +14,8 @@ def cross_entropy_forward(logits: Array, target: Array, label_smoothing: float =
     """Mean over the batch of -sum_k t_k log softmax(z)_k, as torch.nn.functional.cross_entropy.
 
     target: class indices (N,) or probabilities (N, K) (e.g. from mixup/cutmix).
+    Indices must lie in [0, K); a NumPy index target is checked (a negative index
+    would otherwise wrap around silently), a CuPy one is not (that needs a host sync).
     Label smoothing eps mixes the target with the uniform distribution:
     t = (1 - eps) * t + eps / K. Returns a 0-d array (no host sync on the GPU).
     """
@@ -20,6 +24,13 @@ def cross_entropy_forward(logits: Array, target: Array, label_smoothing: float =
     eps = check_probability(label_smoothing, who, "label_smoothing")
     xp = get_array_module(logits)
     n, k = logits.shape
+    if get_array_module(target) is np:  # host labels are range-checked here, at no device sync
+        host = np.asarray(target)
+        if host.ndim == 1 and host.dtype.kind in "iu" and host.size and (host.min() < 0 or host.max() >= k):
+            raise ValueError(
+                f"{who}: class indices must be in [0, {k - 1}] for {k} classes, "
+                f"got values from {host.min()} to {host.max()}"
+            )
     target = xp.asarray(target)
     if target.ndim == 1:
         if target.shape[0] != n:
