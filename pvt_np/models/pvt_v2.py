@@ -439,12 +439,12 @@ class PyramidVisionTransformerV2(Module):
             if i > 0:
                 k, s = 3, 2
             h, w = ops.conv_output_size(h, k, s, k // 2), ops.conv_output_size(w, k, s, k // 2)
-            r = self.pool_size if self.linear else self.sr_ratios[i]
-            need = 1 if self.linear else r
+            need = 1 if self.linear else self.sr_ratios[i]
             if h < need or w < need:
+                why = "a non-empty map" if self.linear else f"sr_ratio {need}"
                 raise ValueError(
                     f"{type(self).__name__}: input {height}x{width} is too small: stage {i} map would be {h}x{w}, "
-                    f"but needs at least {need}x{need} (sr_ratio {r}); minimum input is "
+                    f"but needs at least {need}x{need} ({why}); minimum input is "
                     f"{self.min_input_size()[0]}x{self.min_input_size()[1]}"
                 )
             sizes.append((h, w))
