@@ -9,7 +9,7 @@ import numpy as np
 
 from pvt_np import backend, ops
 from pvt_np.backend import Array
-from pvt_np.nn.module import Module, Parameter
+from pvt_np.nn.module import Module, Parameter, is_grad_enabled
 from pvt_np.ops._validate import check_array, check_ndim, check_same_dtype, pair
 
 
@@ -191,7 +191,7 @@ class GELU(Module):
 
     def forward(self, x: Array) -> Array:
         check_array(x, self._label())
-        out, cache = ops.gelu_forward(x, self.approximate)
+        out, cache = ops.gelu_forward(x, self.approximate, need_grad=is_grad_enabled())
         self._save(cache)
         return out
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
+from pvt_np import parallel
 from pvt_np.backend import Array, get_array_module
 from pvt_np.ops._validate import check_array
 
@@ -24,44 +27,102 @@ def erf(x: Array) -> Array:
     return special.erf(x)
 
 
-def gelu_forward(x: Array, approximate: str = "none") -> tuple[Array, Any]:
-    """GELU, torch.nn.GELU's two forms.
+def gelu_forward(x: Array, approximate: str = "none", need_grad: bool = True) -> tuple[Array, Any]:
+    """GELU, torch.nn.GELU's two forms, and its local derivative for the backward.
 
     'none': y = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2  (the normal CDF)
-    'tanh': y = x/2 * (1 + tanh(u)),  u = sqrt(2/pi) * (x + 0.044715 x^3)
+            dy/dx = Phi(x) + x * phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    'tanh': y = x/2 * (1 + t),  t = tanh(u),  u = sqrt(2/pi) * (x + 0.044715 x^3)
+            dy/dx = (1 + t)/2 + x/2 * (1 - t^2) * sqrt(2/pi) * (1 + 3 * 0.044715 x^2)
+    The cache is dy/dx itself (as large as x, which it replaces): the forward has
+    Phi and exp(-x^2/2) at hand, and the backward is one multiply. With
+    ``need_grad=False`` (inference) it is not computed and the cache is None.
+    float32 on the CPU uses :func:`_gelu_erf_float32` (erf to 1.5e-7, float32's
+    resolution) instead of scipy's erf, which costs ~10 ns per element.
     """
     check_array(x, "gelu")
+    xp = get_array_module(x)
     if approximate == "none":
+        if xp is np and x.dtype == np.float32:
+            return _gelu_erf_float32(x, need_grad)
         cdf = erf(x * _SQRT_HALF)
         cdf += 1.0
         cdf *= 0.5
-        return x * cdf, (x, cdf, approximate)
+        y = x * cdf
+        if not need_grad:
+            return y, None
+        local = xp.exp(-0.5 * x * x)
+        local *= _INV_SQRT_2PI
+        local *= x
+        local += cdf
+        return y, local
     if approximate == "tanh":
-        xp = get_array_module(x)
-        t = xp.tanh(_SQRT_2_OVER_PI * (x + _TANH_COEF * x * x * x))
-        return 0.5 * x * (1.0 + t), (x, t, approximate)
+        x2 = x * x
+        t = xp.tanh(_SQRT_2_OVER_PI * x * (1.0 + _TANH_COEF * x2))
+        y = 0.5 * x * (1.0 + t)
+        if not need_grad:
+            return y, None
+        local = 0.5 * x * (1.0 - t * t) * (_SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_COEF * x2))
+        local += 0.5 * (1.0 + t)
+        return y, local
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
 def gelu_backward(dout: Array, cache: Any) -> Array:
-    """dy/dx:
+    """dx = dout * dy/dx, with dy/dx cached by the forward (formulas in gelu_forward)."""
+    if cache is None:
+        raise RuntimeError("gelu_backward: the forward ran with need_grad=False and kept no derivative")
+    return dout * cache
 
-    'none': Phi(x) + x * phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
-    'tanh': (1 + t)/2 + x/2 * (1 - t^2) * sqrt(2/pi) * (1 + 3 * 0.044715 x^2),  t = tanh(u)
+
+# Abramowitz & Stegun 7.1.26: for z >= 0, erfc(z) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-z^2)
+# with t = 1 / (1 + p z), absolute error <= 1.5e-7. With z = |x| / sqrt 2 this gives
+# Phi(-|x|) = erfc(z) / 2, so the coefficients below are halved and p is divided by sqrt 2.
+_AS_P = np.float32(0.3275911 * _SQRT_HALF)
+_AS_HALF_A = [np.float32(0.5 * a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)]
+
+
+def _gelu_erf_float32(x: np.ndarray, need_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Chunked, threaded float32 GELU (see pvt_np.parallel): 24 cache-resident passes per chunk.
+
+    Plain form of the same math:
+        q = Phi(-|x|) = t * poly(t) * exp(-x^2/2) / 2,  Phi(x) = q if x < 0 else 1 - q
+        y = x * Phi(x),  dy/dx = Phi(x) + x * exp(-x^2/2) / sqrt(2 pi)
     """
-    x, aux, approximate = cache
-    xp = get_array_module(x)
-    if approximate == "none":
-        local = xp.exp(-0.5 * x * x)
-        local *= _INV_SQRT_2PI
-        local *= x
-        local += aux
-    else:
-        t = aux
-        local = 0.5 * x * (1.0 - t * t) * (_SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_COEF * x * x))
-        local += 0.5 * (1.0 + t)
-    local *= dout
-    return local
+    flat = x.reshape(-1)
+    y = np.empty_like(flat)
+    local = np.empty_like(flat) if need_grad else None
+    h1, h2, h3, h4, h5 = _AS_HALF_A
+
+    def kernel(start: int, stop: int) -> None:
+        xc = flat[start:stop]
+        n = stop - start
+        a = parallel.scratch("gelu_a", (n,), np.float32)
+        t = parallel.scratch("gelu_t", (n,), np.float32)
+        q = parallel.scratch("gelu_q", (n,), np.float32)
+        np.abs(xc, out=a)
+        np.multiply(a, _AS_P, out=t)
+        t += 1.0
+        np.reciprocal(t, out=t)
+        np.multiply(t, h5, out=q)
+        for h in (h4, h3, h2, h1):
+            q += h
+            q *= t
+        np.multiply(xc, xc, out=a)
+        a *= -0.5
+        np.exp(a, out=a)  # exp(-x^2/2)
+        q *= a  # Phi(-|x|)
+        np.subtract(0.5, q, out=q)
+        np.copysign(q, xc, out=q)
+        q += 0.5  # Phi(x)
+        np.multiply(xc, q, out=y[start:stop])
+        if local is not None:
+            a *= xc
+            a *= _INV_SQRT_2PI
+            np.add(a, q, out=local[start:stop])
+
+    parallel.for_each_chunk(flat.size, 1, kernel)
+    return y.reshape(x.shape), (None if local is None else local.reshape(x.shape))
 
 
 def relu_forward(x: Array) -> tuple[Array, Any]:

@@ -1,0 +1,367 @@
+"""``pvt-np bench``: pvt_np against PyTorch (timm's pvt_v2) on this machine, in one run.
+
+Every (config, framework) pair runs in a fresh subprocess with the same
+thread count, so that peak memory is that pair's alone: on the CPU it is
+the rise of the process's peak resident set over its size just before the
+first step; on the GPU the allocator's high-water mark. Times are medians of
+``--repeats`` timed iterations after ``--warmup`` untimed ones:
+
+* forward         logits = model(x)                       (train mode, caches kept)
+* forward+backward  + loss and the full backward
+* train step      zero_grad, forward, loss, backward, AdamW step
+
+A profiling pass (separate, untimed in the results) wraps every pvt_np op to
+report the share of the training step spent per op type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# name -> (model name, create_model overrides, image size, batch size)
+CONFIGS: dict[str, tuple[str, dict[str, Any], int, int]] = {
+    "b0-cifar": ("pvt_v2_b0", {"cifar": True, "num_classes": 10}, 32, 128),
+    "b0-224": ("pvt_v2_b0", {"num_classes": 1000}, 224, 8),
+    "b2_li-224": ("pvt_v2_b2_li", {"num_classes": 1000}, 224, 4),
+}
+FRAMEWORKS = ("pvt_np", "torch")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="what to time")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks")
+    p.add_argument("--repeats", type=int, default=10, help="timed iterations per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
+    p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.worker:
+        framework, config = args.worker
+        result = _worker(framework, config, args.device, args.threads, args.repeats, args.warmup)
+        print("BENCH-RESULT " + json.dumps(result))
+        return 0
+    if args.device == "gpu":
+        from pvt_np import backend
+
+        backend.check_device("gpu")
+    results = []
+    for config in args.configs:
+        for framework in args.frameworks:
+            print(f"timing {framework} {config} ...", file=sys.stderr, flush=True)
+            results.append(_spawn(framework, config, args))
+    report = {"machine": machine_info(args.device, args.threads), "results": results}
+    print(format_report(report))
+    if args.json:
+        from pvt_np.io_utils import atomic_write
+
+        with atomic_write(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def _spawn(framework: str, config: str, args: argparse.Namespace) -> dict[str, Any]:
+    env = dict(os.environ, **{v: str(args.threads) for v in THREAD_VARS})
+    cmd = [
+        sys.executable, "-m", "pvt_np", "bench", "--worker", framework, config,
+        "--device", args.device, "--threads", str(args.threads),
+        "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line[len("BENCH-RESULT ") :])
+    raise RuntimeError(f"bench worker {framework}/{config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def machine_info(device: str, threads: int) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "device": device,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    if device == "gpu":
+        import cupy
+
+        info["cupy"] = cupy.__version__
+        info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# -- the worker ---------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _median_ms(fn: Callable[[], None], sync: Callable[[], None], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000.0
+
+
+def _worker(framework: str, config: str, device: str, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
+    name, overrides, size, batch = CONFIGS[config]
+    rng = np.random.default_rng(0)
+    x_host = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+    y_host = rng.integers(0, overrides["num_classes"], size=batch)
+    if framework == "pvt_np":
+        steps, sync, mem = _pvt_np_steps(name, overrides, x_host, y_host, device)
+    else:
+        steps, sync, mem = _torch_steps(name, overrides, x_host, y_host, device, threads)
+    result: dict[str, Any] = {"framework": framework, "config": config, "batch": batch, "size": size}
+    mem["start"]()
+    for key in ("forward", "forward_backward", "train_step"):
+        result[key + "_ms"] = _median_ms(steps[key], sync, repeats, warmup)
+    result["peak_memory_mb"] = mem["peak"]() / 2**20
+    result["img_per_s"] = batch / (result["train_step_ms"] / 1000.0)
+    if framework == "pvt_np":
+        result["op_share"] = _profile_ops(steps["train_step"], sync, max(3, repeats // 2))
+    return result
+
+
+def _pvt_np_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str):
+    from pvt_np import backend, create_model
+    from pvt_np.nn import CrossEntropyLoss
+    from pvt_np.optim import AdamW, param_groups_weight_decay
+
+    model = create_model(name, device=device, **overrides)
+    crit = CrossEntropyLoss()
+    opt = AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3)
+    x, y = backend.to_device(x_host, device), backend.to_device(y_host, device)
+
+    def forward() -> None:
+        model(x)
+        model.zero_grad()
+
+    def forward_backward() -> None:
+        crit(model(x), y)
+        model.backward(crit.backward())
+        model.zero_grad()
+
+    def train_step() -> None:
+        opt.zero_grad()
+        crit(model(x), y)
+        model.backward(crit.backward())
+        opt.step()
+
+    if device == "gpu":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+
+        def sync() -> None:
+            cupy.cuda.Device().synchronize()
+
+        mem = {"start": lambda: None, "peak": lambda: pool.total_bytes()}
+    else:
+
+        def sync() -> None:
+            return None
+
+        mem = _rss_meter()
+    # One step first so that optimizer state exists before the baseline is taken.
+    train_step()
+    steps = {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}
+    return steps, sync, mem
+
+
+def _torch_steps(
+    name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str, threads: int
+):
+    import torch
+
+    from pvt_np import create_model
+    from pvt_np.reference import timm_twin
+
+    torch.set_num_threads(threads)
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    model = timm_twin(create_model(name, **overrides)).to(dev).train()
+    crit = torch.nn.CrossEntropyLoss()
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}])
+    x, y = torch.from_numpy(x_host).to(dev), torch.from_numpy(y_host).to(dev)
+
+    def forward() -> None:
+        model(x)
+
+    def forward_backward() -> None:
+        crit(model(x), y).backward()
+        model.zero_grad(set_to_none=True)
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        crit(model(x), y).backward()
+        opt.step()
+
+    if device == "gpu":
+
+        def sync() -> None:
+            torch.cuda.synchronize()
+
+        mem = {
+            "start": torch.cuda.reset_peak_memory_stats,
+            "peak": lambda: torch.cuda.max_memory_allocated(),
+        }
+    else:
+
+        def sync() -> None:
+            return None
+
+        mem = _rss_meter()
+    train_step()
+    steps = {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}
+    return steps, sync, mem
+
+
+def _rss_meter() -> dict[str, Callable[[], Any]]:
+    state = {"base": 0}
+
+    def start() -> None:
+        state["base"] = _rss_bytes()
+
+    def peak() -> int:
+        return max(0, _peak_rss_bytes() - state["base"])
+
+    return {"start": start, "peak": peak}
+
+
+def _profile_ops(train_step: Callable[[], None], sync: Callable[[], None], iterations: int) -> dict[str, float]:
+    """Share of the training step per op type, by wrapping every pvt_np.ops function with a timer."""
+    from pvt_np import ops, optim
+
+    totals: dict[str, float] = defaultdict(float)
+    originals: dict[tuple[Any, str], Any] = {}
+
+    def wrap(owner: Any, attr: str, label: Callable[..., str]) -> None:
+        fn = getattr(owner, attr)
+        originals[(owner, attr)] = fn
+
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync()
+            totals[label(*a, **k)] += time.perf_counter() - t0
+            return out
+
+        setattr(owner, attr, timed)
+
+    for attr in ops.__all__:
+        if attr.endswith("_forward") or attr.endswith("_backward"):
+            base = attr.rsplit("_", 1)[0]
+            if base == "conv2d":
+                wrap(ops, attr, _conv_label)
+            else:
+                wrap(ops, attr, lambda *a, _b=base, **k: _b)
+    for cls_name in ("AdamW", "SGD"):
+        wrap(getattr(optim, cls_name), "step", lambda *a, **k: "optimizer")
+    try:
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            train_step()
+        sync()
+        total = time.perf_counter() - t0
+    finally:
+        for (owner, attr), fn in originals.items():
+            setattr(owner, attr, fn)
+    shares = {k: v / total for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    shares["other (glue, reshapes, residual adds)"] = max(0.0, 1.0 - sum(shares.values()))
+    return shares
+
+
+def _conv_label(*args: Any, **kwargs: Any) -> str:
+    """conv2d split by kind: depthwise vs dense.
+
+    The forward sees weight and groups as arguments; the backward its ConvCache.
+    """
+    from pvt_np.ops import ConvCache
+
+    if len(args) == 2 and isinstance(args[1], ConvCache):
+        weight, groups = args[1].weight, args[1].groups
+    else:
+        weight, groups = args[1], kwargs.get("groups", args[5] if len(args) > 5 else 1)
+    return "conv2d depthwise" if groups > 1 and groups == weight.shape[0] else "conv2d dense"
+
+
+# -- the report -----------------------------------------------------------------
+
+
+def format_report(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"machine: {m['cpu']} ({m['cores']} cores), {m['threads']} threads, device {m['device']}"
+        + (f" [{m.get('gpu')}]" if m["device"] == "gpu" else ""),
+        f"versions: python {m['python']}, numpy {m['numpy']}, torch {m['torch']}"
+        + (f", cupy {m.get('cupy')}" if m["device"] == "gpu" else ""),
+        "",
+        f"{'config':<10} {'framework':<7} {'fwd ms':>8} {'fwd+bwd ms':>11} {'step ms':>8} "
+        f"{'img/s':>7} {'peak MB':>8} {'step ratio':>10} {'mem ratio':>9}",
+    ]
+    by_key = {(r["config"], r["framework"]): r for r in report["results"]}
+    for r in report["results"]:
+        ref = by_key.get((r["config"], "torch"))
+        ratio = mem_ratio = ""
+        if r["framework"] == "pvt_np" and ref:
+            ratio = f"{r['train_step_ms'] / ref['train_step_ms']:.2f}"
+            mem_ratio = f"{r['peak_memory_mb'] / max(ref['peak_memory_mb'], 1e-9):.2f}"
+        lines.append(
+            f"{r['config']:<10} {r['framework']:<7} {r['forward_ms']:8.1f} {r['forward_backward_ms']:11.1f} "
+            f"{r['train_step_ms']:8.1f} {r['img_per_s']:7.0f} {r['peak_memory_mb']:8.0f} {ratio:>10} {mem_ratio:>9}"
+        )
+    for r in report["results"]:
+        if "op_share" in r:
+            lines.append("")
+            lines.append(f"pvt_np {r['config']}: share of the training step per op type")
+            lines.extend(f"  {k:<40} {v * 100:5.1f}%" for k, v in r["op_share"].items())
+    return "\n".join(lines)
