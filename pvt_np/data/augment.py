@@ -1,0 +1,234 @@
+"""Batch augmentation on the array backend: crop + flip, normalisation, mixup and cutmix.
+
+Every function here works on a whole batch at once with NumPy or CuPy (whichever
+owns the arrays), so the training loop has no per-image Python loop. The random
+parameters (crop offsets, flip bits, mixing coefficient, cutmix box) are tiny and
+are drawn on the host with a NumPy generator by :func:`sample_crop_flip` and
+:func:`sample_mix`; the loader seeds that generator from (seed, epoch, batch), which
+makes every batch reproducible on either device.
+
+Semantics follow the usual PyTorch pipeline:
+
+* ``crop_flip_gather`` = torchvision ``RandomCrop(size, padding=p)`` (zero padding of
+  the raw uint8 image) followed by ``RandomHorizontalFlip()``.
+* ``to_float_nchw`` = ``ToTensor()`` + ``Normalize(mean, std)``.
+* ``mixup`` / ``cutmix`` / ``mix_targets`` = timm's ``Mixup`` in its default
+  ``mode='batch'``: one coefficient per batch, image ``i`` mixed with image
+  ``B - 1 - i`` (the batch reversed), cutmix's coefficient corrected to the box's
+  area, soft targets ``lam * onehot(y) + (1 - lam) * onehot(y[::-1])``. Label
+  smoothing is left to the loss (it commutes with the mixing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pvt_np.backend import Array, get_array_module
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "Augment",
+    "MixParams",
+    "crop_flip_gather",
+    "cutmix",
+    "mix_targets",
+    "mixup",
+    "one_hot",
+    "rand_bbox",
+    "sample_crop_flip",
+    "sample_mix",
+    "to_float_nchw",
+]
+
+# Per-channel statistics of the training images on the 0-1 scale (per-pixel std,
+# not the often-quoted (0.2023, 0.1994, 0.2010), which is a std of image means).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation settings for :class:`~pvt_np.data.BatchLoader`.
+
+    crop_padding: zero padding of the random crop (0 = no crop); the crop has the
+        input's size, as ``RandomCrop(32, padding=4)`` on 32x32 images.
+    hflip: flip each image horizontally with probability 0.5.
+    mixup_alpha, cutmix_alpha: Beta(alpha, alpha) parameters; 0 disables each.
+        With both > 0, cutmix is chosen with probability ``switch_prob``.
+    mix_prob: probability that a batch is mixed at all (else lam = 1).
+    When mixing is enabled the loader returns soft targets (B, num_classes).
+    """
+
+    crop_padding: int = 0
+    hflip: bool = False
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if int(self.crop_padding) != self.crop_padding or self.crop_padding < 0:
+            raise ValueError(f"Augment: crop_padding must be a non-negative int, got {self.crop_padding!r}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if not float(getattr(self, name)) >= 0.0:
+                raise ValueError(f"Augment: {name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("mix_prob", "switch_prob"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"Augment: {name} must be in [0, 1], got {getattr(self, name)!r}")
+
+    @classmethod
+    def cifar(cls, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, **kwargs: Any) -> Augment:
+        """The standard CIFAR recipe: 4-pixel padded random crop and horizontal flip (plus optional mixing)."""
+        return cls(crop_padding=4, hflip=True, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, **kwargs)
+
+    @property
+    def mixing(self) -> bool:
+        """True when mixup or cutmix is enabled (the loader then returns soft targets)."""
+        return self.mixup_alpha > 0.0 or self.cutmix_alpha > 0.0
+
+
+@dataclass(frozen=True)
+class MixParams:
+    """One batch's mixing draw: ``kind`` is 'none', 'mixup' or 'cutmix'; ``bbox`` = (y0, y1, x0, x1) for cutmix."""
+
+    kind: str
+    lam: float
+    bbox: tuple[int, int, int, int] | None = None
+
+
+# Parameter sampling (host, NumPy) -------------------------------------------------
+
+
+def sample_crop_flip(
+    rng: np.random.Generator, batch: int, padding: int, hflip: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw crop offsets ``dy, dx`` in [0, 2*padding] and flip bits for ``batch`` images.
+
+    Offsets index the padded image, as torchvision's RandomCrop (0 = the top/left
+    edge of the padding). Offsets are drawn first, then flips; a disabled
+    transform draws nothing and returns zeros / all-False.
+    """
+    if padding > 0:
+        dy = rng.integers(0, 2 * padding + 1, size=batch)
+        dx = rng.integers(0, 2 * padding + 1, size=batch)
+    else:
+        dy = np.zeros(batch, dtype=np.int64)
+        dx = np.zeros(batch, dtype=np.int64)
+    flip = rng.random(batch) < 0.5 if hflip else np.zeros(batch, dtype=bool)
+    return dy, dx, flip
+
+
+def rand_bbox(rng: np.random.Generator, height: int, width: int, lam: float) -> tuple[int, int, int, int]:
+    """timm's cutmix box: side ``sqrt(1 - lam)`` of the image's, centred uniformly, clipped to the image."""
+    ratio = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy = int(rng.integers(0, height))
+    cx = int(rng.integers(0, width))
+    y0 = int(np.clip(cy - cut_h // 2, 0, height))
+    y1 = int(np.clip(cy + (cut_h + 1) // 2, 0, height))
+    x0 = int(np.clip(cx - cut_w // 2, 0, width))
+    x1 = int(np.clip(cx + (cut_w + 1) // 2, 0, width))
+    return y0, y1, x0, x1
+
+
+def sample_mix(rng: np.random.Generator, augment: Augment, height: int, width: int) -> MixParams:
+    """Draw one batch's mixing as timm's ``Mixup._params_per_batch`` + ``cutmix_bbox_and_lam``.
+
+    For cutmix, lam is corrected to 1 - box area / image area (timm's
+    ``correct_lam=True``) so the targets match the pixels actually pasted.
+    """
+    if not augment.mixing or rng.random() >= augment.mix_prob:
+        return MixParams("none", 1.0)
+    if augment.mixup_alpha > 0.0 and augment.cutmix_alpha > 0.0:
+        use_cutmix = bool(rng.random() < augment.switch_prob)
+    else:
+        use_cutmix = augment.cutmix_alpha > 0.0
+    alpha = augment.cutmix_alpha if use_cutmix else augment.mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
+    if not use_cutmix:
+        return MixParams("mixup", lam)
+    bbox = rand_bbox(rng, height, width, lam)
+    y0, y1, x0, x1 = bbox
+    lam = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
+    return MixParams("cutmix", lam, bbox)
+
+
+# Application (device, NumPy or CuPy) --------------------------------------------------
+
+
+def crop_flip_gather(images: Array, index: Array, dy: Array, dx: Array, flip: Array, padding: int) -> Array:
+    """Gather ``images[index]`` (uint8 NHWC) already cropped and flipped: one vectorised gather.
+
+    out[b, i, j] = padded(images[index[b]])[dy[b] + i, dx[b] + j'] with
+    j' = W - 1 - j when flip[b] (the flip is applied after the crop, as
+    RandomCrop then RandomHorizontalFlip), and zero where the source pixel lies
+    in the padding. Indexing the unpadded dataset with clipped coordinates and
+    masking avoids materialising a padded copy. Index arrays must live on the
+    same device as ``images``.
+    """
+    xp = get_array_module(images)
+    h, w = images.shape[1], images.shape[2]
+    ar_h = xp.arange(h)
+    ar_w = xp.arange(w)
+    rows = dy[:, None] - padding + ar_h  # (B, H)
+    cols = dx[:, None] - padding + xp.where(flip[:, None], w - 1 - ar_w, ar_w)  # (B, W)
+    out = images[
+        index[:, None, None],
+        xp.clip(rows, 0, h - 1)[:, :, None],
+        xp.clip(cols, 0, w - 1)[:, None, :],
+    ]  # (B, H, W, C)
+    if padding > 0:
+        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        out *= inside[..., None].astype(out.dtype)
+    return out
+
+
+def to_float_nchw(batch: Array, scale: Array, shift: Array, dtype: Any = np.float32) -> Array:
+    """uint8 NHWC -> ``dtype`` NCHW computing ``batch * scale + shift`` per channel.
+
+    With scale = 1 / (255 std) and shift = -mean / std this is ToTensor +
+    Normalize(mean, std); ``scale``/``shift`` have shape (1, C, 1, 1) and live on
+    the batch's device.
+    """
+    xp = get_array_module(batch)
+    n, h, w, c = batch.shape
+    out = xp.empty((n, c, h, w), dtype=dtype)
+    out[...] = batch.transpose(0, 3, 1, 2)
+    out *= scale
+    out += shift
+    return out
+
+
+def one_hot(labels: Array, num_classes: int, dtype: Any = np.float32) -> Array:
+    """(B,) int labels -> (B, num_classes) one-hot rows on the labels' device."""
+    xp = get_array_module(labels)
+    out = xp.zeros((labels.shape[0], num_classes), dtype=dtype)
+    out[xp.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+def mix_targets(labels: Array, num_classes: int, lam: float, dtype: Any = np.float32) -> Array:
+    """timm's ``mixup_target`` without smoothing: lam * onehot(y) + (1 - lam) * onehot(y reversed)."""
+    y1 = one_hot(labels, num_classes, dtype)
+    return y1 * lam + y1[::-1] * (1.0 - lam)
+
+
+def mixup(x: Array, lam: float) -> Array:
+    """lam * x + (1 - lam) * x reversed along the batch (a new array; ``x`` is untouched)."""
+    return x * lam + x[::-1] * (1.0 - lam)
+
+
+def cutmix(x: Array, bbox: tuple[int, int, int, int]) -> Array:
+    """Paste the box ``bbox`` = (y0, y1, x0, x1) of the reversed batch into a copy of NCHW ``x``."""
+    y0, y1, x0, x1 = bbox
+    out = x.copy()
+    out[:, :, y0:y1, x0:x1] = x[::-1, :, y0:y1, x0:x1]
+    return out
