@@ -19,17 +19,15 @@ from pvt_np.ops._validate import check_ndim, check_same_dtype, pair
 
 
 class ConvCache(NamedTuple):
-    """What conv2d_backward needs. ``x`` is the zero-padded NHWC input, except on the
-    depthwise stride-1 path (``padded=False``), which reads the unpadded input directly."""
+    """What conv2d_backward needs; ``xpad`` is the zero-padded NHWC input."""
 
-    x: Array
+    xpad: Array
     weight: Array
     has_bias: bool
     stride: tuple[int, int]
     padding: tuple[int, int]
     groups: int
     channels_last: bool
-    padded: bool
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -90,12 +88,13 @@ def conv2d_forward(
 ) -> tuple[Array, ConvCache]:
     """out[n,o,i,j] = b[o] + sum_{c in group(o), p, q} w[o,c,p,q] * xpad[n, c, i*sh+p, j*sw+q].
 
-    Dense and grouped convs: im2col builds, through a strided view, the matrix X
-    of all windows (rows: output pixels, columns: kh*kw*C/groups taps), so the
-    conv is one GEMM per group, out = X W^T. Depthwise (groups == C == O) is
-    kh*kw shifted multiply-adds: out += w[:, p, q] * xpad[shifted by (p, q)];
-    with stride 1 the shifts read the unpadded input, each tap over the output
-    region where its input pixel exists (the rest would multiply zero padding).
+    A strided view of the padded input gives every kernel window without a copy,
+    win[n, i, j, p, q, c] = xpad[n, i*sh+p, j*sw+q, c]. Dense and grouped convs
+    copy it into the im2col matrix X (rows: output pixels, columns: kh*kw*C/groups
+    taps) and do one GEMM per group, out = X W^T. Depthwise (groups == C == O)
+    has nothing to share across channels, so it contracts the view directly:
+    out[n,i,j,c] = sum_pq win[n,i,j,p,q,c] * w[c,p,q], one einsum pass per chunk of
+    images (instead of kh*kw shifted multiply-adds, each a full pass over the output).
     """
     who = "conv2d"
     sh, sw = pair(stride, who, "stride")
@@ -103,27 +102,20 @@ def conv2d_forward(
     if sh < 1 or sw < 1 or ph < 0 or pw < 0:
         raise ValueError(f"{who}: stride must be >= 1 and padding >= 0, got stride {(sh, sw)}, padding {(ph, pw)}")
     _check_conv(x, weight, bias, groups, channels_last, who)
-    xp = get_array_module(x)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
-    _n, h, w, c = x_nhwc.shape
+    _, h, w, c = x_nhwc.shape
     o, _, kh, kw = weight.shape
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     if ho < 1 or wo < 1:
         raise ValueError(f"{who}: input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}")
-    depthwise = groups == c == o
-    if depthwise and sh == sw == 1:
-        x_nhwc = xp.ascontiguousarray(x_nhwc)
-        out = _depthwise_s1(x_nhwc, _taps(weight), bias, (ho, wo), (ph, pw), transpose=False)
-        cache = ConvCache(x_nhwc, weight, bias is not None, (1, 1), (ph, pw), groups, channels_last, False)
+    xpad = _pad_nhwc(x_nhwc, ph, pw)
+    if groups == c == o:
+        out = _depthwise(_windows(xpad, kh, kw, sh, sw, ho, wo), _taps(weight), bias)
     else:
-        xpad = _pad_nhwc(x_nhwc, ph, pw)
-        if depthwise:
-            out = _depthwise_forward(xpad, weight, sh, sw, ho, wo)
-        else:
-            out = _grouped_forward(xpad, weight, groups, sh, sw, ho, wo)
+        out = _grouped_forward(xpad, weight, groups, sh, sw, ho, wo)
         if bias is not None:
             out += bias
-        cache = ConvCache(xpad, weight, bias is not None, (sh, sw), (ph, pw), groups, channels_last, True)
+    cache = ConvCache(xpad, weight, bias is not None, (sh, sw), (ph, pw), groups, channels_last)
     return (out if channels_last else out.transpose(0, 3, 1, 2)), cache
 
 
@@ -161,104 +153,42 @@ def _taps(weight: Array) -> Array:
     return weight[:, 0].transpose(1, 2, 0).copy()
 
 
-def _tap_regions(p: int, q: int, size_in: tuple[int, int], size_out: tuple[int, int], pad: tuple[int, int]):
-    """For stride 1, tap (p, q): the output slice whose input pixel exists, and that input slice.
-
-    Output (i, j) reads input (i + p - ph, j + q - pw); rows outside [0, H) are padding.
-    Returns None when the tap only ever meets padding.
-    """
-    (h, w), (ho, wo), (ph, pw) = size_in, size_out, pad
-    i0, i1 = max(0, ph - p), min(ho, h + ph - p)
-    j0, j1 = max(0, pw - q), min(wo, w + pw - q)
-    if i0 >= i1 or j0 >= j1:
-        return None
-    out_region = (slice(None), slice(i0, i1), slice(j0, j1))
-    in_region = (slice(None), slice(i0 + p - ph, i1 + p - ph), slice(j0 + q - pw, j1 + q - pw))
-    return out_region, in_region
-
-
-def _depthwise_s1(
-    src: Array, taps: Array, bias: Array | None, dst_size: tuple[int, int], pad: tuple[int, int], transpose: bool
-) -> Array:
-    """Stride-1 depthwise conv of an NHWC map, chunked over images (cache-sized, threaded).
-
-    Forward (transpose=False): dst[i, j] = b + sum_pq taps[p, q] * src[i + p - ph, j + q - pw].
-    Transposed (transpose=True), the input gradient: dst[y, x] = sum_pq taps[p, q] * src[y - p + ph, x - q + pw],
-    i.e. every output gradient pushed back onto the input pixels it read.
-    """
-    xp = get_array_module(src)
-    n, hs, ws, c = src.shape
-    hd, wd = dst_size
-    kh, kw, _ = taps.shape
-    dst = xp.empty((n, hd, wd, c), dtype=src.dtype)
+def _depthwise(win: Array, taps: Array, bias: Array | None) -> Array:
+    """out[n,i,j,c] = bias[c] + sum_pq win[n,i,j,p,q,c] * taps[p,q,c], chunked over images, threaded."""
+    xp = get_array_module(win)
+    n, ho, wo, _, _, c = win.shape
+    out = xp.empty((n, ho, wo, c), dtype=win.dtype)
 
     def kernel(start: int, stop: int) -> None:
-        s, d = src[start:stop], dst[start:stop]
-        if bias is None:
-            d[...] = 0
-        else:
-            d[...] = bias
-        for p in range(kh):
-            for q in range(kw):
-                if transpose:
-                    regions = _tap_regions(p, q, (hd, wd), (hs, ws), pad)
-                    if regions is None:
-                        continue
-                    src_region, dst_region = regions
-                else:
-                    regions = _tap_regions(p, q, (hs, ws), (hd, wd), pad)
-                    if regions is None:
-                        continue
-                    dst_region, src_region = regions
-                piece = s[src_region]
-                tmp = parallel.scratch("dw_tmp", piece.shape, src.dtype, xp)
-                xp.multiply(piece, taps[p, q], out=tmp)
-                d[dst_region] += tmp
+        _einsum_into("nhwpqc,pqc->nhwc", win[start:stop], taps, out[start:stop])
+        if bias is not None:
+            out[start:stop] += bias
 
-    parallel.for_each_chunk(n, hd * wd * c, kernel, xp)
-    return dst
+    parallel.for_each_chunk(n, ho * wo * c, kernel, xp)
+    return out
 
 
-def _depthwise_s1_weight_grad(g: Array, x: Array, kernel_size: tuple[int, int], pad: tuple[int, int]) -> Array:
-    """dtaps[p, q, c] = sum over images and output pixels of g[i, j, c] * x[i + p - ph, j + q - pw, c]."""
+def _depthwise_weight_grad(g: Array, win: Array) -> Array:
+    """dtaps[p,q,c] = sum_{n,i,j} g[n,i,j,c] * win[n,i,j,p,q,c]: per-chunk einsums, partial sums added."""
     xp = get_array_module(g)
     n, ho, wo, c = g.shape
-    _, h, w, _ = x.shape
-    kh, kw = kernel_size
+    kh, kw = win.shape[3:5]
     rows = parallel.chunk_rows(ho * wo * c) if xp is np else n
-    partial = xp.zeros((-(-n // rows), kh, kw, c), dtype=g.dtype)
+    partial = xp.empty((-(-n // rows), kh, kw, c), dtype=g.dtype)
 
     def kernel(start: int, stop: int) -> None:
-        gc, xc, acc = g[start:stop], x[start:stop], partial[start // rows]
-        for p in range(kh):
-            for q in range(kw):
-                regions = _tap_regions(p, q, (h, w), (ho, wo), pad)
-                if regions is None:
-                    continue
-                out_region, in_region = regions
-                piece = gc[out_region]
-                tmp = parallel.scratch("dw_tmp", piece.shape, g.dtype, xp)
-                xp.multiply(piece, xc[in_region], out=tmp)
-                acc[p, q] = tmp.reshape(-1, c).sum(axis=0)
+        _einsum_into("nhwc,nhwpqc->pqc", g[start:stop], win[start:stop], partial[start // rows])
 
     parallel.for_each_chunk(n, ho * wo * c, kernel, xp)
     return partial.sum(axis=0)
 
 
-def _depthwise_forward(xpad: Array, weight: Array, sh: int, sw: int, ho: int, wo: int) -> Array:
-    """Strided depthwise conv over the padded input (PVT v2's depthwise convs all have stride 1)."""
-    xp = get_array_module(xpad)
-    taps = _taps(weight)
-    kh, kw, _ = taps.shape
-    out = _tap(xpad, 0, 0, sh, sw, ho, wo) * taps[0, 0]
-    tmp = xp.empty_like(out)
-    for p in range(kh):
-        for q in range(kw):
-            if p == q == 0:
-                continue
-            xp.multiply(_tap(xpad, p, q, sh, sw, ho, wo), taps[p, q], out=tmp)
-            out += tmp
-    return out
+def _einsum_into(spec: str, a: Array, b: Array, out: Array) -> None:
+    xp = get_array_module(a)
+    if xp is np:
+        np.einsum(spec, a, b, out=out)
+    else:
+        out[...] = xp.einsum(spec, a, b)
 
 
 def conv2d_backward(dout: Array, cache: ConvCache) -> tuple[Array, Array, Array | None]:
@@ -268,30 +198,22 @@ def conv2d_backward(dout: Array, cache: ConvCache) -> tuple[Array, Array, Array 
     dW          = G^T X  per group (X the im2col matrix, rebuilt from the cached padded input)
     dX          = G W    per group, then col2im: each tap (p, q) slice-adds its column block
                   back onto the input pixels it read (kh*kw strided slice-adds, no scatter)
-    Depthwise:  dw[c,p,q] = sum_{n,i,j} G[n,i,j,c] * xpad[n, i*sh+p, j*sw+q, c],
-                dxpad[shifted by (p, q)] += w[c,p,q] * G  (for stride 1: the same shifted
-                multiply-adds as the forward, run in the opposite direction).
+    Depthwise:  dw[c,p,q] = sum_{n,i,j} G[n,i,j,c] * win[n,i,j,p,q,c]   (one einsum per chunk)
+                dX: with stride 1 every output pixel's gradient flows back to the pixels it
+                read, which is a stride-1 depthwise conv of G (padded by k-1-pad) with the
+                kernel flipped; other strides slice-add w[c,p,q] * G per tap.
     Returns (dx, dW, db); db is None when there was no bias.
     """
-    xp = get_array_module(dout)
-    x, weight, has_bias, (sh, sw), (ph, pw), groups, channels_last, padded = cache
+    xpad, weight, has_bias, (sh, sw), (ph, pw), groups, channels_last = cache
     g = dout if channels_last else dout.transpose(0, 2, 3, 1)
-    o = g.shape[3]
-    c = x.shape[3]
-    if groups == c == o and not padded:
-        g = xp.ascontiguousarray(g)
-        kh, kw = weight.shape[2:]
-        db = g.reshape(-1, o).sum(axis=0) if has_bias else None
-        dx = _depthwise_s1(g, _taps(weight), None, x.shape[1:3], (ph, pw), transpose=True)
-        dtaps = _depthwise_s1_weight_grad(g, x, (kh, kw), (ph, pw))
-        dw = xp.ascontiguousarray(dtaps.transpose(2, 0, 1)[:, None])
-        return (dx if channels_last else dx.transpose(0, 3, 1, 2)), dw, db
-    db = g.sum(axis=(0, 1, 2)) if has_bias else None
+    _n, _ho, _wo, o = g.shape
+    c = xpad.shape[3]
+    db = g.reshape(-1, o).sum(axis=0) if has_bias else None
     if groups == c == o:
-        dxpad, dw = _depthwise_backward(g, x, weight, sh, sw)
+        dxpad, dw = _depthwise_backward(g, xpad, weight, sh, sw)
     else:
-        dxpad, dw = _grouped_backward(g, x, weight, groups, sh, sw)
-    hp, wp = x.shape[1:3]
+        dxpad, dw = _grouped_backward(g, xpad, weight, groups, sh, sw)
+    hp, wp = xpad.shape[1:3]
     dx = dxpad[:, ph : hp - ph, pw : wp - pw, :]
     return (dx if channels_last else dx.transpose(0, 3, 1, 2)), dw, db
 
@@ -318,17 +240,23 @@ def _grouped_backward(g: Array, xpad: Array, weight: Array, groups: int, sh: int
 
 
 def _depthwise_backward(g: Array, xpad: Array, weight: Array, sh: int, sw: int) -> tuple[Array, Array]:
+    """(dxpad, dw) of a depthwise conv: the gradient w.r.t. the padded input, and the weight's."""
     xp = get_array_module(g)
-    _, ho, wo, c = g.shape
+    g = xp.ascontiguousarray(g)
+    _, ho, wo, _c = g.shape
+    kh, kw = weight.shape[2:]
+    dtaps = _depthwise_weight_grad(g, _windows(xpad, kh, kw, sh, sw, ho, wo))
+    dw = xp.ascontiguousarray(dtaps.transpose(2, 0, 1)[:, None])
+    flipped = _taps(weight)[::-1, ::-1].copy()
+    hp, wp = xpad.shape[1:3]
+    if sh == sw == 1:
+        gpad = _pad_nhwc(g, kh - 1, kw - 1)  # dxpad[y, x] = sum_pq G[y - p, x - q] w[p, q]
+        return _depthwise(_windows(gpad, kh, kw, 1, 1, hp, wp), flipped, None), dw
     taps = _taps(weight)
-    kh, kw, _ = taps.shape
-    dtaps = xp.empty((kh, kw, c), dtype=g.dtype)
     dxpad = xp.zeros(xpad.shape, dtype=g.dtype)
     tmp = xp.empty_like(g)
     for p in range(kh):
         for q in range(kw):
-            xp.multiply(g, _tap(xpad, p, q, sh, sw, ho, wo), out=tmp)
-            dtaps[p, q] = tmp.reshape(-1, c).sum(axis=0)
             xp.multiply(g, taps[p, q], out=tmp)
             _tap(dxpad, p, q, sh, sw, ho, wo)[...] += tmp
-    return dxpad, xp.ascontiguousarray(dtaps.transpose(2, 0, 1)[:, None])
+    return dxpad, dw

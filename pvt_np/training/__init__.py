@@ -1,0 +1,16 @@
+"""Training: the loop, checkpoints, plots and the ``train`` / ``evaluate`` sub-commands."""
+
+from pvt_np.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pvt_np.training.trainer import TrainConfig, Trainer, TrainingError, build_model, evaluate, train_step
+
+__all__ = [
+    "CheckpointError",
+    "TrainConfig",
+    "Trainer",
+    "TrainingError",
+    "build_model",
+    "evaluate",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train_step",
+]

@@ -1,0 +1,63 @@
+"""PNG plots of a run: loss and accuracy curves, and the confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pvt_np.io_utils import atomic_write
+
+
+def _figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Train/test loss and accuracy against the epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = _figure(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["test_loss"] for r in history], "o-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in history], "o-", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: str | Path) -> None:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts written in."""
+    counts = np.asarray(confusion)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(classes)
+    size = max(5.0, 0.55 * k)
+    fig, ax = _figure(figsize=(size, size))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if k <= 20:
+        ax.set_xticks(range(k), classes, rotation=60, ha="right")
+        ax.set_yticks(range(k), classes)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({np.trace(counts) / counts.sum():.1%} correct)")
+    _save(fig, path)

@@ -1,0 +1,424 @@
+"""The training loop: deterministic, resumable, with progress bars, logs, plots and checkpoints.
+
+Everything random is a pure function of (seed, epoch, batch): the sample order
+and augmentation (see :class:`pvt_np.data.BatchLoader`) and the dropout /
+drop-path masks (``manual_seed(derive_seed(seed, epoch, batch))`` before each
+step). A checkpoint therefore needs no generator state: resuming from
+(epoch, batch) replays exactly the batches and masks an uninterrupted run
+would have seen, and ends with the same weights.
+
+Checkpoints (``last.npz`` every epoch and on Ctrl-C, ``best.npz`` on a new best
+test accuracy) are written to a temporary file and renamed, so a run killed at
+any moment keeps its previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pvt_np import backend
+from pvt_np.backend import Array
+from pvt_np.io_utils import atomic_write
+from pvt_np.models import create_model
+from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
+from pvt_np.nn import CrossEntropyLoss, no_grad
+from pvt_np.optim import AdamW, CosineWarmupSchedule, clip_grad_norm_, param_groups_weight_decay
+from pvt_np.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (non-finite loss, mismatched checkpoint, ...); the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (saved in its checkpoints and checked on resume)."""
+
+    model: str = "pvt_v2_b0"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    cifar_stem: bool | None = None  # None: use the CIFAR config for images of 64 px or less
+    dataset: str = "cifar10"
+    data_path: str = "data"
+    download: bool = False
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    clip_grad: float | None = None
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    crop_padding: int = 4
+    hflip: bool = True
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    eval_batch_size: int = 500
+    train_subset: int | None = None  # use only the first N training images (quick runs, tests)
+    test_subset: int | None = None
+    log_every: int = 20  # steps between progress updates (and, on the GPU, loss checks)
+    progress: bool = True
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that must match for a checkpoint to be resumed or evaluated."""
+        return {
+            "model": self.model,
+            "model_overrides": _jsonable(self.model_overrides),
+            "cifar_stem": self.cifar_stem,
+            "dtype": self.dtype,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists, recursively, so configs compare equal after a JSON round trip."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def build_model(config: TrainConfig, num_classes: int, image_size: tuple[int, int]) -> PyramidVisionTransformerV2:
+    """The run's model, initialised from the run's seed."""
+    cifar = config.cifar_stem if config.cifar_stem is not None else max(image_size) <= 64
+    model = create_model(
+        config.model,
+        num_classes=num_classes,
+        drop_rate=config.drop_rate,
+        drop_path_rate=config.drop_path_rate,
+        seed=config.seed,
+        dtype=config.dtype,
+        cifar=cifar,
+        **config.model_overrides,
+    )
+    model.feature_sizes(*image_size)  # a clear error now if the images are too small for this pyramid
+    return model.to(device=config.device)
+
+
+def train_step(
+    model: PyramidVisionTransformerV2,
+    criterion: CrossEntropyLoss,
+    optimizer: AdamW,
+    x: Array,
+    y: Array,
+    clip_grad: float | None = None,
+) -> tuple[Array, Array]:
+    """One optimisation step; returns (loss, logits) as device arrays (no host sync).
+
+    zero_grad -> forward -> loss -> backward (dL/dlogits, then the model's chain
+    of hand-written backward passes) -> optional gradient-norm clipping -> update.
+    """
+    optimizer.zero_grad()
+    logits = model(x)
+    loss = criterion(logits, y)
+    model.backward(criterion.backward())
+    if clip_grad is not None:
+        clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+    return loss, logits
+
+
+def evaluate(
+    model: PyramidVisionTransformerV2, loader: Any, num_classes: int, progress: bool = False
+) -> dict[str, Any]:
+    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    criterion = CrossEntropyLoss()
+    xp = backend.get_array_module(model.patch_embed.proj.weight.data)
+    confusion = xp.zeros((num_classes, num_classes), dtype=np.int64)
+    loss_sum = xp.zeros((), dtype=np.float64)
+    count = 0
+    with no_grad():
+        for x, y in tqdm(loader.epoch(0), total=len(loader), desc="evaluate", leave=False, disable=not progress):
+            logits = model(x)
+            loss_sum += criterion(logits, y) * y.shape[0]
+            pred = logits.argmax(axis=1)
+            confusion += xp.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(confusion.shape)
+            count += int(y.shape[0])
+    confusion = backend.to_numpy(confusion)
+    return {
+        "loss": float(loss_sum) / max(count, 1),
+        "accuracy": float(np.trace(confusion)) / max(count, 1),
+        "confusion": confusion,
+    }
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig` into ``output_dir`` (created; an existing run needs ``resume``)."""
+
+    def __init__(self, config: TrainConfig, output_dir: str | Path, resume: bool = False) -> None:
+        self.config = config
+        self.out = Path(output_dir)
+        self.resume = resume
+        backend.check_device(config.device)
+        backend.check_float_dtype(config.dtype)
+        last = self.out / "last.npz"
+        if last.exists() and not resume:
+            raise TrainingError(
+                f"{self.out} already holds a run ({last.name}); pass --resume to continue it "
+                "or choose another --output (nothing was overwritten)"
+            )
+        if resume and not last.exists():
+            raise TrainingError(f"--resume: no checkpoint at {last}")
+        self._stop_requested = False
+
+    # -- set-up ---------------------------------------------------------------
+    def _setup(self) -> None:
+        from pvt_np.data import Augment, load_dataset
+
+        cfg = self.config
+        self.train_set = _subset(
+            load_dataset(cfg.dataset, cfg.data_path, "train", cfg.download), cfg.train_subset, cfg.seed
+        )
+        self.test_set = _subset(load_dataset(cfg.dataset, cfg.data_path, "test", cfg.download), cfg.test_subset, 0)
+        self.num_classes = self.train_set.num_classes
+        mean, std = self.train_set.mean_std()
+        self.normalize = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        augment = Augment(
+            crop_padding=cfg.crop_padding, hflip=cfg.hflip, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix
+        )
+        self.train_loader = self.train_set.loader(
+            cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True, device=cfg.device,
+            augment=augment, mean=mean, std=std, dtype=cfg.dtype,
+        )  # fmt: skip
+        self.test_loader = self.test_set.loader(
+            min(cfg.eval_batch_size, len(self.test_set)), shuffle=False, device=cfg.device,
+            mean=mean, std=std, dtype=cfg.dtype,
+        )  # fmt: skip
+        self.model = build_model(cfg, self.num_classes, self.train_set.image_size)
+        self.criterion = CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.optimizer = AdamW(param_groups_weight_decay(self.model, cfg.weight_decay), lr=cfg.lr)
+        steps_per_epoch = len(self.train_loader)
+        self.total_steps = cfg.epochs * steps_per_epoch
+        self.schedule = CosineWarmupSchedule(
+            self.optimizer,
+            total_steps=self.total_steps,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            min_lr=cfg.min_lr,
+        )
+        self.history: list[dict[str, Any]] = []
+        self.best_accuracy = -1.0
+        self.epoch, self.batch = 0, 0
+        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        if self.resume:
+            self._restore(load_checkpoint(self.out / "last.npz"))
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        saved = ckpt.get("config", {})
+        mine = self.config.architecture()
+        theirs = {k: saved.get(k) for k in mine}
+        if theirs != mine or ckpt.get("num_classes") != self.num_classes:
+            raise CheckpointError(
+                f"{self.out / 'last.npz'} is from another model: it has {theirs} with "
+                f"{ckpt.get('num_classes')} classes, this run asks for {mine} with {self.num_classes} classes"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.epoch, self.batch = ckpt["progress"]["epoch"], ckpt["progress"]["batch"]
+        self.partial = ckpt["progress"]["partial"]
+        self.history = ckpt["history"]
+        self.best_accuracy = ckpt["best_accuracy"]
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "config": {**asdict(self.config), **self.config.architecture()},
+            "num_classes": self.num_classes,
+            "classes": list(self.train_set.classes),
+            "normalize": self.normalize,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "progress": {"epoch": self.epoch, "batch": self.batch, "partial": dict(self.partial)},
+            "history": self.history,
+            "best_accuracy": self.best_accuracy,
+        }
+
+    # -- the loop ---------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to the configured number of epochs; returns the last epoch's metrics."""
+        self._setup()
+        self.out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.out / "config.json", "w") as f:
+            json.dump(asdict(self.config), f, indent=2)
+        cfg = self.config
+        with self._interrupt_guard():
+            while self.epoch < cfg.epochs:
+                interrupted = self._train_epoch()
+                if interrupted:
+                    save_checkpoint(self.out / "last.npz", self._checkpoint())
+                    raise KeyboardInterrupt(
+                        f"interrupted at epoch {self.epoch + 1}, batch {self.batch}; checkpoint saved to "
+                        f"{self.out / 'last.npz'} (continue with --resume)"
+                    )
+                self._end_epoch()
+        return self.history[-1] if self.history else {}
+
+    def _train_epoch(self) -> bool:
+        """Run the rest of the current epoch; True if stopped by Ctrl-C."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        loader = self.train_loader
+        xp = backend.get_array_module(self.model.patch_embed.proj.weight.data)
+        self.model.train()
+        bar = tqdm(
+            total=len(loader), initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress, dynamic_ncols=True, leave=True,
+        )  # fmt: skip
+        losses = xp.zeros(max(cfg.log_every, 1), dtype=np.float64)
+        correct = xp.zeros((), dtype=np.int64)
+        pending = 0
+        start_time = time.perf_counter()
+        try:
+            for x, y in loader.epoch(self.epoch, start_batch=self.batch):
+                backend.manual_seed(backend.derive_seed(cfg.seed, self.epoch, self.batch, 1))
+                loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y, cfg.clip_grad)
+                self.schedule.step()
+                labels = y if y.ndim == 1 else y.argmax(axis=1)
+                losses[pending] = loss
+                correct += (logits.argmax(axis=1) == labels).sum()
+                pending += 1
+                self.batch += 1
+                # On the CPU reading the loss costs nothing; on the GPU it waits for the device,
+                # so it is read every log_every steps (a non-finite loss is still pinned to its step).
+                if xp is np or pending == losses.shape[0] or self.batch == len(loader):
+                    self._flush(losses[:pending], correct, pending, x.shape[0], start_time, bar)
+                    pending = 0
+                    correct[...] = 0
+                    start_time = time.perf_counter()
+                if self._stop_requested:
+                    return True
+        finally:
+            bar.close()
+        return False
+
+    def _flush(self, losses: Array, correct: Array, steps: int, batch_size: int, start_time: float, bar: Any) -> None:
+        host = backend.to_numpy(losses)
+        bad = np.flatnonzero(~np.isfinite(host))
+        if bad.size:
+            step = self.batch - steps + int(bad[0])
+            raise TrainingError(
+                f"non-finite loss ({host[bad[0]]}) at epoch {self.epoch + 1}, step {step} of the epoch "
+                f"(global step {self.epoch * len(self.train_loader) + step}); training stopped, the last good "
+                f"checkpoint {self.out / 'last.npz'} is untouched. Try a lower --lr or --clip-grad."
+            )
+        p = self.partial
+        p["loss_sum"] += float(host.sum()) * batch_size
+        p["correct"] += int(correct)
+        p["seen"] += steps * batch_size
+        p["seconds"] += time.perf_counter() - start_time
+        bar.update(steps)
+        if bar.n % max(self.config.log_every, 1) == 0 or bar.n == bar.total:
+            bar.set_postfix(
+                loss=f"{p['loss_sum'] / p['seen']:.4f}",
+                acc=f"{p['correct'] / p['seen']:.3f}",
+                img_s=f"{p['seen'] / max(p['seconds'], 1e-9):.0f}",
+                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                refresh=False,
+            )
+
+    def _end_epoch(self) -> None:
+        cfg = self.config
+        p = self.partial
+        test = evaluate(self.model, self.test_loader, self.num_classes, progress=cfg.progress)
+        row = {
+            "epoch": self.epoch + 1,
+            "train_loss": p["loss_sum"] / max(p["seen"], 1),
+            "train_accuracy": p["correct"] / max(p["seen"], 1),
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_seconds": p["seconds"],
+            "img_per_s": p["seen"] / max(p["seconds"], 1e-9),
+        }
+        self.history.append(row)
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        improved = test["accuracy"] > self.best_accuracy
+        if improved:
+            self.best_accuracy = test["accuracy"]
+        ckpt = self._checkpoint()
+        save_checkpoint(self.out / "last.npz", ckpt)
+        if improved:
+            save_checkpoint(self.out / "best.npz", ckpt)
+        self._write_logs()
+        from pvt_np.training.plots import plot_confusion, plot_curves
+
+        plot_curves(self.history, self.out / "curves.png")
+        if self.epoch == cfg.epochs:
+            plot_confusion(test["confusion"], list(self.train_set.classes), self.out / "confusion.png")
+        if cfg.progress:
+            print(
+                f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+                f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | {row['img_per_s']:.0f} img/s"
+                + (" (best)" if improved else ""),
+                flush=True,
+            )
+
+    def _write_logs(self) -> None:
+        with atomic_write(self.out / "metrics.jsonl", "w") as f:
+            for row in self.history:
+                f.write(json.dumps(row) + "\n")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(self.history[0]))
+        writer.writeheader()
+        writer.writerows(self.history)
+        with atomic_write(self.out / "metrics.csv", "w") as f:
+            f.write(buf.getvalue())
+
+    @contextlib.contextmanager
+    def _interrupt_guard(self) -> Iterator[None]:
+        """First Ctrl-C: finish the current step, save, stop. A second one stops at once."""
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        try:
+            previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _subset(dataset: Any, n: int | None, seed: int) -> Any:
+    """A random subset of ``n`` samples, the same for the same seed (all of it when n is None).
+
+    Random, not the first n: image folders and archives are stored class by class.
+    """
+    if n is None or n >= len(dataset):
+        return dataset
+    if n < 1:
+        raise ValueError(f"subset size must be positive, got {n}")
+    from pvt_np.data import Dataset
+
+    keep = np.sort(np.random.default_rng(backend.derive_seed(seed, len(dataset))).permutation(len(dataset))[:n])
+    return Dataset(
+        dataset.images[keep], dataset.labels[keep], dataset.classes, dataset.name, dataset.split, dataset.source
+    )
+
+
+__all__ = ["TrainConfig", "Trainer", "TrainingError", "build_model", "evaluate", "train_step"]
