@@ -186,13 +186,13 @@ def _pvt_np_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_ho
 
     def forward_backward() -> None:
         crit(model(x), y)
-        model.backward(crit.backward())
+        model.backward(crit.backward(), input_grad=False)
         model.zero_grad()
 
     def train_step() -> None:
         opt.zero_grad()
         crit(model(x), y)
-        model.backward(crit.backward())
+        model.backward(crit.backward(), input_grad=False)
         opt.step()
 
     if device == "gpu":

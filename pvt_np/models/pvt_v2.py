@@ -88,11 +88,11 @@ class OverlapPatchEmbed(Module):
             y = y.transpose(0, 2, 3, 1)  # back to the conv's contiguous NHWC result
         return self.norm(y)
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, input_grad: bool = True) -> Array | None:
         dy = self.norm.backward(dout)
         if not self.channels_last_input:
             dy = dy.transpose(0, 3, 1, 2)
-        return self.proj.backward(dy)
+        return self.proj.backward(dy, input_grad)
 
 
 class Attention(Module):
@@ -496,7 +496,7 @@ class PyramidVisionTransformerV2(Module):
             maps.append(fmap)
         return maps
 
-    def _backward_stages(self, dmaps: Sequence[Array | None]) -> Array:
+    def _backward_stages(self, dmaps: Sequence[Array | None], input_grad: bool = True) -> Array | None:
         """Backward through the stages from per-stage map gradients (channels-last, None = unused)."""
         dmap = None
         for stage, g in zip(reversed(list(self.stages)), reversed(list(dmaps)), strict=True):
@@ -507,7 +507,7 @@ class PyramidVisionTransformerV2(Module):
             dmap = stage.backward(dmap)
         if dmap is None:
             raise ValueError(f"{type(self).__name__}: at least one stage map needs a gradient")
-        return self.patch_embed.backward(dmap)
+        return self.patch_embed.backward(dmap, input_grad)
 
     def _pop(self, kind: str) -> Any:
         saved_kind, payload = self._pop_cache()
@@ -549,11 +549,16 @@ class PyramidVisionTransformerV2(Module):
         self._save(("logits", (fmap.shape, pool_cache)))
         return self.head(self.head_drop(pooled))
 
-    def backward(self, dlogits: Array) -> Array:
-        """Input gradient (B, C, H, W); every parameter's gradient is added to its .grad."""
+    def backward(self, dlogits: Array, input_grad: bool = True) -> Array | None:
+        """Input gradient (B, C, H, W); every parameter's gradient is added to its .grad.
+
+        Training needs no gradient w.r.t. the images: ``input_grad=False`` skips the
+        stem's col2im (as torch does for inputs without requires_grad) and returns None.
+        """
         map_shape, pool_cache = self._pop("logits")
         dtokens = ops.token_mean_backward(self.head_drop.backward(self.head.backward(dlogits)), pool_cache)
-        return self._backward_stages([None] * (len(self.stages) - 1) + [dtokens.reshape(map_shape)])
+        dmaps = [None] * (len(self.stages) - 1) + [dtokens.reshape(map_shape)]
+        return self._backward_stages(dmaps, input_grad)
 
     def extra_repr(self) -> str:
         return (

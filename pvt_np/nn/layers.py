@@ -126,8 +126,9 @@ class Conv2d(Module):
         self._save(cache)
         return out
 
-    def backward(self, dout: Array) -> Array:
-        dx, dw, db = ops.conv2d_backward(dout, self._pop_cache())
+    def backward(self, dout: Array, input_grad: bool = True) -> Array | None:
+        """dx (None with ``input_grad=False``: the input needs no gradient, e.g. images)."""
+        dx, dw, db = ops.conv2d_backward(dout, self._pop_cache(), input_grad)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)

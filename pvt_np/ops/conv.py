@@ -191,7 +191,7 @@ def _einsum_into(spec: str, a: Array, b: Array, out: Array) -> None:
         out[...] = xp.einsum(spec, a, b)
 
 
-def conv2d_backward(dout: Array, cache: ConvCache) -> tuple[Array, Array, Array | None]:
+def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> tuple[Array | None, Array, Array | None]:
     """Gradients of the conv, with G = dL/dout:
 
     db[o]       = sum_{n,i,j} G[n,o,i,j]
@@ -202,7 +202,8 @@ def conv2d_backward(dout: Array, cache: ConvCache) -> tuple[Array, Array, Array 
                 dX: with stride 1 every output pixel's gradient flows back to the pixels it
                 read, which is a stride-1 depthwise conv of G (padded by k-1-pad) with the
                 kernel flipped; other strides slice-add w[c,p,q] * G per tap.
-    Returns (dx, dW, db); db is None when there was no bias.
+    Returns (dx, dW, db); db is None when there was no bias, dx is None with
+    ``input_grad=False`` (an image fed to the stem needs no gradient: col2im skipped).
     """
     xpad, weight, has_bias, (sh, sw), (ph, pw), groups, channels_last = cache
     g = dout if channels_last else dout.transpose(0, 2, 3, 1)
@@ -210,15 +211,19 @@ def conv2d_backward(dout: Array, cache: ConvCache) -> tuple[Array, Array, Array 
     c = xpad.shape[3]
     db = g.reshape(-1, o).sum(axis=0) if has_bias else None
     if groups == c == o:
-        dxpad, dw = _depthwise_backward(g, xpad, weight, sh, sw)
+        dxpad, dw = _depthwise_backward(g, xpad, weight, sh, sw, input_grad)
     else:
-        dxpad, dw = _grouped_backward(g, xpad, weight, groups, sh, sw)
+        dxpad, dw = _grouped_backward(g, xpad, weight, groups, sh, sw, input_grad)
+    if dxpad is None:
+        return None, dw, db
     hp, wp = xpad.shape[1:3]
     dx = dxpad[:, ph : hp - ph, pw : wp - pw, :]
     return (dx if channels_last else dx.transpose(0, 3, 1, 2)), dw, db
 
 
-def _grouped_backward(g: Array, xpad: Array, weight: Array, groups: int, sh: int, sw: int) -> tuple[Array, Array]:
+def _grouped_backward(
+    g: Array, xpad: Array, weight: Array, groups: int, sh: int, sw: int, input_grad: bool
+) -> tuple[Array | None, Array]:
     xp = get_array_module(g)
     n, ho, wo, o = g.shape
     _, cg, kh, kw = weight.shape
@@ -227,6 +232,8 @@ def _grouped_backward(g: Array, xpad: Array, weight: Array, groups: int, sh: int
     cols = _im2col(xpad, kh, kw, groups, sh, sw, ho, wo)
     dw_mat = g_mat.transpose(0, 2, 1) @ cols  # (G, O/G, K)
     dw = dw_mat.reshape(groups, og, kh, kw, cg).transpose(0, 1, 4, 2, 3).reshape(o, cg, kh, kw)
+    if not input_grad:
+        return None, xp.ascontiguousarray(dw)
     dcols = g_mat @ _weight_matrix(weight, groups)  # (G, M, K)
     dcols = dcols.reshape(groups, n, ho, wo, kh, kw, cg)
     if kh == kw == 1 and sh == sw == 1:
@@ -239,7 +246,9 @@ def _grouped_backward(g: Array, xpad: Array, weight: Array, groups: int, sh: int
     return dxpad, xp.ascontiguousarray(dw)
 
 
-def _depthwise_backward(g: Array, xpad: Array, weight: Array, sh: int, sw: int) -> tuple[Array, Array]:
+def _depthwise_backward(
+    g: Array, xpad: Array, weight: Array, sh: int, sw: int, input_grad: bool
+) -> tuple[Array | None, Array]:
     """(dxpad, dw) of a depthwise conv: the gradient w.r.t. the padded input, and the weight's."""
     xp = get_array_module(g)
     g = xp.ascontiguousarray(g)
@@ -247,6 +256,8 @@ def _depthwise_backward(g: Array, xpad: Array, weight: Array, sh: int, sw: int) 
     kh, kw = weight.shape[2:]
     dtaps = _depthwise_weight_grad(g, _windows(xpad, kh, kw, sh, sw, ho, wo))
     dw = xp.ascontiguousarray(dtaps.transpose(2, 0, 1)[:, None])
+    if not input_grad:
+        return None, dw
     flipped = _taps(weight)[::-1, ::-1].copy()
     hp, wp = xpad.shape[1:3]
     if sh == sw == 1:

@@ -126,7 +126,7 @@ def train_step(
     optimizer.zero_grad()
     logits = model(x)
     loss = criterion(logits, y)
-    model.backward(criterion.backward())
+    model.backward(criterion.backward(), input_grad=False)
     if clip_grad is not None:
         clip_grad_norm_(model.parameters(), clip_grad)
     optimizer.step()
