@@ -72,29 +72,63 @@ def chunk_rows(row_elements: int) -> int:
 def for_each_chunk(num_rows: int, row_elements: int, kernel: Callable[[int, int], None], xp: Any = np) -> None:
     """Call ``kernel(start, stop)`` on consecutive row ranges covering [0, num_rows).
 
-    Each range holds about CHUNK_ELEMENTS elements (:func:`chunk_rows` rows). Ranges
-    are dealt round-robin to the worker threads when the work is large enough;
-    kernels must only write to their own rows. For CuPy, one call covers all rows.
+    Each range holds about CHUNK_ELEMENTS elements (:func:`chunk_rows` rows). The
+    calling thread and the workers take ranges from a shared counter, so a worker
+    that the OS schedules late (a busy machine) simply finds less left to do and the
+    caller never waits for a thread that has not started. Kernels must only write
+    to their own rows. For CuPy, one call covers all rows.
     """
     if xp is not np:
         kernel(0, num_rows)
         return
     rows_per_chunk = chunk_rows(row_elements)
-    starts = list(range(0, num_rows, rows_per_chunk))
+    starts = range(0, num_rows, rows_per_chunk)
     threads = min(_num_threads, len(starts))
     if threads <= 1 or num_rows * row_elements < PARALLEL_MIN_ELEMENTS:
         for s in starts:
             kernel(s, min(s + rows_per_chunk, num_rows))
         return
-
-    def worker(k: int) -> None:
-        for s in starts[k::threads]:
-            kernel(s, min(s + rows_per_chunk, num_rows))
-
+    job = _Job(starts, rows_per_chunk, num_rows, kernel)
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=_num_threads, thread_name_prefix="pvt_np")
-    futures = [_pool.submit(worker, k) for k in range(1, threads)]
-    worker(0)
-    for f in futures:
-        f.result()
+    for _ in range(threads - 1):
+        _pool.submit(job.work)
+    job.work()
+    job.wait()
+
+
+class _Job:
+    """Chunks handed out one at a time; wait() returns when every handed-out chunk is done."""
+
+    def __init__(self, starts: range, rows_per_chunk: int, num_rows: int, kernel: Callable[[int, int], None]) -> None:
+        self.starts, self.rows, self.num_rows, self.kernel = starts, rows_per_chunk, num_rows, kernel
+        self.next = 0
+        self.running = 0
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+
+    def work(self) -> None:
+        while True:
+            with self.cond:
+                if self.error is not None or self.next >= len(self.starts):
+                    return
+                start = self.starts[self.next]
+                self.next += 1
+                self.running += 1
+            try:
+                self.kernel(start, min(start + self.rows, self.num_rows))
+            except BaseException as err:  # re-raised in the calling thread by wait()
+                with self.cond:
+                    self.error = err
+            finally:
+                with self.cond:
+                    self.running -= 1
+                    self.cond.notify_all()
+
+    def wait(self) -> None:
+        with self.cond:
+            while self.running:
+                self.cond.wait()
+        if self.error is not None:
+            raise self.error
