@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# name -> (module, one-line help). Modules are imported when the parser is built.
+# name -> (module, one-line help). Each module imports torch or CuPy only when it needs them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pvt_np.training.cli_train", "train a PVT v2 on CIFAR-10/100 or an image folder"),
     "evaluate": ("pvt_np.training.cli_evaluate", "evaluate a checkpoint on a test set"),
@@ -27,12 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if not module_name.startswith(str(err.name)):
-                raise
-            continue  # a sub-command not built yet is simply not offered
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

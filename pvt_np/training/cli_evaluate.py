@@ -10,7 +10,7 @@ import numpy as np
 from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
 from pvt_np.training.checkpoint import CheckpointError, load_checkpoint
-from pvt_np.training.trainer import TrainConfig, build_model, evaluate
+from pvt_np.training.trainer import TrainConfig, _subset, build_model, evaluate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +33,12 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**{**known, "device": args.device, "dataset": args.dataset or saved["dataset"]})
         data_path = args.data_path or saved["data_path"]
         test = load_dataset(config.dataset, data_path, "test")
+        # A run trained with --test-subset was scored on that subset: evaluate the same images
+        # (when evaluating on the run's own data).
+        own_data = (config.dataset, data_path) == (saved["dataset"], saved["data_path"])
+        subset = _subset(test, config.test_subset, 0) if own_data else test
+        note = " (the run's --test-subset)" if len(subset) < len(test) else ""
+        test = subset
         if test.num_classes != ckpt["num_classes"]:
             raise CheckpointError(
                 f"{args.checkpoint} has {ckpt['num_classes']} classes but {config.dataset} at {data_path} "
@@ -49,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"pvt-np evaluate: error: {err}", file=sys.stderr)
         return 1
     confusion = result["confusion"]
-    print(f"{args.checkpoint}: {config.dataset} test, {confusion.sum()} images")
+    print(f"{args.checkpoint}: {config.dataset} test, {confusion.sum()} images{note}")
     print(f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}")
     per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
     for name, acc in zip(test.classes, per_class, strict=True):

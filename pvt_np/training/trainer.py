@@ -21,7 +21,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,15 @@ class TrainConfig:
             "cifar_stem": self.cifar_stem,
             "dtype": self.dtype,
         }
+
+
+# Settings that shape the sequence of batches, masks and updates: resuming with any of them
+# changed would not continue the same run (device, paths and logging may change freely).
+TRAJECTORY_FIELDS = (
+    "dataset", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing",
+    "clip_grad", "drop_rate", "drop_path_rate", "crop_padding", "hflip", "mixup", "cutmix", "seed",
+    "train_subset", "test_subset",
+)  # fmt: skip
 
 
 def _jsonable(value: Any) -> Any:
@@ -189,6 +198,8 @@ class Trainer:
         )
         self.test_set = _subset(load_dataset(cfg.dataset, cfg.data_path, "test", cfg.download), cfg.test_subset, 0)
         self.num_classes = self.train_set.num_classes
+        if cfg.cifar_stem is None:  # resolve 'auto' so the checkpoint records the model actually built
+            cfg = self.config = replace(cfg, cifar_stem=max(self.train_set.image_size) <= 64)
         mean, std = self.train_set.mean_std()
         self.normalize = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
         augment = Augment(
@@ -228,6 +239,13 @@ class Trainer:
             raise CheckpointError(
                 f"{self.out / 'last.npz'} is from another model: it has {theirs} with "
                 f"{ckpt.get('num_classes')} classes, this run asks for {mine} with {self.num_classes} classes"
+            )
+        current = _jsonable(asdict(self.config))
+        changed = [f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in TRAJECTORY_FIELDS if saved.get(k) != current[k]]
+        if changed:
+            raise CheckpointError(
+                f"--resume continues {self.out} exactly, but these settings differ from its checkpoint: "
+                f"{', '.join(changed)}. Repeat the run's own options, or start a new run with another --output."
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -299,7 +317,9 @@ class Trainer:
                 self.batch += 1
                 # On the CPU reading the loss costs nothing; on the GPU it waits for the device,
                 # so it is read every log_every steps (a non-finite loss is still pinned to its step).
-                if xp is np or pending == losses.shape[0] or self.batch == len(loader):
+                # A stop request flushes too: the checkpoint must count these steps, and never hold
+                # weights that a non-finite loss not yet read has already spoiled.
+                if xp is np or pending == losses.shape[0] or self.batch == len(loader) or self._stop_requested:
                     self._flush(losses[:pending], correct, pending, x.shape[0], start_time, bar)
                     pending = 0
                     correct[...] = 0
@@ -314,14 +334,14 @@ class Trainer:
         host = backend.to_numpy(losses)
         bad = np.flatnonzero(~np.isfinite(host))
         if bad.size:
-            step = self.batch - steps + int(bad[0])
+            step = self.batch - steps + int(bad[0]) + 1  # counted from 1, like the epoch and the progress bar
             raise TrainingError(
-                f"non-finite loss ({host[bad[0]]}) at epoch {self.epoch + 1}, step {step} of the epoch "
-                f"(global step {self.epoch * len(self.train_loader) + step}); training stopped, the last good "
-                f"checkpoint {self.out / 'last.npz'} is untouched. Try a lower --lr or --clip-grad."
+                f"non-finite loss ({host[bad[0]]}) at epoch {self.epoch + 1}, step {step}/{len(self.train_loader)} "
+                f"(global step {self.epoch * len(self.train_loader) + step}); {self._stopped()}"
             )
         p = self.partial
-        p["loss_sum"] += float(host.sum()) * batch_size
+        for value in host:  # one step at a time: the same sum however the steps were grouped into reads
+            p["loss_sum"] += float(value) * batch_size
         p["correct"] += int(correct)
         p["seen"] += steps * batch_size
         p["seconds"] += time.perf_counter() - start_time
@@ -335,10 +355,20 @@ class Trainer:
                 refresh=False,
             )
 
+    def _stopped(self) -> str:
+        last = self.out / "last.npz"
+        kept = f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written"
+        return f"training stopped, {kept}. Try a lower --lr or --clip-grad."
+
     def _end_epoch(self) -> None:
         cfg = self.config
         p = self.partial
         test = evaluate(self.model, self.test_loader, self.num_classes, progress=cfg.progress)
+        if not np.isfinite(test["loss"]):  # the last update of the epoch spoiled the weights: don't save them
+            raise TrainingError(
+                f"non-finite test loss ({test['loss']}) after epoch {self.epoch + 1}: the weights are no longer "
+                f"finite; {self._stopped()}"
+            )
         row = {
             "epoch": self.epoch + 1,
             "train_loss": p["loss_sum"] / max(p["seen"], 1),
