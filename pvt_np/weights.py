@@ -48,6 +48,7 @@ from pvt_np import backend
 from pvt_np.io_utils import atomic_write
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
 from pvt_np.models.registry import MODEL_CONFIGS, create_model, list_models
+from pvt_np.nn.module import state_dict_mismatches
 
 if TYPE_CHECKING:  # torch is optional at runtime
     import torch
@@ -532,21 +533,7 @@ def _mismatch_report(
             return timm_key
         return f"{original_names.get(timm_key, timm_key_to_official(timm_key))} (pvt_np: {timm_key})"
 
-    missing = [file_name(k) for k in params if k not in state]
-    unexpected = [file_name(k) for k in state if k not in params]
-    mis_shaped = [
-        f"{file_name(k)}: expected {params[k].shape}, got {tuple(np.shape(v))}"
-        for k, v in state.items()
-        if k in params and tuple(np.shape(v)) != params[k].shape
-    ]
-    problems = []
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    if mis_shaped:
-        problems.append(f"mis-shaped keys ({len(mis_shaped)}): {'; '.join(mis_shaped)}")
-    return problems
+    return state_dict_mismatches({k: p.shape for k, p in params.items()}, state, strict, file_name)
 
 
 def _hints(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,31 @@ def no_grad() -> Iterator[None]:
 def is_grad_enabled() -> bool:
     """False inside :func:`no_grad`."""
     return _GRAD_ENABLED
+
+
+def state_dict_mismatches(
+    expected: Mapping[str, tuple[int, ...]],
+    state_dict: Mapping[str, Any],
+    strict: bool = True,
+    display: Callable[[str], str] = str,
+) -> list[str]:
+    """Every missing, unexpected and mis-shaped key of ``state_dict`` against ``expected`` shapes,
+    as one line per kind (missing and unexpected only when ``strict``); ``display`` names a key."""
+    missing = [display(k) for k in expected if k not in state_dict]
+    unexpected = [display(k) for k in state_dict if k not in expected]
+    mis_shaped = [
+        f"{display(k)}: expected {expected[k]}, got {tuple(np.shape(v))}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(np.shape(v)) != tuple(expected[k])
+    ]
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if mis_shaped:
+        problems.append(f"mis-shaped keys ({len(mis_shaped)}): {'; '.join(mis_shaped)}")
+    return problems
 
 
 class Parameter:
@@ -184,20 +209,7 @@ class Module:
         With ``strict=False`` missing and unexpected keys are ignored, shapes are still checked.
         """
         params = dict(self.named_parameters())
-        missing = [k for k in params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in params]
-        mis_shaped = [
-            f"{k}: expected {params[k].shape}, got {tuple(np.shape(v))}"
-            for k, v in state_dict.items()
-            if k in params and tuple(np.shape(v)) != params[k].shape
-        ]
-        problems = []
-        if strict and missing:
-            problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-        if strict and unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-        if mis_shaped:
-            problems.append(f"mis-shaped keys ({len(mis_shaped)}): {'; '.join(mis_shaped)}")
+        problems = state_dict_mismatches({k: p.shape for k, p in params.items()}, state_dict, strict)
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: " + " | ".join(problems))
         for k, p in params.items():
