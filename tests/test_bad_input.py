@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import contains_all
 
-from pvt_np import nn, ops
+from pvt_np import create_model, nn, ops
 
 F64 = np.float64
 
@@ -200,3 +200,27 @@ def test_bad_constructor_arguments(make: Callable[[], Any], exc: type[Exception]
     """Constructors reject bad hyper-parameters with the same kind of message."""
     with pytest.raises(exc, match=contains_all(*parts)):
         make()
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv", "layer_norm"])
+def test_gradient_of_another_dtype_is_refused(layer: str) -> None:
+    """A float64 gradient into a float32 layer would silently promote the whole backward."""
+    x = np.ones((2, 3, 5, 5), np.float32)
+    module = {
+        "linear": nn.Linear(5, 4),
+        "conv": nn.Conv2d(3, 4, 3),
+        "layer_norm": nn.LayerNorm(5),
+    }[layer]
+    y = module(x)
+    with pytest.raises(TypeError, match=r"gradient dtype float64 does not match weight dtype float32"):
+        module.backward(np.ones(y.shape))
+    module.backward(np.ones(y.shape, np.float32))  # the cache survived the refused call
+
+
+def test_model_gradient_shape_and_dtype_are_checked() -> None:
+    model = create_model("pvt_v2_b0", num_classes=10, cifar=True)
+    model(np.zeros((2, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(2, 10\).*got \(2, 9\)"):
+        model.backward(np.ones((2, 9), np.float32))
+    with pytest.raises(TypeError, match=r"expected a gradient of dtype float32.*got float64"):
+        model.backward(np.ones((2, 10)))

@@ -555,6 +555,22 @@ class PyramidVisionTransformerV2(Module):
         Training needs no gradient w.r.t. the images: ``input_grad=False`` skips the
         stem's col2im (as torch does for inputs without requires_grad) and returns None.
         """
+        kind, payload = self._peek_cache()
+        if kind != "logits":
+            self._pop("logits")  # raises: the last forward was forward_pyramid/forward_features
+        map_shape = payload[0]
+        expected = (map_shape[0], self.num_classes if self.num_classes > 0 else self.num_features)
+        check_array(dlogits, type(self).__name__, "gradient")
+        if tuple(dlogits.shape) != expected:
+            raise ValueError(
+                f"{type(self).__name__}.backward: expected a gradient of shape {expected} (like the logits), "
+                f"got {tuple(dlogits.shape)}"
+            )
+        if dlogits.dtype != self.dtype:
+            raise TypeError(
+                f"{type(self).__name__}.backward: expected a gradient of dtype {self.dtype} (like the logits), "
+                f"got {dlogits.dtype}"
+            )
         map_shape, pool_cache = self._pop("logits")
         dtokens = ops.token_mean_backward(self.head_drop.backward(self.head.backward(dlogits)), pool_cache)
         dmaps = [None] * (len(self.stages) - 1) + [dtokens.reshape(map_shape)]

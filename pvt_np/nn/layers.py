@@ -18,6 +18,12 @@ def _uniform(shape: tuple[int, ...], bound: float, dtype: Any) -> Array:
     return backend.get_rng(np).uniform(-bound, bound, size=shape).astype(dtype)
 
 
+def _check_gradient(dout: Array, weight: Array, who: str) -> None:
+    """A gradient of another dtype would silently promote the whole backward (float64 in a float32 model)."""
+    check_array(dout, who, "gradient")
+    check_same_dtype(dout, weight, who, name="gradient")
+
+
 class Identity(Module):
     """y = x; backward passes the gradient through."""
 
@@ -51,6 +57,7 @@ class Linear(Module):
         return out
 
     def backward(self, dout: Array) -> Array:
+        _check_gradient(dout, self.weight.data, self._label())
         dx, dw, db = ops.linear_backward(dout, self._pop_cache())
         self.weight.accumulate(dw)
         if self.bias is not None:
@@ -128,6 +135,7 @@ class Conv2d(Module):
 
     def backward(self, dout: Array, input_grad: bool = True) -> Array | None:
         """dx (None with ``input_grad=False``: the input needs no gradient, e.g. images)."""
+        _check_gradient(dout, self.weight.data, self._label())
         dx, dw, db = ops.conv2d_backward(dout, self._pop_cache(), input_grad)
         self.weight.accumulate(dw)
         if self.bias is not None:
@@ -172,6 +180,7 @@ class LayerNorm(Module):
         return out
 
     def backward(self, dout: Array) -> Array:
+        _check_gradient(dout, self.weight.data, self._label())
         dx, dw, db = ops.layer_norm_backward(dout, self._pop_cache())
         self.weight.accumulate(dw)
         self.bias.accumulate(db)

@@ -136,6 +136,12 @@ class Module:
         object.__setattr__(self, "_cache", cache if _GRAD_ENABLED else None)
         object.__setattr__(self, "_has_cache", _GRAD_ENABLED)
 
+    def _peek_cache(self) -> Any:
+        """The cache without consuming it (to validate a gradient before any state changes)."""
+        if not self._has_cache:
+            self._pop_cache()  # raises the usual "backward without forward" error
+        return self._cache
+
     def _pop_cache(self) -> Any:
         """Hand the cache to backward once; a second backward is an error, as in torch."""
         if not self._has_cache:
