@@ -632,3 +632,21 @@ def test_eval_mode_is_deterministic_and_drop_free(rng: np.random.Generator) -> N
     for i, (u, v) in enumerate(zip(a, ref, strict=True)):
         assert np.array_equal(u, v), f"eval output {i} differs from the drop-free model by {np.abs(u - v).max():.3g}"
     assert rel_err(train_out[0], a[0]) > 1e-3, "train mode with drops equals eval mode"
+
+
+@pytest.mark.parametrize(
+    ("mode", "num_keys"),
+    [({"sr_ratio": 1}, 15), ({"sr_ratio": 2}, 2), ({"linear_attn": True, "pool_size": 2}, 4)],
+    ids=["full", "sra", "linear"],
+)
+def test_attention_probs_of_the_last_forward(mode: dict, num_keys: int) -> None:
+    """Attention.attention_probs(): (B, heads, N, M) softmax rows over the (reduced) keys, until backward."""
+    attn = Attention(8, num_heads=2, dtype=np.float64, **mode)
+    x = np.random.default_rng(0).standard_normal((2, 5 * 3, 8))
+    attn(x, (5, 3))  # a 5x3 map: SRA with R=2 floors to 2x1 keys, linear SRA pools to 2x2
+    probs = attn.attention_probs()
+    assert probs.shape == (2, 2, 15, num_keys)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=0, atol=1e-12)
+    attn.backward(np.ones((2, 15, 8)))
+    with pytest.raises(RuntimeError, match="backward called without a preceding forward"):
+        attn.attention_probs()

@@ -764,3 +764,34 @@ def test_deferred_loss_reads_pin_a_non_finite_loss_to_its_step(
     assert isinstance(stop.value, trainer_mod.TrainingError), repr(stop.value)
     assert f"at epoch 2, step 3/{tf.STEPS_PER_EPOCH} (global step {tf.STEPS_PER_EPOCH + 3})" in str(stop.value)
     assert "last.npz" in snapshot and _snapshot(out) == snapshot
+
+
+def test_step_log_and_plots_leave_the_matplotlib_backend_alone(image_folder: Path, tmp_path: Path) -> None:
+    """Trainer.step_log has one entry per step on the CPU; saving plots does not switch pyplot's backend."""
+    import matplotlib
+
+    from pvt_np.training import TrainConfig, Trainer
+
+    backend_before = matplotlib.get_backend()
+    config = TrainConfig(
+        model="pvt_v2_b0",
+        model_overrides={"depths": (1, 1, 1, 1), "embed_dims": (8, 16, 16, 16), "num_heads": (1, 1, 1, 1)},
+        dataset="imagefolder",
+        data_path=str(image_folder),
+        epochs=1,
+        batch_size=tf.BATCH_SIZE,
+        progress=False,
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.fit()
+    steps = len(trainer.train_loader)
+    assert [e["step"] for e in trainer.step_log] == list(range(1, steps + 1))
+    losses = [e["loss"] for e in trainer.step_log]
+    assert np.mean(losses) == pytest.approx(trainer.history[0]["train_loss"], rel=1e-9)
+    assert matplotlib.get_backend() == backend_before
+    assert (tmp_path / "run" / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_zero_epochs_is_refused(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _expect_error(capsys, tf.train_args(image_folder, tmp_path / "run", epochs=0), "epochs must be at least 1")
+    assert not (tmp_path / "run").exists()

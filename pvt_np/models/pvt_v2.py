@@ -195,6 +195,15 @@ class Attention(Module):
         dx += self.q.backward(dq.transpose(0, 2, 1, 3).reshape(b, n, c))
         return dx
 
+    def attention_probs(self) -> Array:
+        """The attention weights softmax(q k^T * scale) of the last forward, (B, heads, N, M), before dropout.
+
+        They are kept for the backward, so they can be read after a forward (not under no_grad)
+        until backward runs. Query n's row is a distribution over the M keys: the whole map
+        (full attention), the R-times reduced map (SRA) or the pool_size x pool_size map (linear SRA).
+        """
+        return self._peek_cache()[0].probs
+
     def extra_repr(self) -> str:
         mode = f"linear SRA (pool {self.pool_size})" if self.linear_attn else f"sr_ratio={self.sr_ratio}"
         return f"dim={self.dim}, num_heads={self.num_heads}, {mode}"

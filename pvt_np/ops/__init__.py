@@ -14,7 +14,7 @@ from pvt_np.ops.activation import (
     softmax_backward,
     softmax_forward,
 )
-from pvt_np.ops.attention import attention_backward, attention_forward
+from pvt_np.ops.attention import AttentionCache, attention_backward, attention_forward
 from pvt_np.ops.conv import ConvCache, conv2d_backward, conv2d_forward, conv_output_size
 from pvt_np.ops.dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
 from pvt_np.ops.linear import linear_backward, linear_forward
@@ -33,6 +33,7 @@ from pvt_np.ops.pooling import (
 )
 
 __all__ = [
+    "AttentionCache",
     "ConvCache",
     "adaptive_avg_pool2d_backward",
     "adaptive_avg_pool2d_forward",

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pvt_np.backend import Array, get_array_module, get_rng
 from pvt_np.ops._validate import check_ndim, check_probability
+
+
+class AttentionCache(NamedTuple):
+    """What attention_backward needs: the inputs, the softmax probabilities, the dropout mask."""
+
+    q: Array
+    k: Array
+    v: Array
+    probs: Array
+    keep: Array | None
+    scale: float
 
 
 def attention_forward(
@@ -15,7 +26,7 @@ def attention_forward(
     scale: float | None = None,
     dropout_p: float = 0.0,
     rng: Any = None,
-) -> tuple[Array, Any]:
+) -> tuple[Array, AttentionCache]:
     """out = dropout(softmax(q k^T * scale)) v, per batch and head.
 
     q: (B, heads, N, d), k and v: (B, heads, M, d) with M free (spatial reduction
@@ -52,10 +63,10 @@ def attention_forward(
     else:
         dropped = probs
     out = dropped @ v
-    return out, (q, k, v, probs, keep, scale)
+    return out, AttentionCache(q, k, v, probs, keep, scale)
 
 
-def attention_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array]:
+def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Array, Array]:
     """With P = softmax(S), S = q k^T * scale, P' = P * keep, out = P' v and G = dL/dout:
 
     dv = P'^T G

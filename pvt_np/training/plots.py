@@ -11,21 +11,17 @@ import numpy as np
 from pvt_np.io_utils import atomic_write
 
 
-def _figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
-    import matplotlib
+def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Any, Any]:
+    """A Figure of its own (no pyplot), so saving plots never changes the user's matplotlib backend."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(*args, **kwargs)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
 
 
 def _save(fig: Any, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:

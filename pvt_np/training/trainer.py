@@ -146,7 +146,7 @@ def evaluate(
     model: PyramidVisionTransformerV2, loader: Any, num_classes: int, progress: bool = False
 ) -> dict[str, Any]:
     """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     model.eval()
     criterion = CrossEntropyLoss()
@@ -176,6 +176,8 @@ class Trainer:
         self.config = config
         self.out = Path(output_dir)
         self.resume = resume
+        if config.epochs < 1:
+            raise TrainingError(f"epochs must be at least 1, got {config.epochs}")
         backend.check_device(config.device)
         backend.check_float_dtype(config.dtype)
         last = self.out / "last.npz"
@@ -225,6 +227,9 @@ class Trainer:
             min_lr=cfg.min_lr,
         )
         self.history: list[dict[str, Any]] = []
+        # Training loss, accuracy and lr as they were read (every step on the CPU, every
+        # log_every steps on the GPU), for plots; this process's steps only, not checkpointed.
+        self.step_log: list[dict[str, Any]] = []
         self.best_accuracy = -1.0
         self.epoch, self.batch = 0, 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
@@ -291,7 +296,7 @@ class Trainer:
 
     def _train_epoch(self) -> bool:
         """Run the rest of the current epoch; True if stopped by Ctrl-C."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         cfg = self.config
         loader = self.train_loader
@@ -345,13 +350,22 @@ class Trainer:
         p["correct"] += int(correct)
         p["seen"] += steps * batch_size
         p["seconds"] += time.perf_counter() - start_time
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.step_log.append(
+            {
+                "step": self.epoch * len(self.train_loader) + self.batch,
+                "loss": float(host.mean()),
+                "accuracy": int(correct) / (steps * batch_size),
+                "lr": lr,
+            }
+        )
         bar.update(steps)
         if bar.n % max(self.config.log_every, 1) == 0 or bar.n == bar.total:
             bar.set_postfix(
                 loss=f"{p['loss_sum'] / p['seen']:.4f}",
                 acc=f"{p['correct'] / p['seen']:.3f}",
                 img_s=f"{p['seen'] / max(p['seconds'], 1e-9):.0f}",
-                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                lr=f"{lr:.2e}",
                 refresh=False,
             )
 
