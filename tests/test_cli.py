@@ -52,3 +52,12 @@ def test_bench_reports_both_frameworks(tmp_path: Path) -> None:
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
     text = bench.format_report(report)
     assert "step ratio" in text and "b0-cifar" in text
+
+
+def test_readme_example_runs() -> None:
+    """The Python example in README runs as written."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    code = text[start : text.index("```", start)]
+    assert "pvt_np.gradcheck" in code and "model.backward" in code
+    exec(compile(code, "README.md", "exec"), {})
