@@ -162,7 +162,8 @@ def _missing_message(spec: CifarSpec, root: Path, why: str = "") -> str:
     target = root / spec.archive
     how = (
         f"download {spec.url} on a machine with internet access and put the file at {target} "
-        f"(or extract it there, giving {root / spec.folder}{os.sep}), or pass download=True"
+        f"(or extract it there, giving {root / spec.folder}{os.sep}), or let it be downloaded "
+        "(pvt-np train --download, or load_dataset(..., download=True))"
     )
     head = f"{spec.name}: {spec.archive} not found under {root}"
     return f"{head} ({why}); {how}" if why else f"{head}; {how}"
