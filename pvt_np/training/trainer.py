@@ -51,7 +51,7 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_path: str = "data"
     download: bool = False
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-5
