@@ -205,11 +205,7 @@ def _pvt_np_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_ho
 
         mem = {"start": lambda: None, "peak": lambda: pool.total_bytes()}
     else:
-
-        def sync() -> None:
-            return None
-
-        mem = _rss_meter()
+        sync, mem = _cpu_meters()
     # One step first so that optimizer state exists before the baseline is taken.
     train_step()
     steps = {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}
@@ -255,17 +251,14 @@ def _torch_steps(
             "peak": lambda: torch.cuda.max_memory_allocated(),
         }
     else:
-
-        def sync() -> None:
-            return None
-
-        mem = _rss_meter()
+        sync, mem = _cpu_meters()
     train_step()
     steps = {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}
     return steps, sync, mem
 
 
-def _rss_meter() -> dict[str, Callable[[], Any]]:
+def _cpu_meters() -> tuple[Callable[[], None], dict[str, Callable[[], Any]]]:
+    """CPU work is synchronous (no-op sync); memory is the peak-RSS rise over the size at start()."""
     state = {"base": 0}
 
     def start() -> None:
@@ -274,7 +267,7 @@ def _rss_meter() -> dict[str, Callable[[], Any]]:
     def peak() -> int:
         return max(0, _peak_rss_bytes() - state["base"])
 
-    return {"start": start, "peak": peak}
+    return (lambda: None), {"start": start, "peak": peak}
 
 
 def _profile_ops(train_step: Callable[[], None], sync: Callable[[], None], iterations: int) -> dict[str, float]:

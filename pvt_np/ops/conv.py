@@ -258,12 +258,12 @@ def _depthwise_backward(
     dw = xp.ascontiguousarray(dtaps.transpose(2, 0, 1)[:, None])
     if not input_grad:
         return None, dw
-    flipped = _taps(weight)[::-1, ::-1].copy()
-    hp, wp = xpad.shape[1:3]
-    if sh == sw == 1:
-        gpad = _pad_nhwc(g, kh - 1, kw - 1)  # dxpad[y, x] = sum_pq G[y - p, x - q] w[p, q]
-        return _depthwise(_windows(gpad, kh, kw, 1, 1, hp, wp), flipped, None), dw
     taps = _taps(weight)
+    if sh == sw == 1:
+        hp, wp = xpad.shape[1:3]
+        gpad = _pad_nhwc(g, kh - 1, kw - 1)  # dxpad[y, x] = sum_pq G[y - p, x - q] w[p, q]
+        flipped = taps[::-1, ::-1].copy()
+        return _depthwise(_windows(gpad, kh, kw, 1, 1, hp, wp), flipped, None), dw
     dxpad = xp.zeros(xpad.shape, dtype=g.dtype)
     tmp = xp.empty_like(g)
     for p in range(kh):
