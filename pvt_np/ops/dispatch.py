@@ -1,0 +1,145 @@
+"""The one door every op call goes through: which reading runs, and who watches.
+
+Each op has two readings with the same signature and the same
+``forward(...) -> (out, cache)`` / ``backward(dout, cache) -> grads`` contract:
+
+* **fast**: shaped for speed (``pvt_np/ops/<family>.py``): strided views,
+  GEMM-shaped contractions, chunks on worker threads, buffers reused in place;
+* **plain**: the formula as it reads (``pvt_np/ops/plain.py``), the ground truth
+  the fast one is tested against.
+
+``pvt_np.ops.<op>_forward`` / ``_backward`` are the dispatchers made here. They
+run the fast reading, or the plain one inside :func:`use_plain`; modules call
+only the dispatchers, so the switch moves a whole model at once. A forward and
+its backward must run under the same reading (their caches differ); the plain
+caches are types of their own, and a backward given the other reading's cache
+says so.
+
+Observers (:func:`observe`) see every call after it returns, as an
+:class:`OpCall` (op name, phase, arguments, result, seconds). The benchmark's
+per-op profile and the FLOP counter (``pvt_np.complexity``) are both observers,
+so neither keeps a picture of the code of its own: a new layer built from
+registered ops is profiled and counted as it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+PHASES = ("forward", "backward")
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One finished op call, as observers see it."""
+
+    op: str  # the family name, e.g. "conv2d"
+    phase: str  # "forward" or "backward"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    result: Any
+    seconds: float  # wall time of the call (after ``sync`` on both sides, when an observer gave one)
+
+
+@dataclass
+class Op:
+    """The two readings of one op family."""
+
+    name: str
+    fast_forward: Callable[..., Any]
+    fast_backward: Callable[..., Any]
+    plain_forward: Callable[..., Any] | None = None
+    plain_backward: Callable[..., Any] | None = None
+
+
+_registry: dict[str, Op] = {}
+_plain = False
+_observers: list[tuple[Callable[[OpCall], None], Callable[[], None] | None]] = []
+
+
+def registered_ops() -> dict[str, Op]:
+    """Every op family by name (a copy)."""
+    return dict(_registry)
+
+
+def is_plain() -> bool:
+    """True inside :func:`use_plain`."""
+    return _plain
+
+
+@contextlib.contextmanager
+def use_plain(enabled: bool = True) -> Iterator[None]:
+    """Within this context every op call runs its plain reading (``enabled=False``: the fast one).
+
+    Nothing else changes: the same modules, parameters, caches' owners and random
+    draws, so a model run under both switches must give the same numbers.
+    """
+    global _plain
+    missing = [op.name for op in _registry.values() if op.plain_forward is None or op.plain_backward is None]
+    if enabled and missing:
+        raise RuntimeError(f"use_plain: no plain reading registered for {', '.join(missing)}")
+    previous = _plain
+    _plain = bool(enabled)
+    try:
+        yield
+    finally:
+        _plain = previous
+
+
+@contextlib.contextmanager
+def observe(callback: Callable[[OpCall], None], sync: Callable[[], None] | None = None) -> Iterator[None]:
+    """Call ``callback(OpCall)`` after every op call made within this context.
+
+    ``sync`` (for example a device synchronise) runs before the timer starts and
+    before it stops, so asynchronous GPU work is charged to the op that queued it.
+    Observers nest; each sees every call.
+    """
+    entry = (callback, sync)
+    _observers.append(entry)
+    try:
+        yield
+    finally:
+        _observers.remove(entry)
+
+
+def _dispatcher(op: Op, phase: str) -> Callable[..., Any]:
+    fast = getattr(op, f"fast_{phase}")
+
+    @functools.wraps(fast)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        fn = getattr(op, f"plain_{phase}") if _plain else fast
+        if not _observers:
+            return fn(*args, **kwargs)
+        syncs = [s for _, s in _observers if s is not None]
+        for s in syncs:
+            s()
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        for s in syncs:
+            s()
+        record = OpCall(op.name, phase, args, kwargs, result, time.perf_counter() - start)
+        for callback, _ in list(_observers):
+            callback(record)
+        return result
+
+    return call
+
+
+def register(
+    name: str,
+    fast_forward: Callable[..., Any],
+    fast_backward: Callable[..., Any],
+    plain_forward: Callable[..., Any] | None = None,
+    plain_backward: Callable[..., Any] | None = None,
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Register an op family; returns its (forward, backward) dispatchers."""
+    if name in _registry:
+        raise ValueError(f"register: op {name!r} is already registered")
+    op = Op(name, fast_forward, fast_backward, plain_forward, plain_backward)
+    _registry[name] = op
+    return _dispatcher(op, "forward"), _dispatcher(op, "backward")
