@@ -44,6 +44,7 @@ from pvt_np.models import (  # noqa: E402
     OverlapPatchEmbed,
     PyramidVisionTransformerStage,
     PyramidVisionTransformerV2,
+    pyramid_sizes,
 )
 from pvt_np.nn import Conv2d, LayerNorm, Linear  # noqa: E402
 
@@ -516,6 +517,38 @@ def test_min_input_size_is_exact(b0: PyramidVisionTransformerV2) -> None:
     assert cifar.min_input_size() == (7, 7)
     with pytest.raises(ValueError, match=r"too small.*minimum input is 7x7"):
         cifar(np.zeros((1, 3, 6, 32), np.float32))
+
+
+GEOMETRIES = [
+    {},  # ImageNet stem 7/4, sr_ratios 8, 4, 2, 1
+    {"patch_size": 3, "stride": 2, "sr_ratios": (4, 2, 1, 1)},  # the CIFAR config
+    {"patch_size": 5, "stride": 3, "sr_ratios": (2, 1, 6, 1)},  # a later stage is the binding one
+    {"patch_size": 9, "stride": 2, "sr_ratios": (3, 5, 1, 2)},
+    {"patch_size": 7, "stride": 4, "sr_ratios": (8, 4, 2, 1), "linear": True},  # any non-empty map
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_min_input_size_is_computed_exactly(geometry: dict) -> None:
+    """min_input_size (the conv size formula run backwards) equals a search over sides with pyramid_sizes."""
+    model = PyramidVisionTransformerV2(
+        num_classes=0, depths=(1, 1, 1, 1), embed_dims=(4, 8, 8, 8), num_heads=(1, 1, 1, 1), **geometry
+    )
+    need = [1 if model.linear else r for r in model.sr_ratios]
+    kernels, strides = [model.patch_size, 3, 3, 3], [model.stride, 2, 2, 2]
+
+    def fits(side: int) -> bool:
+        return all(min(hw) >= n for hw, n in zip(pyramid_sizes(side, side, kernels, strides), need, strict=True))
+
+    side = model.min_input_size()[0]
+    assert side == next(s for s in range(1, 4096) if fits(s)), geometry
+    assert model.min_input_size() == (side, side)
+    assert model.feature_sizes(side, side) == pyramid_sizes(side, side, kernels, strides)
+    assert model.feature_sizes(side, 5 * side) == pyramid_sizes(side, 5 * side, kernels, strides)
+    if side > 1:
+        for h, w in [(side - 1, side - 1), (side - 1, 4 * side), (4 * side, side - 1)]:
+            with pytest.raises(ValueError, match=rf"input {h}x{w} is too small.*minimum input is {side}x{side}"):
+                model.feature_sizes(h, w)
 
 
 def test_linear_variant_fits_tiny_inputs(rng: np.random.Generator) -> None:

@@ -7,6 +7,7 @@ from pvt_np.models.pvt_v2 import (
     OverlapPatchEmbed,
     PyramidVisionTransformerStage,
     PyramidVisionTransformerV2,
+    pyramid_sizes,
 )
 from pvt_np.models.registry import CIFAR_OVERRIDES, MODEL_CONFIGS, create_model, list_models
 
@@ -21,4 +22,5 @@ __all__ = [
     "PyramidVisionTransformerV2",
     "create_model",
     "list_models",
+    "pyramid_sizes",
 ]

@@ -46,6 +46,32 @@ BLOCK_NORM_EPS = 1e-6  # LayerNorm eps in blocks and stage norms (official code,
 EMBED_NORM_EPS = 1e-5  # LayerNorm eps in patch embeddings and the SRA norm (nn.LayerNorm default)
 
 
+def pyramid_sizes(height: int, width: int, kernels: Sequence[int], strides: Sequence[int]) -> list[tuple[int, int]]:
+    """(H, W) of each stage's map: stage i's patch embedding is a conv with kernel ``kernels[i]``,
+    stride ``strides[i]`` and padding ``kernels[i] // 2`` (:class:`OverlapPatchEmbed`) on the previous map.
+
+    Each side follows torch's conv size, floor((size + 2 * padding - kernel) / stride) + 1;
+    nothing is checked (a map may come out empty: see ``feature_sizes``).
+    """
+    sizes = []
+    h, w = int(height), int(width)
+    for kernel, stride in zip(kernels, strides, strict=True):
+        h, w = (
+            ops.conv_output_size(h, kernel, stride, kernel // 2),
+            ops.conv_output_size(w, kernel, stride, kernel // 2),
+        )
+        sizes.append((h, w))
+    return sizes
+
+
+def min_conv_input(output: int, kernel: int, stride: int, padding: int) -> int:
+    """The smallest input side (>= 1) whose conv output side is at least ``output``.
+
+    floor((n + 2p - k) / s) + 1 >= m  <=>  n + 2p - k >= s (m - 1)  <=>  n >= s (m - 1) + k - 2p.
+    """
+    return max(1, stride * (max(output, 1) - 1) + kernel - 2 * padding)
+
+
 class OverlapPatchEmbed(Module):
     """Conv (kernel patch_size, stride, padding patch_size // 2) then LayerNorm (eps 1e-5).
 
@@ -439,46 +465,43 @@ class PyramidVisionTransformerV2(Module):
         self.set_names()
 
     # -- geometry ---------------------------------------------------------
+    def _patch_embeds(self) -> list[OverlapPatchEmbed]:
+        """The stem, then each later stage's downsampling embedding: the convs that set the map sizes."""
+        return [self.patch_embed, *(stage.downsample for stage in list(self.stages)[1:])]
+
+    def _min_map_sizes(self) -> list[int]:
+        """The side each stage's map needs: one SR window (sr_ratio), or one token (linear SRA pools any map)."""
+        return [1 if self.linear else ratio for ratio in self.sr_ratios]
+
     def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(H, W) of each stage's map for an input of height x width; a clear error if it does not fit."""
-        sizes = []
-        h, w = int(height), int(width)
-        k, s = self.patch_size, self.stride
-        for i in range(len(self.depths)):
-            if i > 0:
-                k, s = 3, 2
-            h, w = ops.conv_output_size(h, k, s, k // 2), ops.conv_output_size(w, k, s, k // 2)
-            need = 1 if self.linear else self.sr_ratios[i]
+        embeds = self._patch_embeds()
+        sizes = pyramid_sizes(height, width, [e.patch_size for e in embeds], [e.stride for e in embeds])
+        for i, ((h, w), need) in enumerate(zip(sizes, self._min_map_sizes(), strict=True)):
             if h < need or w < need:
                 why = "a non-empty map" if self.linear else f"sr_ratio {need}"
+                side = self.min_input_size()[0]
                 raise ValueError(
                     f"{type(self).__name__}: input {height}x{width} is too small: stage {i} map would be {h}x{w}, "
-                    f"but needs at least {need}x{need} ({why}); minimum input is "
-                    f"{self.min_input_size()[0]}x{self.min_input_size()[1]}"
+                    f"but needs at least {need}x{need} ({why}); minimum input is {side}x{side}"
                 )
-            sizes.append((h, w))
         return sizes
 
     def min_input_size(self) -> tuple[int, int]:
-        """The smallest square input the pyramid (stem, downsamples, SR convs) accepts."""
-        for size in range(1, 4096):
-            try:
-                self._fits(size)
-                return size, size
-            except ValueError:
-                continue
-        raise ValueError("no input size up to 4096 fits this configuration")
+        """The smallest square input the pyramid (stem, downsamples, SR convs) accepts.
 
-    def _fits(self, size: int) -> None:
-        h = size
-        k, s = self.patch_size, self.stride
-        for i in range(len(self.depths)):
-            if i > 0:
-                k, s = 3, 2
-            h = ops.conv_output_size(h, k, s, k // 2)
-            need = 1 if self.linear else self.sr_ratios[i]
-            if h < need:
-                raise ValueError
+        Each map side grows with the input side, so the answer is the largest of
+        the inputs each stage needs alone; that one comes from running the conv
+        size formula backwards (:func:`min_conv_input`) from the stage's map down
+        to the image.
+        """
+        embeds = self._patch_embeds()
+        side = 1
+        for i, need in enumerate(self._min_map_sizes()):
+            for embed in reversed(embeds[: i + 1]):
+                need = min_conv_input(need, embed.patch_size, embed.stride, embed.patch_size // 2)
+            side = max(side, need)
+        return side, side
 
     def _check_input(self, x: Array) -> None:
         who = type(self).__name__
