@@ -1,4 +1,4 @@
-"""Parameters and FLOPs of a PVT v2 model, per layer, per stage and in total, without running it.
+"""Parameters and FLOPs of a PVT v2 model, per layer, per stage and in total, from the ops its forward calls.
 
 The counts follow the convention of the official PVT code (whai362/PVT,
 ``classification/get_flops.py``), so the paper's table is reproduced: that
@@ -6,20 +6,22 @@ script takes mmcv's ``get_model_complexity_info`` (forward hooks on torch
 layers, ``mmcv/cnn/utils/flops_counter.py``) and adds the two attention
 matmuls, which are tensor products inside ``Attention.forward`` that no hook
 sees. mmcv's "FLOPs" are multiply-accumulates for convs and linears, so one
-"FLOP" here is one MAC there. Per layer, for batch 1:
+"FLOP" here is one MAC there. pvt_np charges each op call (one rule per op in
+:data:`OP_RULES`), for batch 1:
 
-* Conv2d: kh * kw * (C_in / groups) * C_out MACs per output position, plus
+* conv2d: kh * kw * (C_in / groups) * C_out MACs per output position, plus
   C_out bias adds per output position when the conv has a bias
   (mmcv ``conv_flops_counter_hook``).
-* Linear: (number of input elements) * out_features MACs; the bias is not
+* linear: (number of input elements) * out_features MACs; the bias is not
   counted (mmcv ``linear_flops_counter_hook``).
-* LayerNorm: 2 per input element (normalise, then the affine scale/shift;
+* layer_norm: 2 per input element (normalise, then the affine scale/shift;
   pvt_np's LayerNorm is always affine, mmcv doubles when ``elementwise_affine``).
-* ReLU: 1 per output element (mmcv ``relu_flops_counter_hook``).
-* AdaptiveAvgPool2d: 1 per INPUT element (mmcv ``pool_flops_counter_hook``).
-* GELU, softmax, dropout, drop-path, identity, the residual adds and the final
-  token mean: 0 (mmcv has no hook for them, or they are not modules).
-* Attention: 2 * N * M * C for N queries, M keys and C channels (N*M*C for
+* relu: 1 per output element (mmcv ``relu_flops_counter_hook``).
+* adaptive_avg_pool2d: 1 per INPUT element (mmcv ``pool_flops_counter_hook``).
+* gelu, softmax, dropout, drop_path, token_mean (the final pooling of tokens)
+  and cross_entropy: 0 (mmcv has no hook for them, or they are not modules);
+  the residual adds and identities are not ops and cost nothing.
+* attention: 2 * N * M * C for N queries, M keys and C channels (N*M*C for
   q @ k^T summed over heads, N*M*C for attn @ v); M = N for full attention,
   (H/R)(W/R) for spatial-reduction attention with ratio R, pool_size^2 for
   linear SRA (the official ``sra_flops`` and ``li_sra_flops``).
@@ -29,53 +31,45 @@ sees. mmcv's "FLOPs" are multiply-accumulates for convs and linears, so one
 
 Where this differs from the official script (never at the paper's 224x224):
 get_flops.py computes the attention term from H//4, H//8, H//16, H//32 and a
-hard-coded 7x7 pool, while here the map sizes come from the conv arithmetic of
-the model's own layers (kernel, stride, padding) and the pool size from the
-module, so a custom stem (``cifar=True``), custom sr_ratios, or an input that is
-not a multiple of 32 is counted as it actually runs.
+hard-coded 7x7 pool, while here the map sizes are those the model's own layers
+produce, so a custom stem (``cifar=True``), custom sr_ratios, or an input that
+is not a multiple of 32 is counted as it actually runs.
 
-The count is analytic: the module tree is walked with the activation shapes
-(no forward pass), so b5 at any size costs milliseconds.
+How: the model's forward runs (batch 1, the model's dtype and device, under
+``no_grad``) with every op call answered by a stand-in
+(:func:`pvt_np.ops.dispatch.stand_in`) that returns a read-only zero view of
+the op's output shape, so nothing is computed and b2 with full attention at
+2048 px costs what b0 at 32 px does. An op observer (:func:`pvt_np.ops.observe`)
+charges each call by its op's rule, and a module watcher
+(:func:`pvt_np.nn.module.watch_calls`) tells which module made it. The counter
+keeps no picture of the model: a new layer built from registered ops is counted
+as it runs, and an op with no rule is an error, not a silent zero. The tests run
+the same count with the real ops, checking every rule's output shape against
+the op's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import operator
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import prod
-from typing import TextIO
+from typing import Any, TextIO
 
-from pvt_np.models import (
-    Attention,
-    Block,
-    MlpWithDepthwiseConv,
-    OverlapPatchEmbed,
-    PyramidVisionTransformerStage,
-    PyramidVisionTransformerV2,
-    create_model,
-    list_models,
-)
-from pvt_np.nn import (
-    GELU,
-    AdaptiveAvgPool2d,
-    Conv2d,
-    Dropout,
-    DropPath,
-    Identity,
-    LayerNorm,
-    Linear,
-    Module,
-    ModuleList,
-    ReLU,
-    Sequential,
-    Softmax,
-)
-from pvt_np.ops import conv_output_size
+import numpy as np
+
+from pvt_np import backend, ops
+from pvt_np.models import PyramidVisionTransformerStage, PyramidVisionTransformerV2, create_model, list_models
+from pvt_np.nn import Module, no_grad
+from pvt_np.nn.module import watch_calls
+from pvt_np.ops.dispatch import OpCall, stand_in
 
 Shape = tuple[int, ...]
+Arguments = Mapping[str, Any]  # an op forward's arguments by parameter name, defaults filled in
 
 DEPTHS = ("stage", "block", "layer")
 
@@ -90,20 +84,144 @@ PAPER_TABLE: dict[str, tuple[float, float]] = {
     "pvt_v2_b5": (82.0, 11.8),
 }
 
-_ATTENTION_KIND = "AttentionMatmul"
-_ZERO_COST = (GELU, Softmax, Dropout, DropPath, Identity)
+
+# ---------------------------------------------------------------------------
+# one rule per op
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpRule:
+    """How one op family's forward is counted, from its arguments.
+
+    ``output_shape(args)`` is the forward's output shape (the batch included):
+    the stand-in returns an array of it, and a run with the real ops checks it.
+    ``flops(args, output_shape)`` is the charge under the module docstring's
+    convention. An op called by a composite module itself (not through a layer,
+    as ``Attention`` calls ``attention``) gets a row of its own, named
+    ``<module>.<row>`` and of kind ``kind`` (both default to the op's name), with
+    ``note(args)`` as its note.
+    """
+
+    output_shape: Callable[[Arguments], Shape]
+    flops: Callable[[Arguments, Shape], int]
+    row: str = ""
+    kind: str = ""
+    note: Callable[[Arguments], str] | None = None
 
 
+def _pair(value: Any) -> tuple[int, int]:
+    """An op's int-or-pair argument (stride, padding, output_size) as a pair."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    return int(value[0]), int(value[1])
+
+
+def _same_shape(args: Arguments) -> Shape:
+    return tuple(args["x"].shape)
+
+
+def _free(args: Arguments, out: Shape) -> int:
+    return 0
+
+
+def _linear_shape(args: Arguments) -> Shape:
+    return (*args["x"].shape[:-1], args["weight"].shape[0])
+
+
+def _conv_shape(args: Arguments) -> Shape:
+    x, weight, channels_last = args["x"], args["weight"], args["channels_last"]
+    n, h, w, _ = x.shape if channels_last else (x.shape[0], x.shape[2], x.shape[3], x.shape[1])
+    out_channels, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = _pair(args["stride"]), _pair(args["padding"])
+    ho, wo = ops.conv_output_size(h, kh, sh, ph), ops.conv_output_size(w, kw, sw, pw)
+    return (n, ho, wo, out_channels) if channels_last else (n, out_channels, ho, wo)
+
+
+def _conv_flops(args: Arguments, out: Shape) -> int:
+    weight = args["weight"]
+    positions = prod(out) // weight.shape[0]  # batch * H_out * W_out
+    bias_adds = weight.shape[0] * positions if args["bias"] is not None else 0
+    return weight.size * positions + bias_adds  # weight.size = C_out * (C_in / groups) * kh * kw
+
+
+def _pool_shape(args: Arguments) -> Shape:
+    x, (oh, ow) = args["x"], _pair(args["output_size"])
+    return (x.shape[0], oh, ow, x.shape[3]) if args["channels_last"] else (x.shape[0], x.shape[1], oh, ow)
+
+
+def _attention_shape(args: Arguments) -> Shape:
+    return (*args["q"].shape[:-1], args["v"].shape[-1])
+
+
+def _attention_flops(args: Arguments, out: Shape) -> int:
+    q, k, v = args["q"], args["k"], args["v"]
+    # per batch and head: q @ k^T is N * M * d_k MACs, attn @ v is N * M * d_v
+    return prod(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+
+
+def _attention_note(args: Arguments) -> str:
+    q, k = args["q"], args["k"]
+    return f"N={q.shape[-2]} M={k.shape[-2]} C={q.shape[1] * q.shape[-1]}"
+
+
+OP_RULES: dict[str, OpRule] = {
+    "linear": OpRule(_linear_shape, lambda a, out: prod(a["x"].shape) * a["weight"].shape[0]),
+    "conv2d": OpRule(_conv_shape, _conv_flops),
+    "layer_norm": OpRule(_same_shape, lambda a, out: 2 * prod(out)),
+    "gelu": OpRule(_same_shape, _free),
+    "relu": OpRule(_same_shape, lambda a, out: prod(out)),
+    "softmax": OpRule(_same_shape, _free),
+    "attention": OpRule(_attention_shape, _attention_flops, "matmul", "AttentionMatmul", _attention_note),
+    "adaptive_avg_pool2d": OpRule(_pool_shape, lambda a, out: prod(a["x"].shape)),
+    "dropout": OpRule(_same_shape, _free),
+    "drop_path": OpRule(_same_shape, _free),
+    "cross_entropy": OpRule(lambda a: (), _free),
+    "token_mean": OpRule(lambda a: (a["x"].shape[0], a["x"].shape[-1]), _free, kind="TokenMean"),
+}
+
+
+def op_rule(op: str) -> OpRule:
+    """The counting rule of op family ``op``; an op without one is an error (it would count as 0 unseen)."""
+    try:
+        return OP_RULES[op]
+    except KeyError:
+        raise NotImplementedError(
+            f"complexity: no counting rule for op {op!r}; add one to pvt_np.complexity.OP_RULES"
+        ) from None
+
+
+def _arguments(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """An op forward's arguments by name, as its fast reading's signature binds them."""
+    bound = inspect.signature(ops.registered_ops()[op].fast_forward).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
+
+
+def _shape_stand_in(op: str, phase: str, *args: Any, **kwargs: Any) -> tuple[Any, None]:
+    """What a forward returns while counting: a zero view of its output shape (no memory, no work), no cache."""
+    if phase != "forward":
+        raise RuntimeError(f"complexity: {op}_{phase} called while counting, which runs a forward only")
+    arguments = _arguments(op, args, kwargs)
+    like = next(iter(arguments.values()))  # every op's first argument is its float input
+    xp = backend.get_array_module(like)
+    return xp.broadcast_to(xp.zeros((), dtype=like.dtype), op_rule(op).output_shape(arguments)), None
+
+
+# ---------------------------------------------------------------------------
+# the cost tree of one forward
+# ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LayerCost:
     """One row of a breakdown.
 
-    ``name`` is the dotted module name (the attention matmuls, not a module,
-    appear as ``<attention>.matmul``); ``kind`` the class name; ``output_shape``
-    the per-sample shape (batch dimension dropped) in the layout the pvt_np
-    module returns: (C, H, W) for the stem conv, (H, W, C) for channels-last
-    convs, pools and embeddings, (N, C) for tokens; ``params`` the parameter
-    elements; ``flops`` the count under the rules in this module's docstring.
+    ``name`` is the dotted module name; an op that a composite module calls
+    itself appears as ``<module>.<row>`` (the attention matmuls as
+    ``<attention>.matmul``, the final token mean as ``token_mean``). ``kind`` is
+    the module's class name (or the op rule's ``kind``); ``output_shape`` the
+    per-sample shape (batch dimension dropped) of what the module (or op)
+    returned: (C, H, W) for the stem conv, (H, W, C) for channels-last convs,
+    pools and embeddings, (N, C) for tokens, (heads, N, head_dim) for an
+    attention matmul; ``params`` the parameter elements; ``flops`` the count
+    under the rules in this module's docstring.
     """
 
     name: str
@@ -116,41 +234,154 @@ class LayerCost:
 
 @dataclass
 class _Node:
+    """A module call (or an op a composite module called itself) and what ran inside it."""
+
     name: str
     kind: str
-    output_shape: Shape
-    params: int = 0
-    flops: int = 0
+    module: Module | None  # None for an op's own row
+    own_params: int = 0
+    own_flops: int = 0
+    output_shape: Shape = ()
     note: str = ""
-    module: Module | None = None
     children: list[_Node] = field(default_factory=list)
 
-    def add(self, child: _Node) -> _Node:
-        self.children.append(child)
-        self.params += child.params
-        self.flops += child.flops
-        self.output_shape = child.output_shape
-        return child
+    def child(self, name: str, kind: str, module: Module | None) -> _Node:
+        """The child row ``name``, created (in call order) on first use: a module called twice is one row."""
+        for c in self.children:
+            if c.name == name:
+                return c
+        own = 0 if module is None else sum(p.size for p in module._parameters.values())
+        node = _Node(name, kind, module, own)
+        self.children.append(node)
+        return node
+
+    @property
+    def params(self) -> int:
+        return self.own_params + sum(c.params for c in self.children)
+
+    @property
+    def flops(self) -> int:
+        return self.own_flops + sum(c.flops for c in self.children)
 
     def row(self) -> LayerCost:
         return LayerCost(self.name, self.kind, self.output_shape, self.params, self.flops, self.note)
 
 
+def _per_sample(shape: Sequence[int]) -> Shape:
+    return tuple(int(s) for s in shape[1:])
+
+
+class _Tracer:
+    """Builds the cost tree: module calls (``watch_calls``) nest the rows, op calls (``observe``) charge them."""
+
+    def __init__(self, model: Module) -> None:
+        self.names = {id(m): name for name, m in model.named_modules()}
+        self.stack: list[_Node] = []
+        self.root: _Node | None = None
+
+    def enter(self, module: Module) -> None:
+        name = self.names.get(id(module))
+        if name is None:
+            raise RuntimeError(
+                f"complexity: a {type(module).__name__} ran in the forward but is not a submodule of the model "
+                "(assign it as an attribute, so that it is named and its parameters counted)"
+            )
+        kind = type(module).__name__
+        if self.stack:
+            node = self.stack[-1].child(name, kind, module)
+        else:
+            node = self.root = _Node(name, kind, module, sum(p.size for p in module._parameters.values()))
+        self.stack.append(node)
+
+    def exit(self, module: Module, output: Any) -> None:
+        self.stack.pop().output_shape = _per_sample(getattr(output, "shape", (None,)))
+
+    def op_call(self, call: OpCall) -> None:
+        if call.phase != "forward":
+            raise RuntimeError(f"complexity: {call.op}_{call.phase} called while counting, which runs a forward only")
+        rule = op_rule(call.op)
+        arguments = _arguments(call.op, call.args, call.kwargs)
+        shape = tuple(rule.output_shape(arguments))
+        actual = tuple(call.result[0].shape)
+        if actual != shape:
+            raise RuntimeError(f"complexity: the {call.op} rule gives output shape {shape}, the op returned {actual}")
+        if not self.stack:
+            raise RuntimeError(f"complexity: op {call.op} ran outside the model's modules")
+        owner = self.stack[-1]
+        if owner.module is not None and not owner.module._modules:
+            owner.own_flops += rule.flops(arguments, shape)  # a layer's own op: charged to its row
+            return
+        label = rule.row or call.op
+        node = owner.child(f"{owner.name}.{label}" if owner.name else label, rule.kind or call.op, None)
+        node.own_flops += rule.flops(arguments, shape)
+        node.output_shape = _per_sample(shape)
+        node.note = rule.note(arguments) if rule.note is not None else ""
+
+
+def _check_input_size(input_size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) from an int (square) or a pair of ints; a clear error otherwise."""
+    try:
+        if isinstance(input_size, bool):
+            raise TypeError
+        size = (operator.index(input_size),) * 2 if not isinstance(input_size, Sequence) else tuple(input_size)
+        if len(size) != 2 or any(isinstance(v, bool) for v in size):
+            raise TypeError
+        height, width = operator.index(size[0]), operator.index(size[1])
+    except TypeError:
+        raise ValueError(
+            f"complexity: input_size must be an int or a pair of ints (H, W), got {input_size!r}"
+        ) from None
+    if min(height, width) < 1:
+        raise ValueError(f"complexity: input_size must be positive, got {(height, width)}")
+    return height, width
+
+
+def _trace(model: Module, input_size: int | Sequence[int], run_ops: bool = False) -> _Node:
+    """The cost tree of ``model``'s forward on one ``input_size`` image; the root holds the totals.
+
+    ``run_ops=True`` runs the real ops instead of the shape stand-ins (what the
+    tests compare against: the same rows, and every rule's shape checked).
+    The model is left as it was: its caches are put back, and no random draw is
+    made (with the stand-ins).
+    """
+    if not isinstance(model, PyramidVisionTransformerV2):
+        raise TypeError(f"complexity: expected a PyramidVisionTransformerV2, got {type(model).__name__}")
+    height, width = _check_input_size(input_size)
+    model.feature_sizes(height, width)  # a clear error when the input is too small
+    xp = backend.get_array_module(next(model.parameters()).data)
+    x = xp.zeros((1, model.in_chans, height, width), dtype=model.dtype)
+    tracer = _Tracer(model)
+    kept = [(m, m._cache, m._has_cache) for m in model.modules()]
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(no_grad())
+            stack.enter_context(watch_calls(tracer.enter, tracer.exit))
+            stack.enter_context(ops.observe(tracer.op_call))
+            if not run_ops:
+                stack.enter_context(stand_in(_shape_stand_in))
+            model(x)
+    finally:
+        for m, cache, has_cache in kept:
+            object.__setattr__(m, "_cache", cache)
+            object.__setattr__(m, "_has_cache", has_cache)
+    root = tracer.root
+    assert root is not None  # model(x) entered the model
+    total = count_params(model)
+    if root.params != total:
+        raise RuntimeError(
+            f"complexity: {total - root.params} of {total} parameters sit in modules the forward did not call"
+        )
+    return root
+
+
 # ---------------------------------------------------------------------------
-# parameters
+# parameters and the analytic attention cost
 # ---------------------------------------------------------------------------
 def count_params(model: Module) -> int:
     """Number of parameter elements (weights and biases, the head included)."""
     return sum(p.size for p in model.parameters())
 
 
-def _own_params(module: Module) -> int:
-    return sum(p.size for p in module._parameters.values())
-
-
-# ---------------------------------------------------------------------------
-# the analytic attention cost
-# ---------------------------------------------------------------------------
 def attention_flops(
     h: int, w: int, c: int, mode: str = "full", *, sr_ratio: int = 1, pool_size: int = 7, exact: bool = True
 ) -> float:
@@ -182,215 +413,11 @@ def attention_flops(
 
 
 # ---------------------------------------------------------------------------
-# leaf layers
-# ---------------------------------------------------------------------------
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _leaf(module: Module, name: str, shape: Shape) -> _Node:
-    """The cost of one torch-like layer on a per-sample input of ``shape`` (rules in the module docstring)."""
-    kind = type(module).__name__
-    params = _own_params(module)
-    if isinstance(module, Conv2d):
-        if len(shape) != 3:
-            raise ValueError(f"complexity: Conv2d '{name}' expects a 3-D per-sample shape, got {shape}")
-        (h, w, c) = shape if module.channels_last else (shape[1], shape[2], shape[0])
-        if c != module.in_channels:
-            raise ValueError(f"complexity: Conv2d '{name}' expects {module.in_channels} channels, got shape {shape}")
-        (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
-        ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-        if ho < 1 or wo < 1:
-            raise ValueError(
-                f"complexity: input {h}x{w} is too small for Conv2d '{name}' (kernel {module.kernel_size}, "
-                f"padding {module.padding}): output would be {ho}x{wo}"
-            )
-        positions = ho * wo
-        macs = kh * kw * (module.in_channels // module.groups) * module.out_channels * positions
-        bias_adds = module.out_channels * positions if module.bias is not None else 0
-        out = (ho, wo, module.out_channels) if module.channels_last else (module.out_channels, ho, wo)
-        return _Node(name, kind, out, params, macs + bias_adds, module=module)
-    if isinstance(module, Linear):
-        if not shape or shape[-1] != module.in_features:
-            raise ValueError(f"complexity: Linear '{name}' expects (..., {module.in_features}), got {shape}")
-        return _Node(
-            name, kind, (*shape[:-1], module.out_features), params, prod(shape) * module.out_features, module=module
-        )
-    if isinstance(module, LayerNorm):
-        if not shape or shape[-1] != module.normalized_shape[0]:
-            raise ValueError(f"complexity: LayerNorm '{name}' expects (..., {module.normalized_shape[0]}), got {shape}")
-        return _Node(name, kind, shape, params, 2 * prod(shape), module=module)
-    if isinstance(module, ReLU):
-        return _Node(name, kind, shape, params, prod(shape), module=module)
-    if isinstance(module, AdaptiveAvgPool2d):
-        if len(shape) != 3:
-            raise ValueError(f"complexity: AdaptiveAvgPool2d '{name}' expects a 3-D per-sample shape, got {shape}")
-        oh, ow = module.output_size
-        out = (oh, ow, shape[2]) if module.channels_last else (shape[0], oh, ow)
-        return _Node(name, kind, out, params, prod(shape), module=module)
-    if isinstance(module, _ZERO_COST):
-        return _Node(name, kind, shape, params, 0, module=module)
-    raise TypeError(f"complexity: no counting rule for {kind} at '{name}'")
-
-
-# ---------------------------------------------------------------------------
-# PVT v2 composites (shapes routed as their forward passes route them)
-# ---------------------------------------------------------------------------
-def _visit(module: Module, name: str, shape: Shape) -> _Node:
-    """A module that takes a single array (leaf layers, patch embeddings, stages, Sequential)."""
-    if isinstance(module, OverlapPatchEmbed):
-        return _patch_embed(module, name, shape)
-    if isinstance(module, PyramidVisionTransformerStage):
-        return _stage(module, name, shape)
-    if isinstance(module, Sequential):
-        node = _Node(name, type(module).__name__, shape, _own_params(module), module=module)
-        for i, child in enumerate(module):
-            node.add(_visit(child, _join(name, str(i)), node.output_shape))
-        return node
-    if isinstance(module, (Block, Attention, MlpWithDepthwiseConv)):
-        raise TypeError(f"complexity: {type(module).__name__} '{name}' needs its map size; visit it from its stage")
-    if module._modules:
-        raise TypeError(f"complexity: no counting rule for composite {type(module).__name__} at '{name}'")
-    return _leaf(module, name, shape)
-
-
-def _patch_embed(module: OverlapPatchEmbed, name: str, shape: Shape) -> _Node:
-    """proj conv (NCHW in at the stem, NHWC between stages), to NHWC, LayerNorm."""
-    node = _Node(name, type(module).__name__, shape, _own_params(module), module=module)
-    proj = node.add(_leaf(module.proj, _join(name, "proj"), shape))
-    fmap = proj.output_shape if module.channels_last_input else (*proj.output_shape[1:], proj.output_shape[0])
-    node.add(_visit(module.norm, _join(name, "norm"), fmap))
-    return node
-
-
-def _attention(module: Attention, name: str, shape: Shape, feat_size: tuple[int, int]) -> _Node:
-    """q; keys/values from the (pooled, reduced, normalised) map; the two matmuls; proj."""
-    node = _Node(name, type(module).__name__, shape, _own_params(module), module=module)
-    n, c = shape
-    node.add(_visit(module.q, _join(name, "q"), shape))
-    kv_in: Shape = shape
-    if module.sr is not None:
-        fmap: Shape = (*feat_size, c)
-        if module.pool is not None:
-            fmap = node.add(_visit(module.pool, _join(name, "pool"), fmap)).output_shape
-        fmap = node.add(_visit(module.sr, _join(name, "sr"), fmap)).output_shape
-        kv_in = (fmap[0] * fmap[1], fmap[2])
-        if module.norm is not None:
-            kv_in = node.add(_visit(module.norm, _join(name, "norm"), kv_in)).output_shape
-        if module.act is not None:
-            kv_in = node.add(_visit(module.act, _join(name, "act"), kv_in)).output_shape
-    m = kv_in[0]
-    node.add(_visit(module.kv, _join(name, "kv"), kv_in))
-    node.add(_Node(_join(name, "matmul"), _ATTENTION_KIND, (n, c), 0, 2 * n * m * c, note=f"N={n} M={m} C={c}"))
-    node.add(_visit(module.proj, _join(name, "proj"), (n, c)))
-    node.add(_visit(module.proj_drop, _join(name, "proj_drop"), (n, c)))
-    return node
-
-
-def _mlp(module: MlpWithDepthwiseConv, name: str, shape: Shape, feat_size: tuple[int, int]) -> _Node:
-    """fc1, ReLU (linear variant), 3x3 depthwise conv on the map, GELU, dropout, fc2, dropout."""
-    node = _Node(name, type(module).__name__, shape, _own_params(module), module=module)
-    hidden = node.add(_visit(module.fc1, _join(name, "fc1"), shape)).output_shape
-    hidden = node.add(_visit(module.relu, _join(name, "relu"), hidden)).output_shape
-    fmap = node.add(_visit(module.dwconv, _join(name, "dwconv"), (*feat_size, hidden[-1]))).output_shape
-    tokens: Shape = (fmap[0] * fmap[1], fmap[2])
-    for attr in ("act", "drop1", "fc2", "drop2"):
-        tokens = node.add(_visit(getattr(module, attr), _join(name, attr), tokens)).output_shape
-    return node
-
-
-def _block(module: Block, name: str, shape: Shape, feat_size: tuple[int, int]) -> _Node:
-    """norm1, attention, drop-path; norm2, MLP, drop-path (the residual adds are not counted)."""
-    node = _Node(name, type(module).__name__, shape, _own_params(module), module=module)
-    node.add(_visit(module.norm1, _join(name, "norm1"), shape))
-    node.add(_attention(module.attn, _join(name, "attn"), shape, feat_size))
-    node.add(_visit(module.drop_path1, _join(name, "drop_path1"), shape))
-    node.add(_visit(module.norm2, _join(name, "norm2"), shape))
-    node.add(_mlp(module.mlp, _join(name, "mlp"), shape, feat_size))
-    node.add(_visit(module.drop_path2, _join(name, "drop_path2"), shape))
-    node.output_shape = shape
-    return node
-
-
-def _stage(module: PyramidVisionTransformerStage, name: str, shape: Shape) -> _Node:
-    """Downsample embedding (stages 2-4), the blocks on (N, C) tokens, LayerNorm; returns the (H, W, C) map."""
-    node = _Node(name, type(module).__name__, shape, _own_params(module), module=module)
-    fmap = shape
-    if module.downsample is not None:
-        fmap = node.add(_visit(module.downsample, _join(name, "downsample"), fmap)).output_shape
-    h, w, c = fmap
-    tokens: Shape = (h * w, c)
-    blocks_name = _join(name, "blocks")
-    blocks = _Node(blocks_name, type(module.blocks).__name__, tokens, _own_params(module.blocks), module=module.blocks)
-    for i, blk in enumerate(module.blocks):
-        if not isinstance(blk, Block):
-            raise TypeError(f"complexity: no counting rule for {type(blk).__name__} at '{blocks_name}.{i}'")
-        blocks.add(_block(blk, _join(blocks_name, str(i)), tokens, (h, w)))
-    node.add(blocks)
-    node.add(_visit(module.norm, _join(name, "norm"), tokens))
-    node.output_shape = (h, w, c)
-    return node
-
-
-def _check_input_size(input_size: int | Sequence[int]) -> tuple[int, int]:
-    """(H, W) from an int (square) or a pair of ints; a clear error otherwise."""
-    try:
-        if isinstance(input_size, bool):
-            raise TypeError
-        size = (operator.index(input_size),) * 2 if not isinstance(input_size, Sequence) else tuple(input_size)
-        if len(size) != 2 or any(isinstance(v, bool) for v in size):
-            raise TypeError
-        height, width = operator.index(size[0]), operator.index(size[1])
-    except TypeError:
-        raise ValueError(
-            f"complexity: input_size must be an int or a pair of ints (H, W), got {input_size!r}"
-        ) from None
-    if min(height, width) < 1:
-        raise ValueError(f"complexity: input_size must be positive, got {(height, width)}")
-    return height, width
-
-
-def _walk(model: Module, input_size: int | Sequence[int]) -> _Node:
-    """The cost tree of ``model`` on one input image of ``input_size``; the root holds the totals."""
-    if not isinstance(model, PyramidVisionTransformerV2):
-        raise TypeError(f"complexity: expected a PyramidVisionTransformerV2, got {type(model).__name__}")
-    height, width = _check_input_size(input_size)
-    expected_sizes = model.feature_sizes(height, width)  # a clear error when the input is too small
-    root = _Node("", type(model).__name__, (model.in_chans, height, width), _own_params(model), module=model)
-    fmap = root.add(_visit(model.patch_embed, "patch_embed", (model.in_chans, height, width))).output_shape
-    stages = _Node("stages", type(model.stages).__name__, fmap, _own_params(model.stages), module=model.stages)
-    for i, stage in enumerate(model.stages):
-        fmap = stages.add(_visit(stage, f"stages.{i}", fmap)).output_shape
-    root.add(stages)
-    sizes = [c.output_shape[:2] for c in stages.children]
-    if sizes != [tuple(s) for s in expected_sizes]:
-        raise RuntimeError(f"complexity: stage maps {sizes} differ from model.feature_sizes {expected_sizes}")
-    pooled: Shape = (fmap[-1],)  # mean over the last map's tokens: not a module, not counted
-    pooled = root.add(_visit(model.head_drop, "head_drop", pooled)).output_shape
-    root.add(_visit(model.head, "head", pooled))
-    total = count_params(model)
-    if root.params != total:
-        raise RuntimeError(
-            f"complexity: {total - root.params} of {total} parameters sit in modules the counter did not visit"
-        )
-    return root
-
-
-# ---------------------------------------------------------------------------
 # public counting API
 # ---------------------------------------------------------------------------
 def count_flops(model: Module, input_size: int | Sequence[int] = (224, 224)) -> int:
     """Total FLOPs (MACs, official PVT / mmcv convention) of one forward on a 3 x H x W image, batch 1."""
-    return _walk(model, input_size).flops
-
-
-def _units(node: _Node) -> Iterator[_Node]:
-    """A node's children, with the ModuleLists (stages, blocks) opened."""
-    for child in node.children:
-        if isinstance(child.module, ModuleList) and not isinstance(child.module, Sequential):
-            yield from child.children
-        else:
-            yield child
+    return _trace(model, input_size).flops
 
 
 def _leaves(node: _Node) -> Iterator[_Node]:
@@ -400,30 +427,38 @@ def _leaves(node: _Node) -> Iterator[_Node]:
         yield from _leaves(child)
 
 
+def _rows(root: _Node, depth: str) -> list[LayerCost]:
+    """The breakdown of a cost tree at ``depth`` (see :func:`flops_breakdown`)."""
+    if depth not in DEPTHS:
+        raise ValueError(f"flops_breakdown: depth must be one of {DEPTHS}, got {depth!r}")
+    if depth == "layer":
+        nodes = list(_leaves(root))
+    elif depth == "stage":
+        nodes = root.children
+    else:
+        nodes = [
+            v
+            for u in root.children
+            for v in (u.children if isinstance(u.module, PyramidVisionTransformerStage) else [u])
+        ]
+    return [n.row() for n in nodes]
+
+
 def flops_breakdown(
     model: Module, input_size: int | Sequence[int] = (224, 224), depth: str = "layer"
 ) -> list[LayerCost]:
     """Rows of (name, kind, output shape, params, FLOPs) in forward order; at every depth they sum to the totals.
 
-    * ``depth="layer"``: every leaf layer (Conv2d, Linear, LayerNorm, GELU, ...) and
-      each attention's ``matmul`` pseudo-layer;
+    * ``depth="layer"``: every leaf layer (Conv2d, Linear, LayerNorm, GELU, ...),
+      each attention's ``matmul`` row and the final ``token_mean``;
     * ``depth="block"``: the stem embedding, each stage's downsample, each Block,
-      each stage norm, the head;
+      each stage norm, the token mean, the head;
     * ``depth="stage"``: ``patch_embed`` (the stem), ``stages.0`` ... ``stages.3``
-      (each with its downsample embedding), ``head_drop``, ``head``.
+      (each with its downsample embedding), ``token_mean``, ``head_drop``, ``head``.
     """
     if depth not in DEPTHS:
         raise ValueError(f"flops_breakdown: depth must be one of {DEPTHS}, got {depth!r}")
-    root = _walk(model, input_size)
-    if depth == "layer":
-        nodes = list(_leaves(root))
-    elif depth == "stage":
-        nodes = list(_units(root))
-    else:
-        nodes = [
-            v for u in _units(root) for v in (_units(u) if isinstance(u.module, PyramidVisionTransformerStage) else [u])
-        ]
-    return [n.row() for n in nodes]
+    return _rows(_trace(model, input_size), depth)
 
 
 def format_count(value: float, unit: str = "") -> str:
@@ -471,9 +506,11 @@ def print_complexity(
     ``(params, flops)``.
     """
     out = file if file is not None else sys.stdout
+    if depth not in DEPTHS:
+        raise ValueError(f"print_complexity: depth must be one of {DEPTHS}, got {depth!r}")
     h, w = _check_input_size(input_size)
-    rows = flops_breakdown(model, (h, w), depth)
-    stage_rows = rows if depth == "stage" else flops_breakdown(model, (h, w), "stage")
+    root = _trace(model, (h, w))
+    rows, stage_rows = _rows(root, depth), _rows(root, "stage")
     params = count_params(model)
     flops = sum(r.flops for r in stage_rows)
     print(

@@ -1,4 +1,5 @@
-"""pvt_np.complexity: the paper's table, parameter counts against timm, per-layer FLOPs against real forwards."""
+"""pvt_np.complexity: the paper's table, parameter counts against timm, per-layer FLOPs against real forwards,
+one counting rule per op checked against the op, and a new layer counted with no new rule."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pvt_np import complexity
+from pvt_np import backend, complexity, ops
 from pvt_np.cli import main
 from pvt_np.complexity import (
     PAPER_TABLE,
@@ -21,6 +22,7 @@ from pvt_np.complexity import (
 )
 from pvt_np.models import Attention, create_model
 from pvt_np.nn import AdaptiveAvgPool2d, Conv2d, LayerNorm, Linear, Module, ReLU, no_grad
+from pvt_np.ops import OpCall
 
 VARIANTS = list(PAPER_TABLE)
 
@@ -164,28 +166,169 @@ def test_layer_flops_match_a_real_forward(name: str, size: tuple[int, int], over
     with no_grad():
         model.eval()(x)
     modules = dict(model.named_modules())
-    matmuls = {r.name: r for r in rows if r.kind == "AttentionMatmul"}
-    layer_rows = {r.name: r for r in rows if r.kind != "AttentionMatmul"}
+    layer_rows = {r.name: r for r in rows if r.name in modules}
+    op_rows = {r.name: r for r in rows if r.name not in modules}
     assert set(layer_rows) == set(calls), "every leaf module runs once per forward and has one row"
     kinds_seen = set()
     for row_name, row in layer_rows.items():
         ((x_shape, y_shape),) = calls[row_name]
-        assert row.output_shape == y_shape[1:], row_name  # the analytic shape is the forward's
+        assert row.output_shape == y_shape[1:], row_name  # the counted shape is the forward's
         assert row.flops == _independent_flops(modules[row_name], x_shape, y_shape), row_name
         assert row.kind == type(modules[row_name]).__name__
         kinds_seen.add(row.kind)
     assert {"Conv2d", "Linear", "LayerNorm"} <= kinds_seen
     if model.linear:
         assert {"ReLU", "AdaptiveAvgPool2d"} <= kinds_seen
+    # the rows that are no module: each attention's matmuls and the final token mean (free)
+    matmuls = {k: r for k, r in op_rows.items() if r.kind == "AttentionMatmul"}
+    assert set(op_rows) - set(matmuls) == {"token_mean"} and op_rows["token_mean"].flops == 0
+    assert op_rows["token_mean"].output_shape == (model.num_features,)
     # the attention matmuls: N and C from the observed q output, M from the observed kv output
     attentions = list(_iter_attention(model))
     assert len(matmuls) == len(attentions) == sum(model.depths)
-    for attn_name, _ in attentions:
+    for attn_name, attn in attentions:
         ((_, q_out),) = calls[f"{attn_name}.q"]
         ((_, kv_out),) = calls[f"{attn_name}.kv"]
         n, c, m = q_out[1], q_out[2], kv_out[1]
         assert matmuls[f"{attn_name}.matmul"].flops == 2 * n * m * c
+        assert matmuls[f"{attn_name}.matmul"].output_shape == (attn.num_heads, n, attn.head_dim)
     assert sum(r.flops for r in rows) == count_flops(model, size)
+
+
+@pytest.mark.parametrize(("name", "size", "overrides"), FORWARD_CASES)
+def test_shape_stand_ins_count_what_the_real_ops_count(
+    name: str, size: tuple[int, int], overrides: dict[str, Any]
+) -> None:
+    """The counter runs the forward on shape stand-ins; with the real ops it gives the same tree, row for row,
+    and each op's real output shape equals its rule's (the tracer checks it on every call)."""
+    model = create_model(name, num_classes=7, drop_rate=0.3, drop_path_rate=0.2, **overrides)
+    stand_in, real = complexity._trace(model, size), complexity._trace(model, size, run_ops=True)
+    for depth in complexity.DEPTHS:
+        assert complexity._rows(stand_in, depth) == complexity._rows(real, depth), depth
+
+
+def test_counting_leaves_the_model_as_it_was() -> None:
+    """Counting in the middle of a training step: the caches survive, and no random draw is made."""
+    model = create_model("pvt_v2_b0", num_classes=5, depths=(1, 1, 1, 1), drop_rate=0.5, drop_path_rate=0.5)
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    model(x)
+    rng_state = backend.get_rng(np).bit_generator.state
+    count_flops(model, (97, 61))
+    assert backend.get_rng(np).bit_generator.state == rng_state
+    assert model.training
+    assert model.backward(np.ones((2, 5), np.float32)).shape == x.shape
+
+
+# ---------------------------------------------------------------------------
+# one rule per op
+# ---------------------------------------------------------------------------
+def _arrays(rng: np.random.Generator, *shapes: tuple[int, ...]) -> list[np.ndarray]:
+    return [rng.standard_normal(s) for s in shapes]
+
+
+def _op_examples(rng: np.random.Generator) -> list[tuple[str, Callable[[], Any], int]]:
+    """(op, a call of it on awkward shapes, the FLOPs the convention gives for that call), every op at least once."""
+    x, w, b = _arrays(rng, (2, 3, 5), (4, 5), (4,))
+    img, wd, bd = _arrays(rng, (2, 3, 7, 6), (4, 3, 3, 2), (4,))
+    nhwc, wg = _arrays(rng, (2, 7, 6, 6), (6, 2, 3, 3))
+    q, k, v = _arrays(rng, (2, 3, 5, 4), (2, 3, 7, 4), (2, 3, 7, 4))
+    tokens, gamma, beta = _arrays(rng, (2, 9, 6), (6,), (6,))
+    target = np.array([1, 0])
+    return [
+        ("linear", lambda: ops.linear_forward(x, w, b), 2 * 3 * 5 * 4),
+        ("linear", lambda: ops.linear_forward(x, w), 2 * 3 * 5 * 4),  # the bias is free
+        # dense NCHW, stride 2 x 1, padding 1 x 0: output 4 x 5
+        ("conv2d", lambda: ops.conv2d_forward(img, wd, bd, (2, 1), (1, 0)), (3 * 3 * 2 * 4 + 4) * 2 * 4 * 5),
+        # grouped NHWC, no bias, int stride/padding: output 4 x 3
+        ("conv2d", lambda: ops.conv2d_forward(nhwc, wg, None, 2, 1, 3, True), 3 * 3 * 2 * 6 * 2 * 4 * 3),
+        ("layer_norm", lambda: ops.layer_norm_forward(tokens, gamma, beta, 1e-5), 2 * 2 * 9 * 6),
+        ("gelu", lambda: ops.gelu_forward(tokens, "tanh"), 0),
+        ("relu", lambda: ops.relu_forward(tokens), 2 * 9 * 6),
+        ("softmax", lambda: ops.softmax_forward(img, 1), 0),
+        ("attention", lambda: ops.attention_forward(q, k, v, scale=0.3, dropout_p=0.2), 2 * 2 * 5 * 7 * 12),
+        ("adaptive_avg_pool2d", lambda: ops.adaptive_avg_pool2d_forward(img, (4, 3)), img.size),
+        ("adaptive_avg_pool2d", lambda: ops.adaptive_avg_pool2d_forward(nhwc, 5, channels_last=True), nhwc.size),
+        ("dropout", lambda: ops.dropout_forward(tokens, 0.5, True), 0),
+        ("drop_path", lambda: ops.drop_path_forward(tokens, 0.5, True), 0),
+        ("cross_entropy", lambda: ops.cross_entropy_forward(x[:, 0], target, 0.1), 0),
+        ("token_mean", lambda: ops.token_mean_forward(tokens), 0),
+    ]
+
+
+def test_every_registered_op_has_a_rule() -> None:
+    assert set(ops.registered_ops()) <= set(complexity.OP_RULES)
+    with pytest.raises(NotImplementedError, match=r"no counting rule for op 'pool3d'.*OP_RULES"):
+        complexity.op_rule("pool3d")
+
+
+def test_each_rule_against_its_op() -> None:
+    """Every op, called for real on awkward shapes: the rule's output shape is the op's, its FLOPs the convention's."""
+    examples = _op_examples(np.random.default_rng(3))
+    assert {op for op, _, _ in examples} == set(ops.registered_ops())
+    seen: list[OpCall] = []
+    for op, call, expected_flops in examples:
+        with ops.observe(seen.append):
+            out, _ = call()
+        record = seen.pop()
+        assert record.op == op and not seen
+        arguments = complexity._arguments(op, record.args, record.kwargs)
+        rule = complexity.op_rule(op)
+        assert rule.output_shape(arguments) == out.shape, op
+        assert rule.flops(arguments, out.shape) == expected_flops, op
+
+
+def test_an_op_without_a_rule_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(complexity.OP_RULES, "layer_norm")
+    with pytest.raises(NotImplementedError, match="'layer_norm'"):
+        count_flops(_cached_create_model("pvt_v2_b0"), (64, 64))
+
+
+class LinearNorm(Module):
+    """A layer the counter and the profiler have never heard of: a Linear, then a LayerNorm."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.fc = Linear(in_features, out_features)
+        self.norm = LayerNorm(out_features)
+
+    def forward(self, x: Any) -> Any:
+        return self.norm(self.fc(x))
+
+    def backward(self, dout: Any) -> Any:
+        return self.fc.backward(self.norm.backward(dout))
+
+
+def test_a_new_layer_is_counted_without_a_new_rule() -> None:
+    model = create_model("pvt_v2_b0", num_classes=10, depths=(1, 1, 1, 1))
+    plain_head = flops_breakdown(model, (64, 64), "layer")
+    model.head = LinearNorm(model.num_features, 10)
+    rows = flops_breakdown(model, (64, 64), "layer")
+    assert rows[: len(plain_head) - 1] == plain_head[:-1]  # everything before the head is unchanged
+    assert [(r.name, r.kind, r.output_shape, r.params, r.flops) for r in rows[len(plain_head) - 1 :]] == [
+        ("head.fc", "Linear", (10,), 256 * 10 + 10, 256 * 10),
+        ("head.norm", "LayerNorm", (10,), 2 * 10, 2 * 10),
+    ]
+    head = {r.name: r for r in flops_breakdown(model, (64, 64), "stage")}["head"]
+    assert (head.kind, head.params, head.flops) == ("LinearNorm", 256 * 10 + 10 + 20, 256 * 10 + 20)
+    assert count_params(model) == sum(r.params for r in rows)
+
+
+class HiddenLinear(Module):
+    """Calls a Linear it keeps outside the registry (so it would have no name and uncounted parameters)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "hidden", Linear(in_features, out_features))
+
+    def forward(self, x: Any) -> Any:
+        return self.hidden(x)
+
+
+def test_an_unregistered_module_is_an_error() -> None:
+    model = create_model("pvt_v2_b0", num_classes=10, depths=(1, 1, 1, 1))
+    model.head = HiddenLinear(model.num_features, 10)
+    with pytest.raises(RuntimeError, match="a Linear ran in the forward but is not a submodule of the model"):
+        count_flops(model, (64, 64))
 
 
 # ---------------------------------------------------------------------------
@@ -211,6 +354,7 @@ def test_stage_rows_are_sums_of_their_layers() -> None:
         "stages.1",
         "stages.2",
         "stages.3",
+        "token_mean",
         "head_drop",
         "head",
     ]

@@ -22,6 +22,8 @@ from pvt_np import backend
 from pvt_np.backend import Array
 
 _GRAD_ENABLED = True
+# (on_enter, on_exit) pairs of watch_calls(), innermost last.
+_call_watchers: list[tuple[Callable[[Module], None], Callable[[Module, Any], None]]] = []
 
 
 @contextlib.contextmanager
@@ -39,6 +41,27 @@ def no_grad() -> Iterator[None]:
 def is_grad_enabled() -> bool:
     """False inside :func:`no_grad`."""
     return _GRAD_ENABLED
+
+
+@contextlib.contextmanager
+def watch_calls(on_enter: Callable[[Module], None], on_exit: Callable[[Module, Any], None]) -> Iterator[None]:
+    """Within this context ``module(...)`` calls ``on_enter(module)`` before its forward and
+    ``on_exit(module, output)`` after it.
+
+    An op observer (:func:`pvt_np.ops.observe`) sees every op call but not which
+    module made it; a watcher that pushes on enter and pops on exit keeps the
+    stack of running modules, whose top made the op call (how
+    :mod:`pvt_np.complexity` gives per-layer rows). Watchers nest; a forward that
+    raises skips the exits, so a watcher's stack is only valid until the first
+    error. Module calls on other threads are seen too: watch one thread's work.
+    When nobody watches, a call costs one extra check of an empty list.
+    """
+    entry = (on_enter, on_exit)
+    _call_watchers.append(entry)
+    try:
+        yield
+    finally:
+        _call_watchers.remove(entry)
 
 
 def state_dict_mismatches(
@@ -123,7 +146,15 @@ class Module:
 
     # -- running ----------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        if not _call_watchers:
+            return self.forward(*args, **kwargs)
+        watchers = list(_call_watchers)
+        for on_enter, _ in watchers:
+            on_enter(self)
+        output = self.forward(*args, **kwargs)
+        for _, on_exit in reversed(watchers):
+            on_exit(self, output)
+        return output
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define forward")

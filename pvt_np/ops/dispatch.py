@@ -60,6 +60,7 @@ class Op:
 _registry: dict[str, Op] = {}
 _plain = False
 _observers: list[tuple[Callable[[OpCall], None], Callable[[], None] | None]] = []
+_stand_in: Callable[..., Any] | None = None
 
 
 def registered_ops() -> dict[str, Op]:
@@ -107,12 +108,33 @@ def observe(callback: Callable[[OpCall], None], sync: Callable[[], None] | None 
         _observers.remove(entry)
 
 
+@contextlib.contextmanager
+def stand_in(substitute: Callable[..., Any]) -> Iterator[None]:
+    """Within this context an op call returns ``substitute(op_name, phase, *args, **kwargs)``
+    instead of running either reading; observers see it as any other call.
+
+    The FLOP counter runs a model's forward this way on shapes alone: its
+    substitute returns a zero-cost array of the op's output shape, so counting
+    b2 with full attention at 2048 px needs no N x N matrix. Does not nest.
+    """
+    global _stand_in
+    if _stand_in is not None:
+        raise RuntimeError("stand_in: already inside a stand_in() context")
+    _stand_in = substitute
+    try:
+        yield
+    finally:
+        _stand_in = None
+
+
 def _dispatcher(op: Op, phase: str) -> Callable[..., Any]:
     fast = getattr(op, f"fast_{phase}")
 
     @functools.wraps(fast)
     def call(*args: Any, **kwargs: Any) -> Any:
         fn = getattr(op, f"plain_{phase}") if _plain else fast
+        if _stand_in is not None:
+            fn = functools.partial(_stand_in, op.name, phase)
         if not _observers:
             return fn(*args, **kwargs)
         syncs = [s for _, s in _observers if s is not None]
