@@ -10,13 +10,17 @@ first step; on the GPU the allocator's high-water mark. Times are medians of
 * forward+backward  + loss and the full backward
 * train step      zero_grad, forward, loss, backward, AdamW step
 
-A profiling pass (separate, untimed in the results) wraps every pvt_np op to
-report the share of the training step spent per op type.
+A profiling pass (separate, untimed in the results) reports the share of the
+training step spent per op type: an observer on the op dispatchers
+(:func:`pvt_np.ops.observe`) times every op call, and the optimizer step is
+timed around its call; nothing is patched, so a new layer's ops are profiled as
+they run.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -166,7 +170,7 @@ def _worker(framework: str, config: str, device: str, threads: int, repeats: int
     result["peak_memory_mb"] = mem["peak"]() / 2**20
     result["img_per_s"] = batch / (result["train_step_ms"] / 1000.0)
     if framework == "pvt_np":
-        result["op_share"] = _profile_ops(steps["train_step"], sync, max(3, repeats // 2))
+        result["op_share"] = _profile_ops(steps["model_step"], steps["optimizer_step"], sync, max(3, repeats // 2))
     return result
 
 
@@ -189,10 +193,13 @@ def _pvt_np_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_ho
         model.backward(crit.backward(), input_grad=False)
         model.zero_grad()
 
-    def train_step() -> None:
+    def model_step() -> None:
         opt.zero_grad()
         crit(model(x), y)
         model.backward(crit.backward(), input_grad=False)
+
+    def train_step() -> None:
+        model_step()
         opt.step()
 
     if device == "gpu":
@@ -208,7 +215,13 @@ def _pvt_np_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_ho
         sync, mem = _cpu_meters()
     # One step first so that optimizer state exists before the baseline is taken.
     train_step()
-    steps = {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}
+    steps = {
+        "forward": forward,
+        "forward_backward": forward_backward,
+        "train_step": train_step,
+        "model_step": model_step,  # train_step is model_step then optimizer_step (for the profile)
+        "optimizer_step": opt.step,
+    }
     return steps, sync, mem
 
 
@@ -218,7 +231,7 @@ def _torch_steps(
     import torch
 
     from pvt_np import create_model
-    from pvt_np.reference import timm_twin
+    from pvt_np.timm_twin import timm_twin
 
     torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "gpu" else "cpu")
@@ -270,61 +283,50 @@ def _cpu_meters() -> tuple[Callable[[], None], dict[str, Callable[[], Any]]]:
     return (lambda: None), {"start": start, "peak": peak}
 
 
-def _profile_ops(train_step: Callable[[], None], sync: Callable[[], None], iterations: int) -> dict[str, float]:
-    """Share of the training step per op type, by wrapping every pvt_np.ops function with a timer."""
-    from pvt_np import ops, optim
+def _profile_ops(
+    model_step: Callable[[], None], optimizer_step: Callable[[], None], sync: Callable[[], None], iterations: int
+) -> dict[str, float]:
+    """Share of the training step (``model_step`` then ``optimizer_step``) per op type, over ``iterations`` steps.
+
+    Every op call is timed by an observer on the dispatchers (``sync`` on both
+    sides of each call, so queued GPU work is charged to its op); the optimizer
+    step is timed around its call. The rest (reshapes, residual adds, module
+    glue) is reported as "other".
+    """
+    from pvt_np import ops
 
     totals: dict[str, float] = defaultdict(float)
-    originals: dict[tuple[Any, str], Any] = {}
 
-    def wrap(owner: Any, attr: str, label: Callable[..., str]) -> None:
-        fn = getattr(owner, attr)
-        originals[(owner, attr)] = fn
+    def record(call: ops.OpCall) -> None:
+        totals[_op_label(call)] += call.seconds
 
-        def timed(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            out = fn(*a, **k)
-            sync()
-            totals[label(*a, **k)] += time.perf_counter() - t0
-            return out
-
-        setattr(owner, attr, timed)
-
-    for attr in ops.__all__:
-        if attr.endswith("_forward") or attr.endswith("_backward"):
-            base = attr.rsplit("_", 1)[0]
-            if base == "conv2d":
-                wrap(ops, attr, _conv_label)
-            else:
-                wrap(ops, attr, lambda *a, _b=base, **k: _b)
-    for cls_name in ("AdamW", "SGD"):
-        wrap(getattr(optim, cls_name), "step", lambda *a, **k: "optimizer")
-    try:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    with ops.observe(record, sync):
         for _ in range(iterations):
-            train_step()
-        sync()
-        total = time.perf_counter() - t0
-    finally:
-        for (owner, attr), fn in originals.items():
-            setattr(owner, attr, fn)
+            model_step()
+            start = time.perf_counter()
+            optimizer_step()
+            sync()
+            totals["optimizer"] += time.perf_counter() - start
+    total = time.perf_counter() - t0
     shares = {k: v / total for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     shares["other (glue, reshapes, residual adds)"] = max(0.0, 1.0 - sum(shares.values()))
     return shares
 
 
-def _conv_label(*args: Any, **kwargs: Any) -> str:
-    """conv2d split by kind: depthwise vs dense.
+def _op_label(call: Any) -> str:
+    """The op's name; conv2d split into depthwise and dense (the two are different kernels).
 
-    The forward sees weight and groups as arguments; the backward its ConvCache.
+    The forward has the weight and groups among its arguments, the backward in its cache.
     """
-    from pvt_np.ops import ConvCache
+    from pvt_np import ops
 
-    if len(args) == 2 and isinstance(args[1], ConvCache):
-        weight, groups = args[1].weight, args[1].groups
-    else:
-        weight, groups = args[1], kwargs.get("groups", args[5] if len(args) > 5 else 1)
-    return "conv2d depthwise" if groups > 1 and groups == weight.shape[0] else "conv2d dense"
+    if call.op != "conv2d":
+        return call.op
+    arguments = inspect.signature(getattr(ops, f"conv2d_{call.phase}")).bind(*call.args, **call.kwargs).arguments
+    conv = arguments if call.phase == "forward" else arguments["cache"]._asdict()
+    groups = conv.get("groups", 1)
+    return "conv2d depthwise" if groups > 1 and groups == conv["weight"].shape[0] else "conv2d dense"
 
 
 # -- the report -----------------------------------------------------------------

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from pvt_np import bench, cli
+from pvt_np import bench, cli, ops
+from pvt_np.nn import Conv2d, LayerNorm, Linear, Module, Sequential
+from pvt_np.optim import SGD
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +55,62 @@ def test_bench_reports_both_frameworks(tmp_path: Path) -> None:
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
     text = bench.format_report(report)
     assert "step ratio" in text and "b0-cifar" in text
+
+
+class LinearNorm(Module):
+    """A layer the profiler has never heard of: a Linear, then a LayerNorm."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.fc = Linear(in_features, out_features)
+        self.norm = LayerNorm(out_features)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.norm(self.fc(x))
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return self.fc.backward(self.norm.backward(dout))
+
+
+def _profile(model: Module, x: np.ndarray) -> dict[str, float]:
+    optimizer = SGD(model.parameters(), lr=0.1)
+
+    def model_step() -> None:
+        optimizer.zero_grad()
+        y = model(x)
+        model.backward(np.ones_like(y))
+
+    return bench._profile_ops(model_step, optimizer.step, lambda: None, 2)
+
+
+def test_profile_observes_the_ops_a_new_layer_calls() -> None:
+    """The profile is an observer on the op dispatchers: a new layer is profiled as it runs, nothing patched."""
+    x = np.random.default_rng(0).standard_normal((3, 5, 6)).astype(np.float32)
+    shares = _profile(LinearNorm(6, 4), x)
+    assert set(shares) == {"linear", "layer_norm", "optimizer", "other (glue, reshapes, residual adds)"}
+    assert all(v >= 0 for v in shares.values()) and sum(shares.values()) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_profile_splits_depthwise_and_dense_convs() -> None:
+    """Each conv call is labelled from its arguments (forward) or its cache (backward)."""
+    x = np.random.default_rng(0).standard_normal((2, 7, 6, 4)).astype(np.float32)
+    convs = Sequential(
+        Conv2d(4, 4, 3, padding=1, groups=4, channels_last=True),  # depthwise
+        Conv2d(4, 6, 1, channels_last=True),  # dense
+        Conv2d(6, 6, 3, groups=2, channels_last=True),  # grouped, not depthwise: dense kernels
+    )
+    calls: list[ops.OpCall] = []
+    with ops.observe(calls.append):
+        convs.backward(np.ones_like(convs(x)))
+    assert [(c.phase, bench._op_label(c)) for c in calls] == [
+        ("forward", "conv2d depthwise"),
+        ("forward", "conv2d dense"),
+        ("forward", "conv2d dense"),
+        ("backward", "conv2d dense"),
+        ("backward", "conv2d dense"),
+        ("backward", "conv2d depthwise"),
+    ]
+    assert {"conv2d depthwise", "conv2d dense", "optimizer"} <= set(_profile(convs, x))
 
 
 def test_readme_example_runs() -> None:

@@ -76,7 +76,7 @@ def _run_parity(dtype: Any) -> dict[str, Any]:
     """Train pvt_np and its timm twin side by side on the same batches; return everything to compare."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("timm")
-    from pvt_np.reference import timm_twin
+    from pvt_np.timm_twin import timm_twin
 
     tdtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
     model = create_model("pvt_v2_b0", num_classes=10, seed=5, dtype=dtype, cifar=True, depths=(1, 1, 1, 1))

@@ -1,8 +1,9 @@
 """The PyTorch twin of a pvt_np model: timm's pvt_v2 with the same config and weights.
 
-Used by the benchmark, the training-parity test and the notebooks to run the
-reference side by side. Needs torch and timm (the ``test`` extra); pvt_np
-itself never imports them.
+Used by the benchmark's PyTorch side (``pvt-np bench``) and the
+training-parity test to run the reference side by side. Needs torch and timm
+(the ``test`` extra), imported only when a twin is made: the rest of pvt_np
+runs without them.
 """
 
 from __future__ import annotations
