@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import inspect
 import operator
 import sys
@@ -189,9 +190,14 @@ def op_rule(op: str) -> OpRule:
         ) from None
 
 
+@functools.cache
+def _forward_signature(op: str) -> inspect.Signature:
+    return inspect.signature(ops.registered_ops()[op].fast_forward)
+
+
 def _arguments(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """An op forward's arguments by name, as its fast reading's signature binds them."""
-    bound = inspect.signature(ops.registered_ops()[op].fast_forward).bind(*args, **kwargs)
+    bound = _forward_signature(op).bind(*args, **kwargs)
     bound.apply_defaults()
     return bound.arguments
 
@@ -250,8 +256,7 @@ class _Node:
         for c in self.children:
             if c.name == name:
                 return c
-        own = 0 if module is None else sum(p.size for p in module._parameters.values())
-        node = _Node(name, kind, module, own)
+        node = _Node(name, kind, module, 0 if module is None else _own_params(module))
         self.children.append(node)
         return node
 
@@ -267,6 +272,11 @@ class _Node:
         return LayerCost(self.name, self.kind, self.output_shape, self.params, self.flops, self.note)
 
 
+def _own_params(module: Module) -> int:
+    """Parameter elements a module holds itself (not through its children)."""
+    return sum(p.size for p in module._parameters.values())
+
+
 def _per_sample(shape: Sequence[int]) -> Shape:
     return tuple(int(s) for s in shape[1:])
 
@@ -276,7 +286,7 @@ class _Tracer:
 
     def __init__(self, model: Module) -> None:
         self.names = {id(m): name for name, m in model.named_modules()}
-        self.stack: list[_Node] = []
+        self.stack: list[tuple[_Node, Module]] = []  # the modules whose forward is running, innermost last
         self.root: _Node | None = None
 
     def enter(self, module: Module) -> None:
@@ -288,13 +298,14 @@ class _Tracer:
             )
         kind = type(module).__name__
         if self.stack:
-            node = self.stack[-1].child(name, kind, module)
+            node = self.stack[-1][0].child(name, kind, module)
         else:
-            node = self.root = _Node(name, kind, module, sum(p.size for p in module._parameters.values()))
-        self.stack.append(node)
+            node = self.root = _Node(name, kind, module, _own_params(module))
+        self.stack.append((node, module))
 
     def exit(self, module: Module, output: Any) -> None:
-        self.stack.pop().output_shape = _per_sample(getattr(output, "shape", (None,)))
+        shape = getattr(output, "shape", None)  # a module may return something else than an array
+        self.stack.pop()[0].output_shape = _per_sample(shape) if shape is not None else ()
 
     def op_call(self, call: OpCall) -> None:
         if call.phase != "forward":
@@ -307,8 +318,8 @@ class _Tracer:
             raise RuntimeError(f"complexity: the {call.op} rule gives output shape {shape}, the op returned {actual}")
         if not self.stack:
             raise RuntimeError(f"complexity: op {call.op} ran outside the model's modules")
-        owner = self.stack[-1]
-        if owner.module is not None and not owner.module._modules:
+        owner, module = self.stack[-1]
+        if not module._modules:
             owner.own_flops += rule.flops(arguments, shape)  # a layer's own op: charged to its row
             return
         label = rule.row or call.op
@@ -429,8 +440,6 @@ def _leaves(node: _Node) -> Iterator[_Node]:
 
 def _rows(root: _Node, depth: str) -> list[LayerCost]:
     """The breakdown of a cost tree at ``depth`` (see :func:`flops_breakdown`)."""
-    if depth not in DEPTHS:
-        raise ValueError(f"flops_breakdown: depth must be one of {DEPTHS}, got {depth!r}")
     if depth == "layer":
         nodes = list(_leaves(root))
     elif depth == "stage":

@@ -21,8 +21,10 @@ from pvt_np.complexity import (
     print_complexity,
 )
 from pvt_np.models import Attention, create_model
-from pvt_np.nn import AdaptiveAvgPool2d, Conv2d, LayerNorm, Linear, Module, ReLU, no_grad
+from pvt_np.nn import AdaptiveAvgPool2d, Conv2d, Identity, LayerNorm, Linear, Module, ReLU, Sequential, no_grad
+from pvt_np.nn.module import watch_calls
 from pvt_np.ops import OpCall
+from pvt_np.ops.dispatch import stand_in
 
 VARIANTS = list(PAPER_TABLE)
 
@@ -217,6 +219,38 @@ def test_counting_leaves_the_model_as_it_was() -> None:
     assert backend.get_rng(np).bit_generator.state == rng_state
     assert model.training
     assert model.backward(np.ones((2, 5), np.float32)).shape == x.shape
+
+
+def test_watch_calls_sees_each_module_call_nested() -> None:
+    seq = Sequential(Linear(3, 4), Identity())
+    x = np.ones((2, 3), np.float32)
+    events: list[tuple[Any, ...]] = []
+    with watch_calls(
+        lambda m: events.append(("enter", type(m).__name__)),
+        lambda m, out: events.append(("exit", type(m).__name__, out.shape)),
+    ):
+        seq(x)
+    assert events == [
+        ("enter", "Sequential"),
+        ("enter", "Linear"),
+        ("exit", "Linear", (2, 4)),
+        ("enter", "Identity"),
+        ("exit", "Identity", (2, 4)),
+        ("exit", "Sequential", (2, 4)),
+    ]
+    seq(x)  # nobody watches any more
+    assert len(events) == 6
+
+
+def test_stand_in_answers_op_calls() -> None:
+    x = np.ones((2, 3))
+    seen: list[OpCall] = []
+    with ops.observe(seen.append), stand_in(lambda op, phase, *args, **kwargs: (op, phase, len(args))):
+        assert ops.relu_forward(x) == ("relu", "forward", 1)
+        with pytest.raises(RuntimeError, match="already inside"), stand_in(lambda *a: None):
+            pass
+    assert [(c.op, c.result) for c in seen] == [("relu", ("relu", "forward", 1))]
+    assert ops.relu_forward(x)[0] is not None  # the real op again
 
 
 # ---------------------------------------------------------------------------
