@@ -253,6 +253,14 @@ def test_stand_in_answers_op_calls() -> None:
     assert ops.relu_forward(x)[0] is not None  # the real op again
 
 
+def test_input_follows_the_model_dtype() -> None:
+    """The counting forward's input takes the parameters' dtype (a float64 model rejects float32 input)."""
+    f32 = create_model("pvt_v2_b0", num_classes=10, depths=(1, 1, 1, 1))
+    f64 = create_model("pvt_v2_b0", num_classes=10, depths=(1, 1, 1, 1), dtype=np.float64)
+    assert count_flops(f64, (61, 97)) == count_flops(f32, (61, 97))
+    assert flops_breakdown(f64, (61, 97), "layer") == flops_breakdown(f32, (61, 97), "layer")
+
+
 # ---------------------------------------------------------------------------
 # one rule per op
 # ---------------------------------------------------------------------------

@@ -115,7 +115,8 @@ def stand_in(substitute: Callable[..., Any]) -> Iterator[None]:
 
     The FLOP counter runs a model's forward this way on shapes alone: its
     substitute returns a zero-cost array of the op's output shape, so counting
-    b2 with full attention at 2048 px needs no N x N matrix. Does not nest.
+    b2 with full attention at 2048 px needs no N x N matrix. Does not nest;
+    process-wide, as :func:`use_plain`: op calls from other threads are answered too.
     """
     global _stand_in
     if _stand_in is not None:
