@@ -5,7 +5,10 @@ fast reading of each op (``pvt_np/ops/<family>.py``), or its plain reading
 (:mod:`pvt_np.ops.plain`, the formula as it reads) inside ``use_plain()``. Each
 backward returns the gradient of the input, then (for ops with parameters) of
 each parameter in the forward's argument order. Every op takes its array
-module from its inputs, so the same code runs on NumPy and CuPy.
+module from its inputs, so the same code runs on NumPy and CuPy. Every forward
+takes the keyword ``who=`` (default: the op's name), the name its input checks
+(:mod:`pvt_np.ops.checks`, shared by both readings) put in their messages; the
+layers pass their own label.
 """
 
 from pvt_np.ops import activation as _activation
