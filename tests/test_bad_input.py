@@ -91,15 +91,15 @@ LAYER_CASES: list[tuple[str, Callable[[], nn.Module], Callable[[Any], Any], type
     ("ce-int-logits", lambda: nn.CrossEntropyLoss(), lambda m: m(_ints(2, 3), np.array([0, 1])), TypeError,
      ("CrossEntropyLoss", "float32 or float64", "int64")),
     ("ce-target-length", lambda: nn.CrossEntropyLoss(), lambda m: m(_x(2, 3), np.array([0, 1, 2])), ValueError,
-     ("CrossEntropyLoss", "cross_entropy", "(2,)", "(3,)")),
+     ("CrossEntropyLoss", "(2,)", "(3,)")),
     ("ce-soft-target-classes", lambda: nn.CrossEntropyLoss(), lambda m: m(_x(2, 3), _x(2, 4)), ValueError,
-     ("CrossEntropyLoss", "cross_entropy", "(2, 3)", "(2, 4)")),
+     ("CrossEntropyLoss", "(2, 3)", "(2, 4)")),
     ("ce-negative-index", lambda: nn.CrossEntropyLoss(), lambda m: m(_x(2, 3), np.array([0, -1])), ValueError,
      ("CrossEntropyLoss", "[0, 2]", "-1")),
     ("ce-index-too-large", lambda: nn.CrossEntropyLoss(), lambda m: m(_x(2, 3), np.array([3, 1])), ValueError,
      ("CrossEntropyLoss", "[0, 2]", "3")),
     ("ce-float-index-target", lambda: nn.CrossEntropyLoss(), lambda m: m(_x(2, 3), np.array([0.0, 1.0])), TypeError,
-     ("CrossEntropyLoss", "cross_entropy", "integers", "float64")),
+     ("CrossEntropyLoss", "integers", "float64")),
 ]  # fmt: skip
 
 
@@ -142,7 +142,7 @@ OP_CASES: list[tuple[str, Callable[[], Any], type[Exception], tuple[str, ...]]] 
     ("conv-stride", lambda: ops.conv2d_forward(_x(1, 3, 7, 7), _x(4, 3, 3, 3), stride=1.5), TypeError,
      ("conv2d", "stride", "1.5")),
     ("conv-too-small", lambda: ops.conv2d_forward(_x(1, 3, 2, 7), _x(4, 3, 3, 3)), ValueError,
-     ("conv2d", "2x7", "3x3")),
+     ("conv2d", "2x7", "(3, 3)", "0x5")),
     ("layer_norm-features", lambda: ops.layer_norm_forward(_x(2, 5), _x(4), _x(4)), ValueError,
      ("layer_norm", "(..., 4)", "(2, 5)")),
     ("gelu-approximate", lambda: ops.gelu_forward(_x(2), "fast"), ValueError, ("gelu", "'none' or 'tanh'", "'fast'")),

@@ -221,7 +221,7 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_acc
 @pytest.fixture(autouse=True)
 def _keep_thread_count() -> Any:
     """In-process runs may set pvt_np's thread count (--threads); restore it for the other tests."""
-    from pvt_np import parallel
+    from pvt_np.ops import parallel
 
     n = parallel.get_num_threads()
     yield

@@ -40,7 +40,7 @@ from pvt_np.nn import (
     ModuleList,
     ReLU,
 )
-from pvt_np.ops._validate import check_array
+from pvt_np.ops.checks import check_array
 
 BLOCK_NORM_EPS = 1e-6  # LayerNorm eps in blocks and stage norms (official code, timm)
 EMBED_NORM_EPS = 1e-5  # LayerNorm eps in patch embeddings and the SRA norm (nn.LayerNorm default)
@@ -201,7 +201,7 @@ class Attention(Module):
         k = kv[:, :, 0].transpose(0, 2, 1, 3)  # (B, h, M, d)
         v = kv[:, :, 1].transpose(0, 2, 1, 3)
         p = self.attn_drop_p if self.training else 0.0
-        out, attn_cache = ops.attention_forward(q, k, v, scale=self.scale, dropout_p=p)
+        out, attn_cache = ops.attention_forward(q, k, v, scale=self.scale, dropout_p=p, who=self._label())
         self._save((attn_cache, reduced_size, m))
         out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
         return self.proj_drop(self.proj(out))

@@ -10,7 +10,7 @@ import numpy as np
 from pvt_np import backend, ops
 from pvt_np.backend import Array
 from pvt_np.nn.module import Module, Parameter, is_grad_enabled
-from pvt_np.ops._validate import check_array, check_ndim, check_same_dtype, pair
+from pvt_np.ops.checks import check_array, check_same_dtype, pair
 
 
 def _uniform(shape: tuple[int, ...], bound: float, dtype: Any) -> Array:
@@ -46,13 +46,8 @@ class Linear(Module):
         self.bias = Parameter(_uniform((self.out_features,), bound, dtype)) if bias else None
 
     def forward(self, x: Array) -> Array:
-        check_array(x, self._label())
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{self._label()}: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
-            )
-        check_same_dtype(x, self.weight.data, self._label())
-        out, cache = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        bias = None if self.bias is None else self.bias.data
+        out, cache = ops.linear_forward(x, self.weight.data, bias, who=self._label())
         self._save(cache)
         return out
 
@@ -107,20 +102,6 @@ class Conv2d(Module):
         return ops.conv_output_size(height, kh, sh, ph), ops.conv_output_size(width, kw, sw, pw)
 
     def forward(self, x: Array) -> Array:
-        who = self._label()
-        expect = f"(N, H, W, {self.in_channels})" if self.channels_last else f"(N, {self.in_channels}, H, W)"
-        check_ndim(x, 4, who, expect)
-        c = x.shape[3] if self.channels_last else x.shape[1]
-        if c != self.in_channels:
-            raise ValueError(f"{who}: expected input of shape {expect}, got {tuple(x.shape)}")
-        check_same_dtype(x, self.weight.data, who)
-        h, w = (x.shape[1], x.shape[2]) if self.channels_last else (x.shape[2], x.shape[3])
-        ho, wo = self.output_size(h, w)
-        if ho < 1 or wo < 1:
-            raise ValueError(
-                f"{who}: input {h}x{w} is too small for kernel {self.kernel_size} "
-                f"with padding {self.padding} (output would be {ho}x{wo})"
-            )
         out, cache = ops.conv2d_forward(
             x,
             self.weight.data,
@@ -129,6 +110,7 @@ class Conv2d(Module):
             self.padding,
             self.groups,
             self.channels_last,
+            who=self._label(),
         )
         self._save(cache)
         return out
@@ -169,13 +151,7 @@ class LayerNorm(Module):
         self.bias = Parameter(np.zeros(self.normalized_shape, dtype=dtype))
 
     def forward(self, x: Array) -> Array:
-        who = self._label()
-        check_array(x, who)
-        c = self.normalized_shape[0]
-        if x.ndim < 1 or x.shape[-1] != c:
-            raise ValueError(f"{who}: expected input of shape (..., {c}), got {tuple(x.shape)}")
-        check_same_dtype(x, self.weight.data, who)
-        out, cache = ops.layer_norm_forward(x, self.weight.data, self.bias.data, self.eps)
+        out, cache = ops.layer_norm_forward(x, self.weight.data, self.bias.data, self.eps, who=self._label())
         self._save(cache)
         return out
 
@@ -200,8 +176,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x: Array) -> Array:
-        check_array(x, self._label())
-        out, cache = ops.gelu_forward(x, self.approximate, need_grad=is_grad_enabled())
+        out, cache = ops.gelu_forward(x, self.approximate, need_grad=is_grad_enabled(), who=self._label())
         self._save(cache)
         return out
 
@@ -216,8 +191,7 @@ class ReLU(Module):
     """max(x, 0)."""
 
     def forward(self, x: Array) -> Array:
-        check_array(x, self._label())
-        out, cache = ops.relu_forward(x)
+        out, cache = ops.relu_forward(x, who=self._label())
         self._save(cache)
         return out
 
@@ -233,12 +207,7 @@ class Softmax(Module):
         self.dim = int(dim)
 
     def forward(self, x: Array) -> Array:
-        who = self._label()
-        check_array(x, who)
-        if not -x.ndim <= self.dim < x.ndim:
-            rank = self.dim + 1 if self.dim >= 0 else -self.dim
-            raise ValueError(f"{who}: dim={self.dim} needs an input of rank >= {rank}, got shape {tuple(x.shape)}")
-        out, cache = ops.softmax_forward(x, self.dim)
+        out, cache = ops.softmax_forward(x, self.dim, who=f"{self._label()} (dim={self.dim})")
         self._save(cache)
         return out
 
@@ -256,8 +225,7 @@ class Dropout(Module):
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
 
     def forward(self, x: Array) -> Array:
-        check_array(x, self._label())
-        out, cache = ops.dropout_forward(x, self.p, self.training)
+        out, cache = ops.dropout_forward(x, self.p, self.training, who=self._label())
         self._save(cache)
         return out
 
@@ -278,11 +246,7 @@ class DropPath(Module):
             raise ValueError(f"DropPath: p must be in [0, 1], got {p}")
 
     def forward(self, x: Array) -> Array:
-        who = self._label()
-        check_array(x, who)
-        if x.ndim < 1:
-            raise ValueError(f"{who}: expected input of shape (N, ...) with a batch dimension, got {tuple(x.shape)}")
-        out, cache = ops.drop_path_forward(x, self.p, self.training)
+        out, cache = ops.drop_path_forward(x, self.p, self.training, who=self._label())
         self._save(cache)
         return out
 
@@ -302,8 +266,7 @@ class AdaptiveAvgPool2d(Module):
         self.channels_last = bool(channels_last)
 
     def forward(self, x: Array) -> Array:
-        check_ndim(x, 4, self._label(), "(N, H, W, C)" if self.channels_last else "(N, C, H, W)")
-        out, cache = ops.adaptive_avg_pool2d_forward(x, self.output_size, self.channels_last)
+        out, cache = ops.adaptive_avg_pool2d_forward(x, self.output_size, self.channels_last, who=self._label())
         self._save(cache)
         return out
 
@@ -324,12 +287,7 @@ class CrossEntropyLoss(Module):
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
 
     def forward(self, logits: Array, target: Array) -> Array:
-        who = self._label()
-        check_ndim(logits, 2, who, "(N, num_classes)", name="logits")
-        try:
-            loss, cache = ops.cross_entropy_forward(logits, target, self.label_smoothing)
-        except (ValueError, TypeError) as err:  # a bad target: say which layer got it
-            raise type(err)(f"{who}: {err}") from err
+        loss, cache = ops.cross_entropy_forward(logits, target, self.label_smoothing, who=self._label())
         self._save(cache)
         return loss
 

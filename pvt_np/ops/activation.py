@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from pvt_np import parallel
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops._validate import check_array
+from pvt_np.ops import parallel
+from pvt_np.ops.checks import check_array, check_gelu, check_softmax
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -27,7 +27,9 @@ def erf(x: Array) -> Array:
     return special.erf(x)
 
 
-def gelu_forward(x: Array, approximate: str = "none", need_grad: bool = True) -> tuple[Array, Any]:
+def gelu_forward(
+    x: Array, approximate: str = "none", need_grad: bool = True, *, who: str = "gelu"
+) -> tuple[Array, Any]:
     """GELU, torch.nn.GELU's two forms, and its local derivative for the backward.
 
     'none': y = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2  (the normal CDF)
@@ -37,10 +39,11 @@ def gelu_forward(x: Array, approximate: str = "none", need_grad: bool = True) ->
     The cache is dy/dx itself (as large as x, which it replaces): the forward has
     Phi and exp(-x^2/2) at hand, and the backward is one multiply. With
     ``need_grad=False`` (inference) it is not computed and the cache is None.
-    float32 on the CPU uses :func:`_gelu_erf_float32` (erf to 1.5e-7, float32's
-    resolution) instead of scipy's erf, which costs ~10 ns per element.
+    float32 on the CPU uses :func:`_gelu_erf_float32` (Phi from a rational
+    approximation of erf, see :func:`normal_cdf_float32`) instead of scipy's erf,
+    which costs ~10 ns per element.
     """
-    check_array(x, "gelu")
+    check_gelu(x, approximate, who)
     xp = get_array_module(x)
     if approximate == "none":
         if xp is np and x.dtype == np.float32:
@@ -56,16 +59,14 @@ def gelu_forward(x: Array, approximate: str = "none", need_grad: bool = True) ->
         local *= x
         local += cdf
         return y, local
-    if approximate == "tanh":
-        x2 = x * x
-        t = xp.tanh(_SQRT_2_OVER_PI * x * (1.0 + _TANH_COEF * x2))
-        y = 0.5 * x * (1.0 + t)
-        if not need_grad:
-            return y, None
-        local = 0.5 * x * (1.0 - t * t) * (_SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_COEF * x2))
-        local += 0.5 * (1.0 + t)
-        return y, local
-    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    x2 = x * x  # approximate == "tanh"
+    t = xp.tanh(_SQRT_2_OVER_PI * x * (1.0 + _TANH_COEF * x2))
+    y = 0.5 * x * (1.0 + t)
+    if not need_grad:
+        return y, None
+    local = 0.5 * x * (1.0 - t * t) * (_SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_COEF * x2))
+    local += 0.5 * (1.0 + t)
+    return y, local
 
 
 def gelu_backward(dout: Array, cache: Any) -> Array:
@@ -80,54 +81,92 @@ def gelu_backward(dout: Array, cache: Any) -> Array:
 # Phi(-|x|) = erfc(z) / 2, so the coefficients below are halved and p is divided by sqrt 2.
 _AS_P = np.float32(0.3275911 * _SQRT_HALF)
 _AS_HALF_A = [np.float32(0.5 * a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)]
+# Worst case of |normal_cdf_float32(x) - Phi(x)|, term by term (u = 2^-24): the formula's 1.5e-7 / 2 = 7.5e-8;
+# the coefficients rounded to float32, 4.9e-8; the Horner steps, u times the sum of their largest magnitudes
+# over t in [0, 1], 2.7e-7; t's three roundings (3u relative) through d(t poly(t))/dt, 3.1e-7; exp(-x^2/2)'s
+# argument and result roundings, 6e-8; the last three operations, 1.2e-7. Sum: 8.8e-7. Measured over every
+# float32 with 2^-30 <= |x| < 16 (exhaustively): 3.6e-7.
+NORMAL_CDF_FLOAT32_ERROR = 8.8e-7
+
+
+def _normal_cdf_into(xc: np.ndarray, cdf: np.ndarray, gauss: np.ndarray, t: np.ndarray) -> None:
+    """cdf = Phi(xc) and gauss = exp(-xc^2 / 2), in float32, by A&S 7.1.26 (buffers given, nothing allocated).
+
+    q = Phi(-|x|) = t * poly(t) * exp(-x^2/2) / 2 with t = 1 / (1 + p |x| / sqrt 2),
+    then Phi(x) = 1/2 + sign(x) * (1/2 - q).
+    """
+    h1, h2, h3, h4, h5 = _AS_HALF_A
+    np.abs(xc, out=gauss)
+    np.multiply(gauss, _AS_P, out=t)
+    t += 1.0
+    np.reciprocal(t, out=t)
+    np.multiply(t, h5, out=cdf)
+    for h in (h4, h3, h2, h1):
+        cdf += h
+        cdf *= t
+    np.multiply(xc, xc, out=gauss)
+    gauss *= -0.5
+    np.exp(gauss, out=gauss)  # exp(-x^2/2)
+    cdf *= gauss  # Phi(-|x|)
+    np.subtract(0.5, cdf, out=cdf)
+    np.copysign(cdf, xc, out=cdf)
+    cdf += 0.5  # Phi(x)
+
+
+def normal_cdf_float32(x: np.ndarray) -> np.ndarray:
+    """Phi(x) = (1 + erf(x / sqrt 2)) / 2 in float32 from the rational erf of the float32 GELU.
+
+    Absolute error at most NORMAL_CDF_FLOAT32_ERROR (8.8e-7, a worst-case sum of
+    A&S 7.1.26's 7.5e-8 and float32's roundings; 3.6e-7 measured over every float32
+    with 2^-30 <= |x| < 16). Phi(+-0) = 1/2,
+    Phi(+inf) = 1, Phi(-inf) = 0, Phi(nan) = nan. Chunked and threaded like the GELU.
+    """
+    check_array(x, "normal_cdf_float32")
+    if x.dtype != np.float32 or get_array_module(x) is not np:
+        raise TypeError(f"normal_cdf_float32: expected a float32 NumPy array, got {type(x).__name__} of {x.dtype}")
+    flat = x.reshape(-1)
+    cdf = np.empty_like(flat)
+
+    def kernel(start: int, stop: int) -> None:
+        n = stop - start
+        gauss = parallel.scratch("gelu_gauss", (n,), np.float32)
+        t = parallel.scratch("gelu_t", (n,), np.float32)
+        _normal_cdf_into(flat[start:stop], cdf[start:stop], gauss, t)
+
+    parallel.for_each_chunk(flat.size, 1, kernel)
+    return cdf.reshape(x.shape)
 
 
 def _gelu_erf_float32(x: np.ndarray, need_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Chunked, threaded float32 GELU (see pvt_np.parallel): 24 cache-resident passes per chunk.
+    """Chunked, threaded float32 GELU (see pvt_np.ops.parallel): 24 cache-resident passes per chunk.
 
-    Plain form of the same math:
-        q = Phi(-|x|) = t * poly(t) * exp(-x^2/2) / 2,  Phi(x) = q if x < 0 else 1 - q
+    Plain form of the same math (Phi as in :func:`normal_cdf_float32`):
         y = x * Phi(x),  dy/dx = Phi(x) + x * exp(-x^2/2) / sqrt(2 pi)
     """
     flat = x.reshape(-1)
     y = np.empty_like(flat)
     local = np.empty_like(flat) if need_grad else None
-    h1, h2, h3, h4, h5 = _AS_HALF_A
 
     def kernel(start: int, stop: int) -> None:
         xc = flat[start:stop]
         n = stop - start
-        a = parallel.scratch("gelu_a", (n,), np.float32)
+        gauss = parallel.scratch("gelu_gauss", (n,), np.float32)
         t = parallel.scratch("gelu_t", (n,), np.float32)
-        q = parallel.scratch("gelu_q", (n,), np.float32)
-        np.abs(xc, out=a)
-        np.multiply(a, _AS_P, out=t)
-        t += 1.0
-        np.reciprocal(t, out=t)
-        np.multiply(t, h5, out=q)
-        for h in (h4, h3, h2, h1):
-            q += h
-            q *= t
-        np.multiply(xc, xc, out=a)
-        a *= -0.5
-        np.exp(a, out=a)  # exp(-x^2/2)
-        q *= a  # Phi(-|x|)
-        np.subtract(0.5, q, out=q)
-        np.copysign(q, xc, out=q)
-        q += 0.5  # Phi(x)
-        np.multiply(xc, q, out=y[start:stop])
+        cdf = parallel.scratch("gelu_cdf", (n,), np.float32)
+        _normal_cdf_into(xc, cdf, gauss, t)
+        np.multiply(xc, cdf, out=y[start:stop])
         if local is not None:
-            a *= xc
-            a *= _INV_SQRT_2PI
-            np.add(a, q, out=local[start:stop])
+            gauss *= xc
+            gauss *= _INV_SQRT_2PI
+            np.add(gauss, cdf, out=local[start:stop])
 
     parallel.for_each_chunk(flat.size, 1, kernel)
     return y.reshape(x.shape), (None if local is None else local.reshape(x.shape))
 
 
-def relu_forward(x: Array) -> tuple[Array, Any]:
+def relu_forward(x: Array, *, who: str = "relu") -> tuple[Array, Any]:
     """y = max(x, 0). The cache is the boolean mask x > 0 (1 byte per element)."""
-    check_array(x, "relu")
+    check_array(x, who)
     xp = get_array_module(x)
     mask = x > 0
     return xp.maximum(x, 0), mask
@@ -138,13 +177,28 @@ def relu_backward(dout: Array, cache: Any) -> Array:
     return dout * cache
 
 
-def softmax_forward(x: Array, axis: int = -1) -> tuple[Array, Any]:
-    """y_i = exp(x_i - max x) / sum_j exp(x_j - max x); subtracting the max changes nothing but overflow."""
-    check_array(x, "softmax")
+def softmax(x: Array, axis: int = -1, in_place: bool = False) -> Array:
+    """y_i = exp(x_i - max x) / sum_j exp(x_j - max x) along ``axis``.
+
+    Subtracting the max changes nothing but overflow. ``in_place=True`` overwrites
+    x with y (attention's scores, which nothing else needs); otherwise x is kept.
+    """
     xp = get_array_module(x)
-    y = x - x.max(axis=axis, keepdims=True)
+    shift = x.max(axis=axis, keepdims=True)
+    if in_place:
+        x -= shift
+        y = x
+    else:
+        y = x - shift
     xp.exp(y, out=y)
     y /= y.sum(axis=axis, keepdims=True)
+    return y
+
+
+def softmax_forward(x: Array, axis: int = -1, *, who: str = "softmax") -> tuple[Array, Any]:
+    """y = softmax(x) along ``axis`` (see :func:`softmax`); the cache is (y, axis)."""
+    check_softmax(x, axis, who)
+    y = softmax(x, axis)
     return y, (y, axis)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from pvt_np.backend import Array, get_array_module, get_rng
-from pvt_np.ops._validate import check_ndim, check_probability
+from pvt_np.ops.activation import softmax
+from pvt_np.ops.checks import check_attention
+from pvt_np.ops.dropout import keep_mask
 
 
 class AttentionCache(NamedTuple):
@@ -26,6 +28,8 @@ def attention_forward(
     scale: float | None = None,
     dropout_p: float = 0.0,
     rng: Any = None,
+    *,
+    who: str = "attention",
 ) -> tuple[Array, AttentionCache]:
     """out = dropout(softmax(q k^T * scale)) v, per batch and head.
 
@@ -35,30 +39,15 @@ def attention_forward(
     rest scaled by 1/(1-p), as torch's scaled_dot_product_attention;
     the mask is drawn from ``rng`` (default: pvt_np's shared generator).
     """
-    who = "attention"
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_ndim(t, 4, who, "(B, heads, tokens, head_dim)", name=name)
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
-        raise ValueError(
-            f"{who}: expected q (B, h, N, d) and k, v (B, h, M, d), "
-            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"{who}: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    p = check_probability(dropout_p, who, "dropout_p")
+    p = check_attention(q, k, v, dropout_p, who)
     xp = get_array_module(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     scores = q @ k.transpose(0, 1, 3, 2)
     scores *= scale
-    scores -= scores.max(axis=-1, keepdims=True)
-    xp.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    probs = scores  # softmax done in place: (B, h, N, M)
+    probs = softmax(scores, axis=-1, in_place=True)  # (B, h, N, M); the scores are not needed again
     keep = None
     if p > 0.0:
-        rng = get_rng(xp) if rng is None else rng
-        keep = (rng.random(probs.shape, dtype=probs.dtype) >= p).astype(probs.dtype)
-        keep *= 1.0 / (1.0 - p) if p < 1.0 else 0.0
+        keep = keep_mask(get_rng(xp) if rng is None else rng, probs.shape, p, probs.dtype)
         dropped = probs * keep
     else:
         dropped = probs

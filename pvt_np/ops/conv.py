@@ -13,9 +13,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pvt_np import parallel
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops._validate import check_ndim, check_same_dtype, pair
+from pvt_np.ops import parallel
+from pvt_np.ops.checks import check_conv2d
 
 
 class ConvCache(NamedTuple):
@@ -61,22 +61,6 @@ def _tap(xpad: Array, p: int, q: int, sh: int, sw: int, ho: int, wo: int) -> Arr
     return xpad[:, p : p + sh * (ho - 1) + 1 : sh, q : q + sw * (wo - 1) + 1 : sw, :]
 
 
-def _check_conv(x: Array, weight: Array, bias: Array | None, groups: int, channels_last: bool, who: str) -> None:
-    layout = "(N, H, W, C)" if channels_last else "(N, C, H, W)"
-    check_ndim(x, 4, who, layout)
-    check_ndim(weight, 4, who, "(out_channels, in_channels/groups, kh, kw)", name="weight")
-    check_same_dtype(x, weight, who)
-    c_in = x.shape[3] if channels_last else x.shape[1]
-    o, cg = weight.shape[:2]
-    if groups < 1 or c_in % groups or o % groups:
-        raise ValueError(f"{who}: groups={groups} must divide in_channels={c_in} and out_channels={o}")
-    if c_in != cg * groups:
-        expect = f"(N, H, W, {cg * groups})" if channels_last else f"(N, {cg * groups}, H, W)"
-        raise ValueError(f"{who}: expected input of shape {expect}, got {tuple(x.shape)}")
-    if bias is not None and tuple(bias.shape) != (o,):
-        raise ValueError(f"{who}: expected bias of shape ({o},), got {tuple(bias.shape)}")
-
-
 def conv2d_forward(
     x: Array,
     weight: Array,
@@ -85,6 +69,8 @@ def conv2d_forward(
     padding: int | tuple[int, int] = 0,
     groups: int = 1,
     channels_last: bool = False,
+    *,
+    who: str = "conv2d",
 ) -> tuple[Array, ConvCache]:
     """out[n,o,i,j] = b[o] + sum_{c in group(o), p, q} w[o,c,p,q] * xpad[n, c, i*sh+p, j*sw+q].
 
@@ -96,18 +82,10 @@ def conv2d_forward(
     out[n,i,j,c] = sum_pq win[n,i,j,p,q,c] * w[c,p,q], one einsum pass per chunk of
     images (instead of kh*kw shifted multiply-adds, each a full pass over the output).
     """
-    who = "conv2d"
-    sh, sw = pair(stride, who, "stride")
-    ph, pw = pair(padding, who, "padding")
-    if sh < 1 or sw < 1 or ph < 0 or pw < 0:
-        raise ValueError(f"{who}: stride must be >= 1 and padding >= 0, got stride {(sh, sw)}, padding {(ph, pw)}")
-    _check_conv(x, weight, bias, groups, channels_last, who)
+    (sh, sw), (ph, pw), (ho, wo) = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
-    _, h, w, c = x_nhwc.shape
+    c = x_nhwc.shape[3]
     o, _, kh, kw = weight.shape
-    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    if ho < 1 or wo < 1:
-        raise ValueError(f"{who}: input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}")
     xpad = _pad_nhwc(x_nhwc, ph, pw)
     if groups == c == o:
         out = _depthwise(_windows(xpad, kh, kw, sh, sw, ho, wo), _taps(weight), bias)

@@ -55,6 +55,7 @@ class Op:
     fast_backward: Callable[..., Any]
     plain_forward: Callable[..., Any] | None = None
     plain_backward: Callable[..., Any] | None = None
+    plain_cache: type | None = None  # the plain forward's cache type; any other cache is the fast reading's
 
 
 _registry: dict[str, Op] = {}
@@ -81,7 +82,7 @@ def use_plain(enabled: bool = True) -> Iterator[None]:
     draws, so a model run under both switches must give the same numbers.
     """
     global _plain
-    missing = [op.name for op in _registry.values() if op.plain_forward is None or op.plain_backward is None]
+    missing = [op.name for op in _registry.values() if None in (op.plain_forward, op.plain_backward, op.plain_cache)]
     if enabled and missing:
         raise RuntimeError(f"use_plain: no plain reading registered for {', '.join(missing)}")
     previous = _plain
@@ -128,11 +129,25 @@ def stand_in(substitute: Callable[..., Any]) -> Iterator[None]:
         _stand_in = None
 
 
+def _check_cache_reading(op: Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """A backward must get the cache of its own reading's forward (the two caches hold different things)."""
+    cache = args[1] if len(args) > 1 else kwargs.get("cache")
+    from_plain = op.plain_cache is not None and isinstance(cache, op.plain_cache)
+    if from_plain != _plain:
+        made, active = ("plain", "fast") if from_plain else ("fast", "plain")
+        raise TypeError(
+            f"{op.name}_backward: got a cache made by the {made} reading's forward while the {active} reading "
+            "is active; run a forward and its backward under the same use_plain() setting"
+        )
+
+
 def _dispatcher(op: Op, phase: str) -> Callable[..., Any]:
     fast = getattr(op, f"fast_{phase}")
 
     @functools.wraps(fast)
     def call(*args: Any, **kwargs: Any) -> Any:
+        if phase == "backward":
+            _check_cache_reading(op, args, kwargs)
         fn = getattr(op, f"plain_{phase}") if _plain else fast
         if _stand_in is not None:
             fn = functools.partial(_stand_in, op.name, phase)
@@ -159,10 +174,15 @@ def register(
     fast_backward: Callable[..., Any],
     plain_forward: Callable[..., Any] | None = None,
     plain_backward: Callable[..., Any] | None = None,
+    plain_cache: type | None = None,
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Register an op family; returns its (forward, backward) dispatchers."""
+    """Register an op family; returns its (forward, backward) dispatchers.
+
+    ``plain_cache`` is the type of the plain forward's cache: a backward given a
+    cache of the other reading than the active one raises a TypeError.
+    """
     if name in _registry:
         raise ValueError(f"register: op {name!r} is already registered")
-    op = Op(name, fast_forward, fast_backward, plain_forward, plain_backward)
+    op = Op(name, fast_forward, fast_backward, plain_forward, plain_backward, plain_cache)
     _registry[name] = op
     return _dispatcher(op, "forward"), _dispatcher(op, "backward")

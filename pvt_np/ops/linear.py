@@ -5,19 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from pvt_np.backend import Array
-from pvt_np.ops._validate import check_array, check_last_dim, check_same_dtype
+from pvt_np.ops.checks import check_linear
 
 
-def linear_forward(x: Array, weight: Array, bias: Array | None = None) -> tuple[Array, Any]:
+def linear_forward(x: Array, weight: Array, bias: Array | None = None, *, who: str = "linear") -> tuple[Array, Any]:
     """y = x W^T + b over any leading dimensions.
 
     x: (..., in), W: (out, in), b: (out,) -> y: (..., out).
     All leading dimensions are flattened into one, so the product is a single
     GEMM of shape (M, in) x (in, out) with M = prod(leading dims).
     """
-    check_array(x, "linear")
-    check_last_dim(x, weight.shape[1], "linear")
-    check_same_dtype(x, weight, "linear")
+    check_linear(x, weight, bias, who)
     x2 = x.reshape(-1, x.shape[-1])
     y = x2 @ weight.T
     if bias is not None:

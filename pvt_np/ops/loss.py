@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops._validate import check_ndim, check_probability
+from pvt_np.ops.checks import check_cross_entropy
 
 
-def cross_entropy_forward(logits: Array, target: Array, label_smoothing: float = 0.0) -> tuple[Array, Any]:
+def cross_entropy_forward(
+    logits: Array, target: Array, label_smoothing: float = 0.0, *, who: str = "cross_entropy"
+) -> tuple[Array, Any]:
     """Mean over the batch of -sum_k t_k log softmax(z)_k, as torch.nn.functional.cross_entropy.
 
     target: class indices (N,) or probabilities (N, K) (e.g. from mixup/cutmix).
@@ -19,32 +19,15 @@ def cross_entropy_forward(logits: Array, target: Array, label_smoothing: float =
     Label smoothing eps mixes the target with the uniform distribution:
     t = (1 - eps) * t + eps / K. Returns a 0-d array (no host sync on the GPU).
     """
-    who = "cross_entropy"
-    check_ndim(logits, 2, who, "(N, num_classes)", name="logits")
-    eps = check_probability(label_smoothing, who, "label_smoothing")
+    eps = check_cross_entropy(logits, target, label_smoothing, who)
     xp = get_array_module(logits)
     n, k = logits.shape
-    if get_array_module(target) is np:  # host labels are range-checked here, at no device sync
-        host = np.asarray(target)
-        if host.ndim == 1 and host.dtype.kind in "iu" and host.size and (host.min() < 0 or host.max() >= k):
-            raise ValueError(
-                f"{who}: class indices must be in [0, {k - 1}] for {k} classes, "
-                f"got values from {host.min()} to {host.max()}"
-            )
     target = xp.asarray(target)
     if target.ndim == 1:
-        if target.shape[0] != n:
-            raise ValueError(f"{who}: expected target of shape ({n},), got {tuple(target.shape)}")
-        if target.dtype.kind not in "iu":
-            raise TypeError(f"{who}: class-index target must be integers, got {target.dtype}")
         probs_t = xp.zeros((n, k), dtype=logits.dtype)
         probs_t[xp.arange(n), target] = 1.0
-    elif target.ndim == 2:
-        if target.shape != logits.shape:
-            raise ValueError(f"{who}: expected soft target of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
-        probs_t = target.astype(logits.dtype, copy=True)
     else:
-        raise ValueError(f"{who}: target must be (N,) indices or (N, K) probabilities, got {tuple(target.shape)}")
+        probs_t = target.astype(logits.dtype, copy=True)
     if eps > 0.0:
         probs_t *= 1.0 - eps
         probs_t += eps / k

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops._validate import check_array, check_last_dim, check_same_dtype
+from pvt_np.ops.checks import check_layer_norm
 
 
-def layer_norm_forward(x: Array, weight: Array, bias: Array, eps: float = 1e-5) -> tuple[Array, Any]:
+def layer_norm_forward(
+    x: Array, weight: Array, bias: Array, eps: float = 1e-5, *, who: str = "layer_norm"
+) -> tuple[Array, Any]:
     """y = (x - mean) / sqrt(var + eps) * weight + bias, statistics over the last dim (size C).
 
     var is the biased variance (mean of squared deviations), as torch.
@@ -16,19 +18,15 @@ def layer_norm_forward(x: Array, weight: Array, bias: Array, eps: float = 1e-5) 
     Row means are matrix-vector products with a 1/C vector (BLAS), which beat
     NumPy's per-row reductions when rows are short (C = 32 at PVT v2's first stage).
     """
-    who = "layer_norm"
-    check_array(x, who)
-    check_last_dim(x, weight.shape[0], who)
-    check_same_dtype(x, weight, who)
+    check_layer_norm(x, weight, bias, who)
     xp = get_array_module(x)
     c = weight.shape[0]
     x2 = x.reshape(-1, c)
     inv_c = xp.full(c, 1.0 / c, dtype=x.dtype)
     xhat = x2 - (x2 @ inv_c)[:, None]
     sq = xhat * xhat
-    rstd = ((sq @ inv_c) + eps)[:, None]
-    xp.sqrt(rstd, out=rstd)
-    xp.reciprocal(rstd, out=rstd)
+    var = sq @ inv_c
+    rstd = (1.0 / xp.sqrt(var + eps))[:, None]
     xhat *= rstd
     y = xp.multiply(xhat, weight, out=sq)
     y += bias

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops._validate import check_array, check_ndim, pair
+from pvt_np.ops.checks import check_adaptive_avg_pool2d, check_array, check_token_mean
 
 
 def adaptive_pool_matrix(xp: Any, in_size: int, out_size: int, dtype: Any) -> Array:
@@ -23,7 +23,7 @@ def adaptive_pool_matrix(xp: Any, in_size: int, out_size: int, dtype: Any) -> Ar
 
 
 def adaptive_avg_pool2d_forward(
-    x: Array, output_size: int | tuple[int, int], channels_last: bool = False
+    x: Array, output_size: int | tuple[int, int], channels_last: bool = False, *, who: str = "adaptive_avg_pool2d"
 ) -> tuple[Array, Any]:
     """out[i, j] = mean of x over the window rows(i) x cols(j), per sample and channel.
 
@@ -31,11 +31,7 @@ def adaptive_avg_pool2d_forward(
     pooling is separable: out = A_h x A_w^T with the averaging matrices A of
     :func:`adaptive_pool_matrix` -- two small GEMM-shaped contractions.
     """
-    who = "adaptive_avg_pool2d"
-    check_ndim(x, 4, who, "(N, H, W, C)" if channels_last else "(N, C, H, W)")
-    ph, pw = pair(output_size, who, "output_size")
-    if ph < 1 or pw < 1:
-        raise ValueError(f"{who}: output_size must be positive, got {output_size!r}")
+    ph, pw = check_adaptive_avg_pool2d(x, output_size, channels_last, who)
     xp = get_array_module(x)
     h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
     a_h = adaptive_pool_matrix(xp, h, ph, x.dtype)
@@ -54,9 +50,9 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: Any) -> Array:
     return xp.einsum(spec, a_h, dout, a_w, optimize=True)
 
 
-def token_mean_forward(x: Array) -> tuple[Array, Any]:
+def token_mean_forward(x: Array, *, who: str = "token_mean") -> tuple[Array, Any]:
     """Global average pool of tokens: (B, N, C) -> (B, C), y = mean over the N tokens."""
-    check_ndim(x, 3, "token_mean", "(B, tokens, C)")
+    check_token_mean(x, who)
     return x.mean(axis=1), x.shape
 
 
@@ -81,14 +77,3 @@ def nhwc_to_tokens(x: Array) -> Array:
     """(B, H, W, C) -> (B, H*W, C), row-major tokens as timm's flatten(2).transpose(1, 2)."""
     b, h, w, c = x.shape
     return x.reshape(b, h * w, c)
-
-
-def nchw_to_tokens(x: Array) -> Array:
-    """(B, C, H, W) -> (B, H*W, C) (a transposed view)."""
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h * w).transpose(0, 2, 1)
-
-
-def tokens_to_nchw(x: Array, feat_size: tuple[int, int]) -> Array:
-    """(B, H*W, C) -> (B, C, H, W) (a transposed view); the inverse of nchw_to_tokens."""
-    return tokens_to_nhwc(x, feat_size).transpose(0, 3, 1, 2)

@@ -103,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
-        from pvt_np import parallel
+        from pvt_np.ops import parallel
 
         parallel.set_num_threads(args.threads)
     try:

@@ -46,13 +46,8 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def scratch(name: str, shape: tuple[int, ...], dtype: Any, xp: Any = np) -> Any:
-    """A per-thread reusable NumPy buffer (fresh arrays would page-fault on every chunk).
-
-    For CuPy a plain ``xp.empty`` (CuPy's memory pool already reuses blocks).
-    """
-    if xp is not np:
-        return xp.empty(shape, dtype=dtype)
+def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A per-thread reusable NumPy buffer (fresh arrays would page-fault on every chunk)."""
     buffers = getattr(_local, "buffers", None)
     if buffers is None:
         buffers = _local.buffers = {}
