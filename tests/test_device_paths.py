@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from helpers import assert_close, randn
 
-from pvt_np import ops, parallel
+from pvt_np import backend, manual_seed, ops, parallel
+from pvt_np.counter_rng import MASK_64, CounterRng, mix64
 from pvt_np.ops import conv
 
 TAP_LOOP_TOL = 1e-12  # float64, the same products summed in another order
@@ -81,3 +82,70 @@ def test_tap_loop_is_the_cupy_default() -> None:
     assert not conv.FORCE_TAP_LOOP
     assert not conv.use_tap_loop(np)
     assert conv.use_tap_loop(types.SimpleNamespace(__name__="cupy"))
+
+
+# -- the device generator --------------------------------------------------------------
+def _splitmix64(state: int, count: int) -> list[int]:
+    """Vigna's splitmix64.c next(), with Python integers (independent of the array code)."""
+    out = []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & MASK_64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK_64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK_64
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_counter_rng_is_splitmix64() -> None:
+    """random() returns SplitMix64 from state mix64(seed), top 53 (float64) or 24 (float32) bits, in order."""
+    assert _splitmix64(1234567, 3) == [6457827717110365317, 3203168211198807973, 9817491932198370423]
+    rng = CounterRng(np, 42)
+    first = rng.random(5)
+    second = rng.random((2, 3), dtype=np.float32)
+    words = _splitmix64(mix64(42), 11)
+    np.testing.assert_array_equal(first, np.array([w >> 11 for w in words[:5]], dtype=np.float64) * 2.0**-53)
+    expected32 = (np.array([w >> 40 for w in words[5:]], dtype=np.float32) * np.float32(2.0**-24)).reshape(2, 3)
+    np.testing.assert_array_equal(second, expected32)
+    assert first.dtype == np.float64 and second.dtype == np.float32
+    assert rng.random().shape == ()
+
+
+def test_counter_rng_reseed_restarts_the_stream() -> None:
+    """seed(s) gives exactly a fresh generator's stream; other seeds give other numbers; values in [0, 1)."""
+    rng = CounterRng(np, 7)
+    a = rng.random(1000)
+    rng.random(10)
+    rng.seed(7)
+    np.testing.assert_array_equal(rng.random(1000), a)
+    np.testing.assert_array_equal(CounterRng(np, 7).random(1000), a)
+    assert not np.array_equal(CounterRng(np, 8).random(1000), a)
+    big = CounterRng(np, 3).random(200_000, dtype=np.float32)
+    assert big.min() >= 0.0 and big.max() < 1.0
+    assert abs(big.mean() - 0.5) < 5 * np.sqrt(1 / 12 / big.size)
+    keep = (big >= 0.3).mean()
+    assert abs(keep - 0.7) < 5 * np.sqrt(0.21 / big.size)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got int64"):
+        rng.random(3, dtype=np.int64)
+
+
+class _FakeCupy(types.SimpleNamespace):
+    """A stand-in array module for backend.get_rng: NumPy's functions under another name."""
+
+
+def test_manual_seed_rekeys_the_device_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every manual_seed re-keys the one device generator in place (no new object); NumPy's is rebuilt."""
+    fake = _FakeCupy(__name__="fake_cupy", **{k: getattr(np, k) for k in ("arange", "uint64", "float32", "float64")})
+    monkeypatch.setattr(backend, "_RNGS", {})
+    manual_seed(11)
+    device_rng = backend.get_rng(fake)
+    assert isinstance(device_rng, CounterRng) and not device_rng.fused  # a non-NumPy module without a GPU kernel
+    first = device_rng.random(50)
+    host_rng = backend.get_rng(np)
+    for step in range(5):
+        manual_seed(1000 + step)
+    manual_seed(11)
+    assert backend.get_rng(fake) is device_rng
+    np.testing.assert_array_equal(device_rng.random(50), first)
+    assert backend.get_rng(np) is not host_rng
+    np.testing.assert_array_equal(backend.get_rng(np).random(3), np.random.default_rng(11).random(3))
