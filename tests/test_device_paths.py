@@ -18,7 +18,7 @@ from helpers import assert_close, randn
 
 from pvt_np import backend, manual_seed, ops, parallel
 from pvt_np.counter_rng import MASK_64, CounterRng, mix64
-from pvt_np.ops import conv
+from pvt_np.ops import conv, pooling
 
 TAP_LOOP_TOL = 1e-12  # float64, the same products summed in another order
 
@@ -149,3 +149,20 @@ def test_manual_seed_rekeys_the_device_generator(monkeypatch: pytest.MonkeyPatch
     np.testing.assert_array_equal(device_rng.random(50), first)
     assert backend.get_rng(np) is not host_rng
     np.testing.assert_array_equal(backend.get_rng(np).random(3), np.random.default_rng(11).random(3))
+
+
+# -- the pooling matrix ------------------------------------------------------------------
+def test_adaptive_pool_matrix_is_cached_and_read_only() -> None:
+    """One matrix per (sizes, dtype): the same object again, read-only, equal to the row-by-row construction."""
+    a = ops.adaptive_pool_matrix(np, 15, 7, np.float32)
+    assert ops.adaptive_pool_matrix(np, 15, 7, "float32") is a
+    assert ops.adaptive_pool_matrix(np, 15, 7, np.float64) is not a
+    assert a.dtype == np.float32 and not a.flags.writeable
+    expected = np.zeros((7, 15), dtype=np.float32)
+    for i in range(7):
+        start, end = (i * 15) // 7, -((-(i + 1) * 15) // 7)
+        expected[i, start:end] = 1.0 / (end - start)
+    np.testing.assert_array_equal(a, expected)
+    with pytest.raises(ValueError, match="read-only"):
+        a[0, 0] = 2.0
+    assert pooling._host_pool_matrix.cache_info().currsize >= 2
