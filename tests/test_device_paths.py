@@ -18,6 +18,7 @@ from helpers import assert_close, randn
 
 from pvt_np import backend, manual_seed, ops, parallel
 from pvt_np.counter_rng import MASK_64, CounterRng, mix64
+from pvt_np.data import Augment, BatchLoader, staging
 from pvt_np.ops import conv, pooling
 
 TAP_LOOP_TOL = 1e-12  # float64, the same products summed in another order
@@ -166,3 +167,53 @@ def test_adaptive_pool_matrix_is_cached_and_read_only() -> None:
     with pytest.raises(ValueError, match="read-only"):
         a[0, 0] = 2.0
     assert pooling._host_pool_matrix.cache_info().currsize >= 2
+
+
+# -- the loader's staged uploads ----------------------------------------------------------
+def _batches(images: np.ndarray, labels: np.ndarray, augment: Augment | None) -> list[Any]:
+    loader = BatchLoader(images, labels, 7, seed=3, augment=augment, num_classes=5)
+    return [(b.x, b.y) for e in (0, 1) for b in loader.epoch(e)]
+
+
+AUGMENTS = [None, Augment.cifar(), Augment.cifar(mixup_alpha=0.4, cutmix_alpha=1.0)]
+
+
+@pytest.mark.parametrize("augment", AUGMENTS, ids=["none", "crop-flip", "mix"])
+def test_staged_loader_batches_equal_direct_ones(augment: Augment | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU's packed one-copy upload, forced on NumPy, gives bit-identical batches over two epochs."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 12, 10, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, 40)
+    direct = _batches(images, labels, augment)
+    uploads: list[int] = []
+    upload = staging.HostStager.upload
+
+    def counted(self: staging.HostStager, arrays: Any) -> Any:
+        uploads.append(len(arrays))
+        return upload(self, arrays)
+
+    monkeypatch.setattr(staging, "FORCE_STAGING", True)
+    monkeypatch.setattr(staging.HostStager, "upload", counted)
+    staged = _batches(images, labels, augment)
+    assert len(uploads) == len(direct), "one upload per batch"
+    assert set(uploads) == ({1} if augment is None else {4})
+    for k, ((x, y), (sx, sy)) in enumerate(zip(direct, staged, strict=True)):
+        assert x.dtype == sx.dtype and y.dtype == sy.dtype, f"batch {k}"
+        np.testing.assert_array_equal(sx, x, err_msg=f"batch {k} images")
+        np.testing.assert_array_equal(sy, y, err_msg=f"batch {k} targets")
+
+
+def test_stager_rotates_and_grows_its_buffers() -> None:
+    """Consecutive uploads use alternate buffers (in-flight data is never overwritten); a larger group grows one."""
+    stager = staging.HostStager(np)
+    a = stager.upload([np.arange(4), np.array([True, False])])
+    b = stager.upload([np.arange(10, 13)])
+    np.testing.assert_array_equal(a[0], np.arange(4))
+    np.testing.assert_array_equal(a[1], [1, 0])
+    np.testing.assert_array_equal(b[0], [10, 11, 12])
+    first, second = stager._buffers
+    assert first is not None and second is not None and not np.shares_memory(first, second)
+    stager.upload([np.arange(100).reshape(10, 10)])
+    assert stager._buffers[0].size >= 100
+    assert not staging.FORCE_STAGING and not staging.use_staging(np)
+    assert staging.use_staging(types.SimpleNamespace(__name__="cupy"))
