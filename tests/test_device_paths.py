@@ -209,7 +209,8 @@ def test_stager_rotates_and_grows_its_buffers() -> None:
     a = stager.upload([np.arange(4), np.array([True, False])])
     b = stager.upload([np.arange(10, 13)])
     np.testing.assert_array_equal(a[0], np.arange(4))
-    np.testing.assert_array_equal(a[1], [1, 0])
+    np.testing.assert_array_equal(a[1], [True, False])
+    assert a[0].dtype == np.int64 and a[1].dtype == np.bool_
     np.testing.assert_array_equal(b[0], [10, 11, 12])
     first, second = stager._buffers
     assert first is not None and second is not None and not np.shares_memory(first, second)

@@ -44,7 +44,7 @@ class HostStager:
         self._next = 0
 
     def upload(self, arrays: Sequence[np.ndarray]) -> list[Array]:
-        """Device int64 arrays with the values and shapes of ``arrays`` (booleans become 0/1)."""
+        """Device arrays with the values, shapes and dtypes of ``arrays`` (integers or booleans)."""
         sizes = [int(a.size) for a in arrays]
         total = sum(sizes)
         slot = self._next
@@ -69,7 +69,7 @@ class HostStager:
         views = []
         offset = 0
         for a, n in zip(arrays, sizes, strict=True):
-            views.append(device[offset : offset + n].reshape(a.shape))
+            views.append(device[offset : offset + n].reshape(a.shape).astype(a.dtype, copy=False))
             offset += n
         return views
 
