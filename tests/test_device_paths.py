@@ -218,3 +218,78 @@ def test_stager_rotates_and_grows_its_buffers() -> None:
     assert stager._buffers[0].size >= 100
     assert not staging.FORCE_STAGING and not staging.use_staging(np)
     assert staging.use_staging(types.SimpleNamespace(__name__="cupy"))
+
+
+# -- the benchmark's GPU configs and failure handling ------------------------------------------
+def _bench_args(*argv: str) -> Any:
+    import argparse
+
+    from pvt_np import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _fake_result(framework: str, config: str) -> dict[str, Any]:
+    """What a bench worker reports, with made-up numbers."""
+    times = {"forward_ms": 1.0, "forward_backward_ms": 2.0, "train_step_ms": 3.0}
+    return {"framework": framework, "config": config, "batch": 8, "size": 32, **times, "peak_memory_mb": 4.0,
+            "img_per_s": 5.0}  # fmt: skip
+
+
+def _fake_machine(device: str, threads: int) -> dict[str, Any]:
+    return {"cpu": "x", "cores": 1, "threads": threads, "python": "3", "numpy": "2", "torch": "2", "device": device}
+
+
+def test_bench_default_configs_follow_the_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """CPU: the CPU table's configs; GPU: those plus b0 224 batch 32 and b2_li 224 batch 16 (the issue's)."""
+    from pvt_np import bench
+
+    spawned: list[tuple[str, str]] = []
+
+    def fake_spawn(framework: str, config: str, args: Any) -> dict[str, Any]:
+        spawned.append((config, framework))
+        return _fake_result(framework, config)
+
+    monkeypatch.setattr(bench, "_spawn", fake_spawn)
+    monkeypatch.setattr(bench, "machine_info", _fake_machine)
+    assert bench.run(_bench_args("--json", str(tmp_path / "cpu.json"))) == 0
+    assert [c for c, f in spawned if f == "torch"] == list(bench.CPU_CONFIGS)
+    spawned.clear()
+    monkeypatch.setattr(backend, "check_device", lambda device: device)
+    assert bench.run(_bench_args("--device", "gpu")) == 0
+    assert [c for c, f in spawned if f == "pvt_np"] == list(bench.GPU_CONFIGS)
+    assert bench.CONFIGS["b0-224-bs32"] == ("pvt_v2_b0", {"num_classes": 1000}, 224, 32)
+    assert bench.CONFIGS["b2_li-224-bs16"] == ("pvt_v2_b2_li", {"num_classes": 1000}, 224, 16)
+    assert set(bench.CPU_CONFIGS) <= set(bench.GPU_CONFIGS) <= set(bench.CONFIGS)
+
+
+def test_bench_keeps_going_after_a_failed_worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A failing (config, framework) pair is reported, the others still run, the JSON holds every result so far."""
+    import json
+
+    from pvt_np import bench
+
+    out = tmp_path / "bench.json"
+    seen_in_json: list[int] = []
+
+    def fake_spawn(framework: str, config: str, args: Any) -> dict[str, Any]:
+        if out.exists():
+            seen_in_json.append(len(json.loads(out.read_text())["results"]))
+        if framework == "torch" and config == "b0-224":
+            raise RuntimeError("bench worker torch/b0-224 failed (exit 1):\nCUDA out of memory")
+        return _fake_result(framework, config)
+
+    monkeypatch.setattr(bench, "_spawn", fake_spawn)
+    monkeypatch.setattr(bench, "machine_info", _fake_machine)
+    code = bench.run(_bench_args("--configs", "b0-cifar", "b0-224", "b2_li-224", "--json", str(out)))
+    assert code == 1
+    assert seen_in_json == [1, 2, 3, 4, 5]
+    report = json.loads(out.read_text())
+    assert len(report["results"]) == 6
+    failed = [r for r in report["results"] if "error" in r]
+    assert [(r["config"], r["framework"]) for r in failed] == [("b0-224", "torch")]
+    text = bench.format_report(report)
+    assert "b0-224         torch   failed: CUDA out of memory" in text
+    assert "b2_li-224" in text and "step ratio" in text
