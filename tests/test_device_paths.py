@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -293,3 +294,41 @@ def test_bench_keeps_going_after_a_failed_worker(monkeypatch: pytest.MonkeyPatch
     text = bench.format_report(report)
     assert "b0-224         torch   failed: CUDA out of memory" in text
     assert "b2_li-224" in text and "step ratio" in text
+
+
+# -- the GPU extras and the one-run device script ---------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_extras_match_readme() -> None:
+    """gpu-cuda12 / gpu-cuda13 install the matching CuPy wheel, gpu is gpu-cuda12, and README says how to pick."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [r.split(">=")[0] for r in extras["gpu-cuda12"]] == ["cupy-cuda12x"]
+    assert [r.split(">=")[0] for r in extras["gpu-cuda13"]] == ["cupy-cuda13x"]
+    assert extras["gpu"] == extras["gpu-cuda12"]
+    readme = (REPO / "README.md").read_text()
+    gpu_section = readme[readme.index("### On a GPU") : readme.index("## What is inside")]
+    for text in ("gpu-cuda12", "gpu-cuda13", "nvidia-smi", "cupy-cuda12x", "cupy-cuda13x"):
+        assert text in gpu_section, text
+
+
+def test_gpu_check_script_matches_readme() -> None:
+    """The device script exists, is executable, runs each check under a limit totalling <= 9 minutes,
+    writes at most 8 files (what the device tool brings back), and README gives its call."""
+    import os
+    import re
+
+    script = REPO / ".ci" / "gpu-check"
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    limits = [int(v) for v in re.findall(r'_S="\$\{GPU_CHECK_[A-Z]+_S:-(\d+)\}"', text)]
+    assert len(limits) == 4 and sum(limits) <= 9 * 60, limits
+    for needed in ("pip install --quiet --no-deps", "-m pytest -m gpu", "bench --device gpu", "train --device gpu"):
+        assert needed in text, needed
+    outputs = set(re.findall(r'\$OUT/([A-Za-z0-9_.-]+)"', text)) | {"summary.txt"}
+    assert 0 < len(outputs) <= 8, outputs
+    readme = (REPO / "README.md").read_text()
+    gpu_section = readme[readme.index("### On a GPU") : readme.index("## What is inside")]
+    for text in (".ci/gpu-check", 'carry `["data/cifar10-jpeg.tar.gz"]`', "`timeout_s` 600", *sorted(outputs)):
+        assert text in gpu_section, text
