@@ -249,6 +249,8 @@ def _multiply_sum(a: Array, b: Array) -> Array:
 
 
 class _CupyKernels(NamedTuple):
+    """The compiled CuPy kernels of the tap loop (see _cupy_kernels)."""
+
     multiply_add: Any  # called (x, w, y): y += x * w
     multiply_sum: Any  # called (x, y, axis=...): s = sum of x * y over the axes
 
