@@ -78,8 +78,9 @@ class CounterRng:
         first = self.offset + 1
         self.offset += n
         if self.fused:
-            out = self.xp.empty(shape, dtype=dt)
-            _fused_kernel(self.xp, dt.char)(np.uint64(self.key), np.uint64(first & MASK_64), out)
+            xp = self.xp
+            out = xp.empty(shape, dtype=dt)
+            _fused_kernel(xp, dt.char)(np.uint64(self.key), np.uint64(first & MASK_64), out)
             return out
         return self._reference(first, n, dt).reshape(shape)
 

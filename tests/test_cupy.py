@@ -279,6 +279,23 @@ def test_collector_on_a_synthetic_package(tmp_path: Path) -> None:
     assert not _has_path(np, "no_such_fn") and _has_path(np, "lib.stride_tricks.as_strided")
 
 
+def test_cupy_objects_have_the_methods_pvt_np_calls() -> None:
+    """Methods called on CuPy objects rather than on the module (the collector sees only module chains).
+
+    pvt_np.data.staging: ndarray.set(host, stream=...), Stream.record() and Event.synchronize();
+    pvt_np.bench: the memory pool's malloc / used_bytes / total_bytes / free_all_blocks and cuda.set_allocator.
+    """
+    cp = _import_cupy()
+    assert {"set"} <= set(dir(cp.ndarray))
+    assert hasattr(cp.cuda.Stream, "record") and hasattr(cp.cuda.Event, "synchronize")
+    assert hasattr(cp.cuda, "set_allocator") and hasattr(cp, "get_default_memory_pool")
+    for method in ("malloc", "used_bytes", "total_bytes", "free_all_blocks"):
+        assert hasattr(cp.cuda.MemoryPool, method), method
+    xp_chains, _, _ = collect_api(PACKAGE_DIR)
+    for chain in ("cuda.alloc_pinned_memory", "cuda.get_current_stream", "cuda.Device", "ReductionKernel", "uint64"):
+        assert chain in xp_chains, f"{chain} is not collected from pvt_np"
+
+
 def test_cupy_provides_every_api_pvt_np_uses() -> None:
     """Every xp.<chain>, Generator method and cupyx function used anywhere in pvt_np exists in CuPy."""
     cp = _import_cupy()

@@ -59,11 +59,12 @@ class HostStager:
         for a, n in zip(arrays, sizes, strict=True):
             host[offset : offset + n] = a.reshape(-1)
             offset += n
-        device = self.xp.empty(total, dtype=np.int64)
-        if self.xp is np:
+        xp = self.xp
+        device = xp.empty(total, dtype=np.int64)
+        if xp is np:
             device[...] = host
         else:
-            stream = self.xp.cuda.get_current_stream()
+            stream = xp.cuda.get_current_stream()
             device.set(host, stream=stream)  # asynchronous: the source is pinned
             self._copied[slot] = stream.record()
         views = []
@@ -75,7 +76,8 @@ class HostStager:
 
     def _host_buffer(self, size: int) -> np.ndarray:
         """An int64 host buffer of ``size`` entries: page-locked for CuPy, ordinary for NumPy."""
-        if self.xp is np:
+        xp = self.xp
+        if xp is np:
             return np.empty(size, dtype=np.int64)
-        memory = self.xp.cuda.alloc_pinned_memory(size * 8)
+        memory = xp.cuda.alloc_pinned_memory(size * 8)
         return np.ndarray((size,), dtype=np.int64, buffer=memory)  # as cupyx.empty_pinned builds it
