@@ -391,7 +391,7 @@ def test_checkpoint_moves_between_devices(direction: str, target: Target, tmp_pa
     assert all(backend.device_of(p.data) == dst_device for p in dst.parameters())
     src.eval()
     dst.eval()
-    assert_close(dst(dst_put(x)), src(src_put(x)), F32_TOL, "logits of the loaded model")
+    assert_close(dst(dst_put(x)), src(src_put(x)), F32_MODEL_OUT_TOL, "logits of the loaded model")
     src.train()
     dst.train()
     for model, opt, put in ((src, src_opt, src_put), (dst, dst_opt, dst_put)):
