@@ -96,7 +96,11 @@ def check_float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
 # Dropout and drop-path draw from one generator per backend. Seeding it with
 # manual_seed makes every mask reproducible; the trainer reseeds it from
 # (seed, step) each step, so an interrupted run resumes with the same masks
-# without saving generator state.
+# without saving generator state. NumPy's generator is rebuilt lazily after each
+# manual_seed (a few microseconds on the host, and the stream resume tests pin).
+# On a GPU a fresh CuPy generator would allocate and initialise a cuRAND state per
+# device thread every step, so the device generator (pvt_np.counter_rng) is
+# created once and manual_seed only re-keys it.
 _RNGS: dict[str, Any] = {}
 _SEED = 0
 
@@ -111,12 +115,24 @@ def manual_seed(seed: int) -> None:
     """Reset the dropout/drop-path generators of both backends to ``seed``."""
     global _SEED
     _SEED = int(seed)
-    _RNGS.clear()
+    _RNGS.pop(np.__name__, None)
+    for device_rng in _RNGS.values():  # the CounterRngs left: re-keyed, not rebuilt
+        device_rng.seed(_SEED)
 
 
 def get_rng(xp: ModuleType = np) -> Any:
-    """The shared generator for array module ``xp`` (created from the last manual_seed)."""
+    """The shared generator for array module ``xp``, drawing the stream of the last manual_seed.
+
+    NumPy: ``numpy.random.default_rng(seed)``, a new object after each manual_seed.
+    Other modules (CuPy): one :class:`pvt_np.counter_rng.CounterRng` per process,
+    re-keyed in place by manual_seed.
+    """
     key = xp.__name__
     if key not in _RNGS:
-        _RNGS[key] = xp.random.default_rng(_SEED)
+        if xp is np:
+            _RNGS[key] = np.random.default_rng(_SEED)
+        else:
+            from pvt_np.counter_rng import CounterRng
+
+            _RNGS[key] = CounterRng(xp, _SEED)
     return _RNGS[key]

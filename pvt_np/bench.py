@@ -3,7 +3,8 @@
 Every (config, framework) pair runs in a fresh subprocess with the same
 thread count, so that peak memory is that pair's alone: on the CPU it is
 the rise of the process's peak resident set over its size just before the
-first step; on the GPU the allocator's high-water mark. Times are medians of
+first step; on the GPU the high-water mark of allocated device memory
+(CuPy's memory pool against ``torch.cuda.max_memory_allocated``). Times are medians of
 ``--repeats`` timed iterations after ``--warmup`` untimed ones:
 
 * forward         logits = model(x)                       (train mode, caches kept)
@@ -15,6 +16,11 @@ training step spent per op type: an observer on the op dispatchers
 (:func:`pvt_np.ops.observe`) times every op call, and the optimizer step is
 timed around its call; nothing is patched, so a new layer's ops are profiled as
 they run.
+
+``--device gpu`` times CuPy against torch CUDA eager, both in float32 without
+TF32 (CuPy does not use it unless ``CUPY_TF32=1``; torch's cuDNN does by default,
+so the worker turns it off), each timed iteration ending with a device
+synchronise. It runs the CPU table's configs and the GPU ones (:data:`GPU_CONFIGS`).
 """
 
 from __future__ import annotations
@@ -40,13 +46,19 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int, int]] = {
     "b0-cifar": ("pvt_v2_b0", {"cifar": True, "num_classes": 10}, 32, 128),
     "b0-224": ("pvt_v2_b0", {"num_classes": 1000}, 224, 8),
     "b2_li-224": ("pvt_v2_b2_li", {"num_classes": 1000}, 224, 4),
+    "b0-224-bs32": ("pvt_v2_b0", {"num_classes": 1000}, 224, 32),
+    "b2_li-224-bs16": ("pvt_v2_b2_li", {"num_classes": 1000}, 224, 16),
 }
+CPU_CONFIGS = ("b0-cifar", "b0-224", "b2_li-224")
+GPU_CONFIGS = ("b0-cifar", "b0-224", "b2_li-224", "b0-224-bs32", "b2_li-224-bs16")
 FRAMEWORKS = ("pvt_np", "torch")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="what to time")
+    extra = " ".join(c for c in GPU_CONFIGS if c not in CPU_CONFIGS)
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS),
+                   help=f"what to time (default: {' '.join(CPU_CONFIGS)}; with --device gpu also {extra})")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks")
     p.add_argument("--repeats", type=int, default=10, help="timed iterations per measurement")
@@ -66,19 +78,29 @@ def run(args: argparse.Namespace) -> int:
         from pvt_np import backend
 
         backend.check_device("gpu")
-    results = []
-    for config in args.configs:
+    configs = args.configs or list(GPU_CONFIGS if args.device == "gpu" else CPU_CONFIGS)
+    report: dict[str, Any] = {"machine": machine_info(args.device, args.threads), "results": []}
+    failed = False
+    for config in configs:
         for framework in args.frameworks:
             print(f"timing {framework} {config} ...", file=sys.stderr, flush=True)
-            results.append(_spawn(framework, config, args))
-    report = {"machine": machine_info(args.device, args.threads), "results": results}
+            try:
+                report["results"].append(_spawn(framework, config, args))
+            except RuntimeError as err:  # report it and go on: one failing pair must not lose the others
+                print(f"pvt-np bench: {err}", file=sys.stderr, flush=True)
+                report["results"].append({"framework": framework, "config": config, "error": str(err)[-3000:]})
+                failed = True
+            if args.json:  # after every pair, so a run stopped early keeps what it measured
+                _write_json(args.json, report)
     print(format_report(report))
-    if args.json:
-        from pvt_np.io_utils import atomic_write
+    return 1 if failed else 0
 
-        with atomic_write(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return 0
+
+def _write_json(path: str, report: dict[str, Any]) -> None:
+    from pvt_np.io_utils import atomic_write
+
+    with atomic_write(path, "w") as f:
+        json.dump(report, f, indent=2)
 
 
 def _spawn(framework: str, config: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -115,6 +137,9 @@ def machine_info(device: str, threads: int) -> dict[str, Any]:
 
         info["cupy"] = cupy.__version__
         info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        info["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+        info["tf32"] = False
     return info
 
 
@@ -168,6 +193,8 @@ def _worker(framework: str, config: str, device: str, threads: int, repeats: int
     for key in ("forward", "forward_backward", "train_step"):
         result[key + "_ms"] = _median_ms(steps[key], sync, repeats, warmup)
     result["peak_memory_mb"] = mem["peak"]() / 2**20
+    if "held" in mem:  # GPU: what the allocator keeps reserved (CuPy's pool total, torch's max reserved)
+        result["pool_held_mb"] = mem["held"]() / 2**20
     result["img_per_s"] = batch / (result["train_step_ms"] / 1000.0)
     if framework == "pvt_np":
         result["op_share"] = _profile_ops(steps["model_step"], steps["optimizer_step"], sync, max(3, repeats // 2))
@@ -205,12 +232,15 @@ def _pvt_np_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_ho
     if device == "gpu":
         import cupy
 
-        pool = cupy.get_default_memory_pool()
-
         def sync() -> None:
             cupy.cuda.Device().synchronize()
 
-        mem = {"start": lambda: None, "peak": lambda: pool.total_bytes()}
+        pool = cupy.get_default_memory_pool()
+        mem = {
+            "start": lambda: None,
+            "peak": lambda: _cupy_peak_bytes(train_step, sync),
+            "held": pool.total_bytes,
+        }
     else:
         sync, mem = _cpu_meters()
     # One step first so that optimizer state exists before the baseline is taken.
@@ -225,6 +255,37 @@ def _pvt_np_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_ho
     return steps, sync, mem
 
 
+def _cupy_peak_bytes(train_step: Callable[[], None], sync: Callable[[], None], steps: int = 2) -> int:
+    """High-water mark of the memory pool's allocated bytes over ``steps`` training steps.
+
+    The counterpart of torch.cuda.max_memory_allocated: bytes handed out, not the
+    pool's cached total (reported beside it as pool_held_mb). Every allocation goes
+    through a counting wrapper, which costs Python time, so this runs after the
+    timed iterations.
+    """
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    sync()
+    pool.free_all_blocks()
+    peak = pool.used_bytes()
+
+    def counting_malloc(nbytes: int) -> Any:
+        nonlocal peak
+        memory = pool.malloc(nbytes)
+        peak = max(peak, pool.used_bytes())
+        return memory
+
+    cupy.cuda.set_allocator(counting_malloc)
+    try:
+        for _ in range(steps):
+            train_step()
+        sync()
+    finally:
+        cupy.cuda.set_allocator(pool.malloc)
+    return peak
+
+
 def _torch_steps(
     name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str, threads: int
 ):
@@ -235,6 +296,9 @@ def _torch_steps(
 
     torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "gpu" else "cpu")
+    if device == "gpu":  # true float32 on both sides (CuPy's GEMMs do not use TF32 by default)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     model = timm_twin(create_model(name, **overrides)).to(dev).train()
     crit = torch.nn.CrossEntropyLoss()
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -262,6 +326,7 @@ def _torch_steps(
         mem = {
             "start": torch.cuda.reset_peak_memory_stats,
             "peak": lambda: torch.cuda.max_memory_allocated(),
+            "held": lambda: torch.cuda.max_memory_reserved(),
         }
     else:
         sync, mem = _cpu_meters()
@@ -340,21 +405,24 @@ def format_report(report: dict[str, Any]) -> str:
         f"versions: python {m['python']}, numpy {m['numpy']}, torch {m['torch']}"
         + (f", cupy {m.get('cupy')}" if m["device"] == "gpu" else ""),
         "",
-        f"{'config':<10} {'framework':<7} {'fwd ms':>8} {'fwd+bwd ms':>11} {'step ms':>8} "
+        f"{'config':<14} {'framework':<7} {'fwd ms':>8} {'fwd+bwd ms':>11} {'step ms':>8} "
         f"{'img/s':>7} {'peak MB':>8} {'step ratio':>10} {'mem ratio':>9}",
     ]
-    by_key = {(r["config"], r["framework"]): r for r in report["results"]}
+    by_key = {(r["config"], r["framework"]): r for r in report["results"] if "error" not in r}
     for r in report["results"]:
+        if "error" in r:
+            lines.append(f"{r['config']:<14} {r['framework']:<7} failed: {r['error'].strip().splitlines()[-1]}")
+            continue
         ref = by_key.get((r["config"], "torch"))
         ratio = mem_ratio = ""
         if r["framework"] == "pvt_np" and ref:
             ratio = f"{r['train_step_ms'] / ref['train_step_ms']:.2f}"
             mem_ratio = f"{r['peak_memory_mb'] / max(ref['peak_memory_mb'], 1e-9):.2f}"
         lines.append(
-            f"{r['config']:<10} {r['framework']:<7} {r['forward_ms']:8.1f} {r['forward_backward_ms']:11.1f} "
+            f"{r['config']:<14} {r['framework']:<7} {r['forward_ms']:8.1f} {r['forward_backward_ms']:11.1f} "
             f"{r['train_step_ms']:8.1f} {r['img_per_s']:7.0f} {r['peak_memory_mb']:8.0f} {ratio:>10} {mem_ratio:>9}"
         )
-    for r in report["results"]:
+    for r in by_key.values():
         if "op_share" in r:
             lines.append("")
             lines.append(f"pvt_np {r['config']}: share of the training step per op type")

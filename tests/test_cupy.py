@@ -13,6 +13,7 @@ from helpers import F32_GRAD_TOL, F32_TOL, assert_close, assert_gradcheck, randn
 
 import pvt_np
 from pvt_np import backend, gradcheck, manual_seed, nn, ops
+from pvt_np.counter_rng import CounterRng
 
 PACKAGE_DIR = Path(pvt_np.__file__).parent
 # Backend-generic code only: generators made by these (or annotated so) are NumPy's, never CuPy's.
@@ -247,7 +248,7 @@ def _has_path(obj: Any, dotted: str) -> bool:
 def test_collector_finds_the_known_uses() -> None:
     """The AST collector is not vacuous: it sees uses that are known to be in pvt_np (runs without CuPy too)."""
     xp_chains, gen_methods, cupyx_attrs = collect_api(PACKAGE_DIR)
-    for known in ("einsum", "lib.stride_tricks.as_strided", "random.default_rng", "exp", "zeros", "array"):
+    for known in ("einsum", "lib.stride_tricks.as_strided", "ElementwiseKernel", "exp", "zeros", "array"):
         assert known in xp_chains, f"{known!r} not collected from pvt_np (got {sorted(xp_chains)})"
     assert "random" in gen_methods, f"Generator.random not collected (got {sorted(gen_methods)})"
     assert "choice" not in gen_methods, "a NumPy-only generator (grad_check's) was counted as generic"
@@ -278,6 +279,23 @@ def test_collector_on_a_synthetic_package(tmp_path: Path) -> None:
     assert not _has_path(np, "no_such_fn") and _has_path(np, "lib.stride_tricks.as_strided")
 
 
+def test_cupy_objects_have_the_methods_pvt_np_calls() -> None:
+    """Methods called on CuPy objects rather than on the module (the collector sees only module chains).
+
+    pvt_np.data.staging: ndarray.set(host, stream=...), Stream.record() and Event.synchronize();
+    pvt_np.bench: the memory pool's malloc / used_bytes / total_bytes / free_all_blocks and cuda.set_allocator.
+    """
+    cp = _import_cupy()
+    assert {"set"} <= set(dir(cp.ndarray))
+    assert hasattr(cp.cuda.Stream, "record") and hasattr(cp.cuda.Event, "synchronize")
+    assert hasattr(cp.cuda, "set_allocator") and hasattr(cp, "get_default_memory_pool")
+    for method in ("malloc", "used_bytes", "total_bytes", "free_all_blocks"):
+        assert hasattr(cp.cuda.MemoryPool, method), method
+    xp_chains, _, _ = collect_api(PACKAGE_DIR)
+    for chain in ("cuda.alloc_pinned_memory", "cuda.get_current_stream", "cuda.Device", "ReductionKernel", "uint64"):
+        assert chain in xp_chains, f"{chain} is not collected from pvt_np"
+
+
 def test_cupy_provides_every_api_pvt_np_uses() -> None:
     """Every xp.<chain>, Generator method and cupyx function used anywhere in pvt_np exists in CuPy."""
     cp = _import_cupy()
@@ -286,9 +304,10 @@ def test_cupy_provides_every_api_pvt_np_uses() -> None:
     assert {"einsum", "lib.stride_tricks.as_strided"} <= xp_chains
     missing = sorted(c for c in xp_chains if not _has_path(cp, c))
     assert not missing, f"cupy lacks: {', '.join('cupy.' + m for m in missing)}"
-    generator = cp.random.Generator  # the class default_rng returns (instantiating one needs a GPU)
-    missing = sorted(m for m in gen_methods if not hasattr(generator, m))
-    assert not missing, f"{generator.__module__}.{generator.__name__} lacks: {', '.join(missing)}"
+    # A CuPy Generator a caller passes as rng= (instantiating one needs a GPU), and pvt_np's own device generator.
+    for generator in (cp.random.Generator, CounterRng):
+        missing = sorted(m for m in gen_methods if not hasattr(generator, m))
+        assert not missing, f"{generator.__module__}.{generator.__name__} lacks: {', '.join(missing)}"
     cupyx = importlib.import_module("cupyx")
     importlib.import_module("cupyx.scipy.special")
     for dotted in sorted(cupyx_attrs | {"cupyx.scipy.special.erf"}):

@@ -13,7 +13,10 @@ with ``loader.epoch(e, start_batch=k)``, without saving any generator state.
 
 The images are moved to the device once (uint8, 150 MB for CIFAR-10); each batch
 is then one gather that also crops and flips, a cast/normalise to NCHW float,
-and optionally mixup/cutmix, all on the device.
+and optionally mixup/cutmix, all on the device. On a GPU the only per-batch
+transfer is the host-drawn integers (sample indices, crop offsets, flip bits):
+one asynchronous copy from pinned memory (:mod:`pvt_np.data.staging`), so the
+host never waits for the GPU to drain before queuing the next step.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pvt_np.backend import Array, check_device, check_float_dtype, derive_seed, get_array_module, to_device
+from pvt_np.data import staging
 from pvt_np.data.augment import (
     Augment,
     crop_flip_gather,
@@ -115,6 +119,7 @@ class BatchLoader:
         self._scale = xp.asarray(scale.reshape(1, c, 1, 1), dtype=self.dtype)
         self._shift = xp.asarray(shift.reshape(1, c, 1, 1), dtype=self.dtype)
         self._order_cache: tuple[int, np.ndarray] | None = None
+        self._stager = staging.HostStager(xp) if staging.use_staging(xp) else None
 
     @staticmethod
     def _affine(mean: Sequence[float] | None, std: Sequence[float] | None, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,19 +162,16 @@ class BatchLoader:
         """Batch ``index`` of ``epoch``: the same arrays whenever it is asked for."""
         if not 0 <= index < len(self):
             raise IndexError(f"BatchLoader: batch index {index} out of range for {len(self)} batches per epoch")
-        xp = get_array_module(self._images)
         idx = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         b = idx.shape[0]
         h, w, _ = self.image_shape
         aug = self.augment
         rng = np.random.default_rng(derive_seed(self.seed, epoch, index))
-        dev_idx = xp.asarray(idx)
         if aug.crop_padding > 0 or aug.hflip:
-            dy, dx, flip = sample_crop_flip(rng, b, aug.crop_padding, aug.hflip)
-            u8 = crop_flip_gather(
-                self._images, dev_idx, xp.asarray(dy), xp.asarray(dx), xp.asarray(flip), aug.crop_padding
-            )
+            dev_idx, dy, dx, flip = self._to_device(idx, *sample_crop_flip(rng, b, aug.crop_padding, aug.hflip))
+            u8 = crop_flip_gather(self._images, dev_idx, dy, dx, flip, aug.crop_padding)
         else:
+            (dev_idx,) = self._to_device(idx)
             u8 = self._images[dev_idx]
         x = to_float_nchw(u8, self._scale, self._shift, self.dtype)
         labels = self._labels[dev_idx]
@@ -181,6 +183,13 @@ class BatchLoader:
         elif mix.kind == "cutmix":
             x = cutmix(x, mix.bbox)
         return Batch(x, mix_targets(labels, self.num_classes, mix.lam, self.dtype))
+
+    def _to_device(self, *host: np.ndarray) -> list[Array]:
+        """The batch's host-drawn arrays on the loader's device (one staged copy on a GPU)."""
+        if self._stager is None:
+            xp = get_array_module(self._images)
+            return [xp.asarray(a) for a in host]
+        return self._stager.upload(host)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Yield the batches of ``epoch`` from ``start_batch`` on (resume mid-epoch with start_batch=k)."""

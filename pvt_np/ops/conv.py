@@ -9,7 +9,8 @@ Weights always have torch's layout (out_channels, in_channels/groups, kh, kw).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -80,15 +81,15 @@ def conv2d_forward(
     taps) and do one GEMM per group, out = X W^T. Depthwise (groups == C == O)
     has nothing to share across channels, so it contracts the view directly:
     out[n,i,j,c] = sum_pq win[n,i,j,p,q,c] * w[c,p,q], one einsum pass per chunk of
-    images (instead of kh*kw shifted multiply-adds, each a full pass over the output).
+    images on NumPy; on CuPy kh*kw fused multiply-adds of shifted views (see use_tap_loop).
     """
     (sh, sw), (ph, pw), (ho, wo) = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
     c = x_nhwc.shape[3]
-    o, _, kh, kw = weight.shape
+    o = weight.shape[0]
     xpad = _pad_nhwc(x_nhwc, ph, pw)
     if groups == c == o:
-        out = _depthwise(_windows(xpad, kh, kw, sh, sw, ho, wo), _taps(weight), bias)
+        out = _depthwise(xpad, _taps(weight), bias, sh, sw, ho, wo)
     else:
         out = _grouped_forward(xpad, weight, groups, sh, sw, ho, wo)
         if bias is not None:
@@ -131,42 +132,122 @@ def _taps(weight: Array) -> Array:
     return weight[:, 0].transpose(1, 2, 0).copy()
 
 
-def _depthwise(win: Array, taps: Array, bias: Array | None) -> Array:
-    """out[n,i,j,c] = bias[c] + sum_pq win[n,i,j,p,q,c] * taps[p,q,c], chunked over images, threaded."""
-    xp = get_array_module(win)
-    n, ho, wo, _, _, c = win.shape
-    out = xp.empty((n, ho, wo, c), dtype=win.dtype)
+FORCE_TAP_LOOP = False  # tests set it to run the CuPy tap loop on NumPy arrays
 
-    def kernel(start: int, stop: int) -> None:
-        _einsum_into("nhwpqc,pqc->nhwc", win[start:stop], taps, out[start:stop])
-        if bias is not None:
-            out[start:stop] += bias
+
+def use_tap_loop(xp: Any) -> bool:
+    """Whether depthwise convs run the tap loop (always on CuPy; on NumPy only with FORCE_TAP_LOOP).
+
+    NumPy's einsum contracts the strided window view in place, but CuPy's einsum first
+    copies that overlapping view into a contiguous (N, Ho, Wo, kh, kw, C) array, kh*kw
+    times the output, and then runs C matrix-vector products of inner size kh*kw. The
+    tap loop reads each input pixel through kh*kw shifted views and allocates nothing
+    larger than the output. FORCE_TAP_LOOP lets the CPU tests run the GPU's loop.
+    """
+    return xp is not np or FORCE_TAP_LOOP
+
+
+def _depthwise(xpad: Array, taps: Array, bias: Array | None, sh: int, sw: int, ho: int, wo: int) -> Array:
+    """out[n,i,j,c] = bias[c] + sum_pq xpad[n, i*sh+p, j*sw+q, c] * taps[p,q,c], chunked over images.
+
+    NumPy: one einsum over the window view per chunk, threaded. Tap loop (CuPy):
+    out = tap_00 * taps[0,0], then out += tap_pq * taps[p,q] for the other taps.
+    """
+    xp = get_array_module(xpad)
+    n, c = xpad.shape[0], xpad.shape[3]
+    kh, kw = taps.shape[:2]
+    out = xp.empty((n, ho, wo, c), dtype=xpad.dtype)
+    if use_tap_loop(xp):
+
+        def kernel(start: int, stop: int) -> None:
+            chunk, src = out[start:stop], xpad[start:stop]
+            xp.multiply(_tap(src, 0, 0, sh, sw, ho, wo), taps[0, 0], out=chunk)
+            for p in range(kh):
+                for q in range(kw):
+                    if p or q:
+                        _multiply_add(chunk, _tap(src, p, q, sh, sw, ho, wo), taps[p, q])
+            if bias is not None:
+                chunk += bias
+
+    else:
+        win = _windows(xpad, kh, kw, sh, sw, ho, wo)
+
+        def kernel(start: int, stop: int) -> None:
+            np.einsum("nhwpqc,pqc->nhwc", win[start:stop], taps, out=out[start:stop])
+            if bias is not None:
+                out[start:stop] += bias
 
     parallel.for_each_chunk(n, ho * wo * c, kernel, xp)
     return out
 
 
-def _depthwise_weight_grad(g: Array, win: Array) -> Array:
-    """dtaps[p,q,c] = sum_{n,i,j} g[n,i,j,c] * win[n,i,j,p,q,c]: per-chunk einsums, partial sums added."""
+def _depthwise_weight_grad(g: Array, xpad: Array, kh: int, kw: int, sh: int, sw: int) -> Array:
+    """dtaps[p,q,c] = sum_{n,i,j} g[n,i,j,c] * xpad[n, i*sh+p, j*sw+q, c]: per-chunk partial sums, added.
+
+    NumPy: one einsum over the window view per chunk. Tap loop (CuPy): one fused
+    multiply-and-sum reduction per tap.
+    """
     xp = get_array_module(g)
     n, ho, wo, c = g.shape
-    kh, kw = win.shape[3:5]
     rows = parallel.chunk_rows(ho * wo * c) if xp is np else n
     partial = xp.empty((-(-n // rows), kh, kw, c), dtype=g.dtype)
+    if use_tap_loop(xp):
 
-    def kernel(start: int, stop: int) -> None:
-        _einsum_into("nhwc,nhwpqc->pqc", g[start:stop], win[start:stop], partial[start // rows])
+        def kernel(start: int, stop: int) -> None:
+            for p in range(kh):
+                for q in range(kw):
+                    tap = _tap(xpad[start:stop], p, q, sh, sw, ho, wo)
+                    partial[start // rows, p, q] = _multiply_sum(g[start:stop], tap)
+
+    else:
+        win = _windows(xpad, kh, kw, sh, sw, ho, wo)
+
+        def kernel(start: int, stop: int) -> None:
+            np.einsum("nhwc,nhwpqc->pqc", g[start:stop], win[start:stop], out=partial[start // rows])
 
     parallel.for_each_chunk(n, ho * wo * c, kernel, xp)
     return partial.sum(axis=0)
 
 
-def _einsum_into(spec: str, a: Array, b: Array, out: Array) -> None:
+def _multiply_add(out: Array, a: Array, w: Array) -> None:
+    """out += a * w in place (w broadcast over the leading axes of a); ``out`` may be a strided view."""
+    xp = get_array_module(out)
+    if xp is np:
+        out += a * w
+    else:
+        _cupy_kernels(xp).multiply_add(a, w, out)
+
+
+def _multiply_sum(a: Array, b: Array) -> Array:
+    """s[c] = sum_{n,i,j} a[n,i,j,c] * b[n,i,j,c] (one pass, no temporary on CuPy)."""
     xp = get_array_module(a)
     if xp is np:
-        np.einsum(spec, a, b, out=out)
-    else:
-        out[...] = xp.einsum(spec, a, b)
+        return np.einsum("nhwc,nhwc->c", a, b)
+    return _cupy_kernels(xp).multiply_sum(a, b, axis=(0, 1, 2))
+
+
+class _CupyKernels(NamedTuple):
+    """The compiled CuPy kernels of the tap loop (see _cupy_kernels)."""
+
+    multiply_add: Any  # called (x, w, y): y += x * w
+    multiply_sum: Any  # called (x, y, axis=...): s = sum of x * y over the axes
+
+
+@functools.cache
+def _cupy_kernels(xp: Any) -> _CupyKernels:
+    """The two fused CuPy kernels of the depthwise tap loop, built once per process (compiled on first use).
+
+    In a ReductionKernel ``a`` and ``b`` name the two partial sums being combined, so
+    the inputs are called x and y.
+    """
+    return _CupyKernels(
+        # y[k] = y[k] + x[k] * w[k]: one read of x and y, one write of y, no temporary.
+        multiply_add=xp.ElementwiseKernel("T x, T w", "T y", "y += x * w", "pvt_np_depthwise_multiply_add"),
+        # s[c] = sum_k x[k, c] * y[k, c]: the product is formed inside the reduction, never stored.
+        multiply_sum=xp.ReductionKernel(
+            "T x, T y", "T s", "x * y", "a + b", "s = a", "0", "pvt_np_depthwise_multiply_sum"
+        ),
+    )
 
 
 def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> tuple[Array | None, Array, Array | None]:
@@ -176,10 +257,11 @@ def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> t
     dW          = G^T X  per group (X the im2col matrix, rebuilt from the cached padded input)
     dX          = G W    per group, then col2im: each tap (p, q) slice-adds its column block
                   back onto the input pixels it read (kh*kw strided slice-adds, no scatter)
-    Depthwise:  dw[c,p,q] = sum_{n,i,j} G[n,i,j,c] * win[n,i,j,p,q,c]   (one einsum per chunk)
+    Depthwise:  dw[c,p,q] = sum_{n,i,j} G[n,i,j,c] * win[n,i,j,p,q,c]   (one einsum per chunk;
+                on CuPy one fused multiply-and-sum per tap)
                 dX: with stride 1 every output pixel's gradient flows back to the pixels it
                 read, which is a stride-1 depthwise conv of G (padded by k-1-pad) with the
-                kernel flipped; other strides slice-add w[c,p,q] * G per tap.
+                kernel flipped; other strides, and CuPy, slice-add w[c,p,q] * G per tap.
     Returns (dx, dW, db); db is None when there was no bias, dx is None with
     ``input_grad=False`` (an image fed to the stem needs no gradient: col2im skipped).
     """
@@ -232,20 +314,19 @@ def _depthwise_backward(
     g = xp.ascontiguousarray(g)
     _, ho, wo, _c = g.shape
     kh, kw = weight.shape[2:]
-    dtaps = _depthwise_weight_grad(g, _windows(xpad, kh, kw, sh, sw, ho, wo))
+    dtaps = _depthwise_weight_grad(g, xpad, kh, kw, sh, sw)
     dw = xp.ascontiguousarray(dtaps.transpose(2, 0, 1)[:, None])
     if not input_grad:
         return None, dw
     taps = _taps(weight)
-    if sh == sw == 1:
+    if sh == sw == 1 and not use_tap_loop(xp):
         hp, wp = xpad.shape[1:3]
         gpad = _pad_nhwc(g, kh - 1, kw - 1)  # dxpad[y, x] = sum_pq G[y - p, x - q] w[p, q]
         flipped = taps[::-1, ::-1].copy()
-        return _depthwise(_windows(gpad, kh, kw, 1, 1, hp, wp), flipped, None), dw
+        return _depthwise(gpad, flipped, None, 1, 1, hp, wp), dw
+    # Every stride, and the tap loop: each tap adds w[p, q] * G onto the input pixels it read.
     dxpad = xp.zeros(xpad.shape, dtype=g.dtype)
-    tmp = xp.empty_like(g)
     for p in range(kh):
         for q in range(kw):
-            xp.multiply(g, taps[p, q], out=tmp)
-            _tap(dxpad, p, q, sh, sw, ho, wo)[...] += tmp
+            _multiply_add(_tap(dxpad, p, q, sh, sw, ho, wo), g, taps[p, q])
     return dxpad, dw

@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import numpy as np
 
 from pvt_np.backend import Array, get_array_module
 from pvt_np.ops.checks import check_adaptive_avg_pool2d, check_array, check_token_mean
 
 
 def adaptive_pool_matrix(xp: Any, in_size: int, out_size: int, dtype: Any) -> Array:
-    """(out_size, in_size) averaging matrix of torch's adaptive windows.
+    """(out_size, in_size) averaging matrix of torch's adaptive windows, on ``xp``'s device.
 
     Row i averages inputs start_i <= h < end_i with start_i = floor(i*H/P) and
     end_i = ceil((i+1)*H/P); windows overlap when H is not divisible by P.
+    Built once per (in_size, out_size, dtype) on the host and, on a GPU, copied
+    once per device: the result is shared, never write to it (the NumPy one is
+    read-only).
     """
-    a = xp.zeros((out_size, in_size), dtype=dtype)
-    for i in range(out_size):
-        start = (i * in_size) // out_size
-        end = -((-(i + 1) * in_size) // out_size)
-        a[i, start:end] = 1.0 / (end - start)
+    host = _host_pool_matrix(int(in_size), int(out_size), np.dtype(dtype).str)
+    if xp is np:
+        return host
+    return _device_pool_matrix(xp, int(in_size), int(out_size), np.dtype(dtype).str, xp.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=128)
+def _host_pool_matrix(in_size: int, out_size: int, dtype: str) -> np.ndarray:
+    i = np.arange(out_size)
+    start = (i * in_size) // out_size
+    end = -((-(i + 1) * in_size) // out_size)
+    h = np.arange(in_size)
+    inside = (h >= start[:, None]) & (h < end[:, None])
+    a = np.where(inside, 1.0 / (end - start)[:, None], 0.0).astype(dtype)
+    a.setflags(write=False)
     return a
+
+
+@functools.lru_cache(maxsize=128)
+def _device_pool_matrix(xp: Any, in_size: int, out_size: int, dtype: str, device_id: int) -> Array:
+    """One host-to-device copy per (shape, dtype, device); ``device_id`` keys the cache (arrays live on one GPU)."""
+    return xp.asarray(_host_pool_matrix(in_size, out_size, dtype))
 
 
 def adaptive_avg_pool2d_forward(

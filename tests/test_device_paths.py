@@ -1,0 +1,334 @@
+"""The GPU's code paths, run on NumPy: what can be checked of them without a device.
+
+* the depthwise conv's tap loop (CuPy's path) against the einsum path, forward and both gradients;
+* the counter-based device generator against an independent scalar SplitMix64, and its re-keying;
+* manual_seed re-keys the device generator instead of rebuilding it (with a stand-in CuPy module);
+* the cached adaptive-pooling matrices;
+* the loader's staged (packed, one-copy) uploads give the same batches as direct ones.
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import assert_close, randn
+
+from pvt_np import backend, manual_seed, ops, parallel
+from pvt_np.counter_rng import MASK_64, CounterRng, mix64
+from pvt_np.data import Augment, BatchLoader, staging
+from pvt_np.ops import conv, pooling
+
+TAP_LOOP_TOL = 1e-12  # float64, the same products summed in another order
+
+# n, c, (h, w), (kh, kw), stride, padding, bias
+DEPTHWISE_SPECS = [
+    (2, 5, (13, 7), (3, 3), 1, 1, True),
+    (2, 5, (13, 7), (3, 3), 2, 1, True),
+    (1, 4, (9, 11), (3, 2), (2, 3), (1, 0), False),
+    (3, 3, (8, 6), (3, 3), 1, 0, False),
+    (1, 6, (5, 5), (5, 5), 1, 2, True),
+    # above the chunking threshold: several chunks of images (the last one partial), threaded
+    (20, 64, (16, 16), (3, 3), 1, 1, True),
+    (20, 64, (32, 32), (3, 3), 2, 1, True),
+]
+
+
+def _depthwise_run(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Any, padding: Any) -> list[Any]:
+    c = x.shape[3]
+    out, cache = ops.conv2d_forward(x, w, b, stride, padding, groups=c, channels_last=True)
+    g = np.random.default_rng(5).standard_normal(out.shape)
+    return [out, *(a for a in ops.conv2d_backward(g, cache) if a is not None)]
+
+
+@pytest.mark.parametrize("spec", DEPTHWISE_SPECS, ids=lambda s: f"n{s[0]}c{s[1]}-{s[2]}-k{s[3]}-s{s[4]}-p{s[5]}")
+def test_depthwise_tap_loop_matches_einsum(spec: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CuPy tap loop, forced on NumPy, gives the einsum path's output, input and weight (and bias) gradients."""
+    n, c, (h, w), kernel, stride, padding, bias = spec
+    rng = np.random.default_rng(0)
+    x = randn(rng, n, h, w, c)
+    weight = randn(rng, c, 1, *kernel)
+    b = randn(rng, c) if bias else None
+    expected = _depthwise_run(x, weight, b, stride, padding)
+
+    def no_windows(*args: Any) -> None:
+        raise AssertionError("the tap loop built the window view")
+
+    monkeypatch.setattr(conv, "FORCE_TAP_LOOP", True)
+    monkeypatch.setattr(conv, "_windows", no_windows)
+    assert conv.use_tap_loop(np)
+    actual = _depthwise_run(x, weight, b, stride, padding)
+    names = ("out", "dx", "dw", "db") if bias else ("out", "dx", "dw")
+    assert len(actual) == len(expected) == len(names)
+    for name, a, e in zip(names, actual, expected, strict=True):
+        assert a.shape == e.shape, f"{name}: shape {a.shape} != {e.shape}"
+        assert_close(a, e, TAP_LOOP_TOL, name)
+
+
+def test_depthwise_chunked_specs_really_chunk() -> None:
+    """The large specs above span several chunks (else they would not test the chunk boundaries)."""
+    for n, c, (h, _w), _, stride, padding, _ in DEPTHWISE_SPECS[-2:]:
+        s = stride if isinstance(stride, int) else stride[0]
+        p = padding if isinstance(padding, int) else padding[0]
+        ho = conv.conv_output_size(h, 3, s, p)
+        rows = parallel.chunk_rows(ho * ho * c)
+        assert n > 2 * rows and n % rows, f"n={n} with {rows} rows per chunk"
+        assert n * ho * ho * c >= parallel.PARALLEL_MIN_ELEMENTS
+
+
+def test_tap_loop_is_the_cupy_default() -> None:
+    """Without the test switch NumPy keeps the einsum; any other array module gets the tap loop."""
+    assert not conv.FORCE_TAP_LOOP
+    assert not conv.use_tap_loop(np)
+    assert conv.use_tap_loop(types.SimpleNamespace(__name__="cupy"))
+
+
+# -- the device generator --------------------------------------------------------------
+def _splitmix64(state: int, count: int) -> list[int]:
+    """Vigna's splitmix64.c next(), with Python integers (independent of the array code)."""
+    out = []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & MASK_64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK_64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK_64
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_counter_rng_is_splitmix64() -> None:
+    """random() returns SplitMix64 from state mix64(seed), top 53 (float64) or 24 (float32) bits, in order."""
+    assert _splitmix64(1234567, 3) == [6457827717110365317, 3203168211198807973, 9817491932198370423]
+    rng = CounterRng(np, 42)
+    first = rng.random(5)
+    second = rng.random((2, 3), dtype=np.float32)
+    words = _splitmix64(mix64(42), 11)
+    np.testing.assert_array_equal(first, np.array([w >> 11 for w in words[:5]], dtype=np.float64) * 2.0**-53)
+    expected32 = (np.array([w >> 40 for w in words[5:]], dtype=np.float32) * np.float32(2.0**-24)).reshape(2, 3)
+    np.testing.assert_array_equal(second, expected32)
+    assert first.dtype == np.float64 and second.dtype == np.float32
+    assert rng.random().shape == ()
+
+
+def test_counter_rng_reseed_restarts_the_stream() -> None:
+    """seed(s) gives exactly a fresh generator's stream; other seeds give other numbers; values in [0, 1)."""
+    rng = CounterRng(np, 7)
+    a = rng.random(1000)
+    rng.random(10)
+    rng.seed(7)
+    np.testing.assert_array_equal(rng.random(1000), a)
+    np.testing.assert_array_equal(CounterRng(np, 7).random(1000), a)
+    assert not np.array_equal(CounterRng(np, 8).random(1000), a)
+    big = CounterRng(np, 3).random(200_000, dtype=np.float32)
+    assert big.min() >= 0.0 and big.max() < 1.0
+    assert abs(big.mean() - 0.5) < 5 * np.sqrt(1 / 12 / big.size)
+    keep = (big >= 0.3).mean()
+    assert abs(keep - 0.7) < 5 * np.sqrt(0.21 / big.size)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got int64"):
+        rng.random(3, dtype=np.int64)
+
+
+class _FakeCupy(types.SimpleNamespace):
+    """A stand-in array module for backend.get_rng: NumPy's functions under another name."""
+
+
+def test_manual_seed_rekeys_the_device_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every manual_seed re-keys the one device generator in place (no new object); NumPy's is rebuilt."""
+    fake = _FakeCupy(__name__="fake_cupy", **{k: getattr(np, k) for k in ("arange", "uint64", "float32", "float64")})
+    monkeypatch.setattr(backend, "_RNGS", {})
+    manual_seed(11)
+    device_rng = backend.get_rng(fake)
+    assert isinstance(device_rng, CounterRng) and not device_rng.fused  # a non-NumPy module without a GPU kernel
+    first = device_rng.random(50)
+    host_rng = backend.get_rng(np)
+    for step in range(5):
+        manual_seed(1000 + step)
+    manual_seed(11)
+    assert backend.get_rng(fake) is device_rng
+    np.testing.assert_array_equal(device_rng.random(50), first)
+    assert backend.get_rng(np) is not host_rng
+    np.testing.assert_array_equal(backend.get_rng(np).random(3), np.random.default_rng(11).random(3))
+
+
+# -- the pooling matrix ------------------------------------------------------------------
+def test_adaptive_pool_matrix_is_cached_and_read_only() -> None:
+    """One matrix per (sizes, dtype): the same object again, read-only, equal to the row-by-row construction."""
+    a = ops.adaptive_pool_matrix(np, 15, 7, np.float32)
+    assert ops.adaptive_pool_matrix(np, 15, 7, "float32") is a
+    assert ops.adaptive_pool_matrix(np, 15, 7, np.float64) is not a
+    assert a.dtype == np.float32 and not a.flags.writeable
+    expected = np.zeros((7, 15), dtype=np.float32)
+    for i in range(7):
+        start, end = (i * 15) // 7, -((-(i + 1) * 15) // 7)
+        expected[i, start:end] = 1.0 / (end - start)
+    np.testing.assert_array_equal(a, expected)
+    with pytest.raises(ValueError, match="read-only"):
+        a[0, 0] = 2.0
+    assert pooling._host_pool_matrix.cache_info().currsize >= 2
+
+
+# -- the loader's staged uploads ----------------------------------------------------------
+def _batches(images: np.ndarray, labels: np.ndarray, augment: Augment | None) -> list[Any]:
+    loader = BatchLoader(images, labels, 7, seed=3, augment=augment, num_classes=5)
+    return [(b.x, b.y) for e in (0, 1) for b in loader.epoch(e)]
+
+
+AUGMENTS = [None, Augment.cifar(), Augment.cifar(mixup_alpha=0.4, cutmix_alpha=1.0)]
+
+
+@pytest.mark.parametrize("augment", AUGMENTS, ids=["none", "crop-flip", "mix"])
+def test_staged_loader_batches_equal_direct_ones(augment: Augment | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU's packed one-copy upload, forced on NumPy, gives bit-identical batches over two epochs."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 12, 10, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, 40)
+    direct = _batches(images, labels, augment)
+    uploads: list[int] = []
+    upload = staging.HostStager.upload
+
+    def counted(self: staging.HostStager, arrays: Any) -> Any:
+        uploads.append(len(arrays))
+        return upload(self, arrays)
+
+    monkeypatch.setattr(staging, "FORCE_STAGING", True)
+    monkeypatch.setattr(staging.HostStager, "upload", counted)
+    staged = _batches(images, labels, augment)
+    assert len(uploads) == len(direct), "one upload per batch"
+    assert set(uploads) == ({1} if augment is None else {4})
+    for k, ((x, y), (sx, sy)) in enumerate(zip(direct, staged, strict=True)):
+        assert x.dtype == sx.dtype and y.dtype == sy.dtype, f"batch {k}"
+        np.testing.assert_array_equal(sx, x, err_msg=f"batch {k} images")
+        np.testing.assert_array_equal(sy, y, err_msg=f"batch {k} targets")
+
+
+def test_stager_rotates_and_grows_its_buffers() -> None:
+    """Consecutive uploads use alternate buffers (in-flight data is never overwritten); a larger group grows one."""
+    stager = staging.HostStager(np)
+    a = stager.upload([np.arange(4), np.array([True, False])])
+    b = stager.upload([np.arange(10, 13)])
+    np.testing.assert_array_equal(a[0], np.arange(4))
+    np.testing.assert_array_equal(a[1], [True, False])
+    assert a[0].dtype == np.int64 and a[1].dtype == np.bool_
+    np.testing.assert_array_equal(b[0], [10, 11, 12])
+    first, second = stager._buffers
+    assert first is not None and second is not None and not np.shares_memory(first, second)
+    stager.upload([np.arange(100).reshape(10, 10)])
+    assert stager._buffers[0].size >= 100
+    assert not staging.FORCE_STAGING and not staging.use_staging(np)
+    assert staging.use_staging(types.SimpleNamespace(__name__="cupy"))
+
+
+# -- the benchmark's GPU configs and failure handling ------------------------------------------
+def _bench_args(*argv: str) -> Any:
+    import argparse
+
+    from pvt_np import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _fake_result(framework: str, config: str) -> dict[str, Any]:
+    """What a bench worker reports, with made-up numbers."""
+    times = {"forward_ms": 1.0, "forward_backward_ms": 2.0, "train_step_ms": 3.0}
+    return {"framework": framework, "config": config, "batch": 8, "size": 32, **times, "peak_memory_mb": 4.0,
+            "img_per_s": 5.0}  # fmt: skip
+
+
+def _fake_machine(device: str, threads: int) -> dict[str, Any]:
+    return {"cpu": "x", "cores": 1, "threads": threads, "python": "3", "numpy": "2", "torch": "2", "device": device}
+
+
+def test_bench_default_configs_follow_the_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """CPU: the CPU table's configs; GPU: those plus b0 224 batch 32 and b2_li 224 batch 16 (the issue's)."""
+    from pvt_np import bench
+
+    spawned: list[tuple[str, str]] = []
+
+    def fake_spawn(framework: str, config: str, args: Any) -> dict[str, Any]:
+        spawned.append((config, framework))
+        return _fake_result(framework, config)
+
+    monkeypatch.setattr(bench, "_spawn", fake_spawn)
+    monkeypatch.setattr(bench, "machine_info", _fake_machine)
+    assert bench.run(_bench_args("--json", str(tmp_path / "cpu.json"))) == 0
+    assert [c for c, f in spawned if f == "torch"] == list(bench.CPU_CONFIGS)
+    spawned.clear()
+    monkeypatch.setattr(backend, "check_device", lambda device: device)
+    assert bench.run(_bench_args("--device", "gpu")) == 0
+    assert [c for c, f in spawned if f == "pvt_np"] == list(bench.GPU_CONFIGS)
+    assert bench.CONFIGS["b0-224-bs32"] == ("pvt_v2_b0", {"num_classes": 1000}, 224, 32)
+    assert bench.CONFIGS["b2_li-224-bs16"] == ("pvt_v2_b2_li", {"num_classes": 1000}, 224, 16)
+    assert set(bench.CPU_CONFIGS) <= set(bench.GPU_CONFIGS) <= set(bench.CONFIGS)
+
+
+def test_bench_keeps_going_after_a_failed_worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A failing (config, framework) pair is reported, the others still run, the JSON holds every result so far."""
+    import json
+
+    from pvt_np import bench
+
+    out = tmp_path / "bench.json"
+    seen_in_json: list[int] = []
+
+    def fake_spawn(framework: str, config: str, args: Any) -> dict[str, Any]:
+        if out.exists():
+            seen_in_json.append(len(json.loads(out.read_text())["results"]))
+        if framework == "torch" and config == "b0-224":
+            raise RuntimeError("bench worker torch/b0-224 failed (exit 1):\nCUDA out of memory")
+        return _fake_result(framework, config)
+
+    monkeypatch.setattr(bench, "_spawn", fake_spawn)
+    monkeypatch.setattr(bench, "machine_info", _fake_machine)
+    code = bench.run(_bench_args("--configs", "b0-cifar", "b0-224", "b2_li-224", "--json", str(out)))
+    assert code == 1
+    assert seen_in_json == [1, 2, 3, 4, 5]
+    report = json.loads(out.read_text())
+    assert len(report["results"]) == 6
+    failed = [r for r in report["results"] if "error" in r]
+    assert [(r["config"], r["framework"]) for r in failed] == [("b0-224", "torch")]
+    text = bench.format_report(report)
+    assert "b0-224         torch   failed: CUDA out of memory" in text
+    assert "b2_li-224" in text and "step ratio" in text
+
+
+# -- the GPU extras and the one-run device script ---------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_extras_match_readme() -> None:
+    """gpu-cuda12 / gpu-cuda13 install the matching CuPy wheel, gpu is gpu-cuda12, and README says how to pick."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [r.split(">=")[0] for r in extras["gpu-cuda12"]] == ["cupy-cuda12x"]
+    assert [r.split(">=")[0] for r in extras["gpu-cuda13"]] == ["cupy-cuda13x"]
+    assert extras["gpu"] == extras["gpu-cuda12"]
+    readme = (REPO / "README.md").read_text()
+    gpu_section = readme[readme.index("### On a GPU") : readme.index("## What is inside")]
+    for text in ("gpu-cuda12", "gpu-cuda13", "nvidia-smi", "cupy-cuda12x", "cupy-cuda13x"):
+        assert text in gpu_section, text
+
+
+def test_gpu_check_script_matches_readme() -> None:
+    """The device script exists, is executable, runs each check under a limit totalling <= 9 minutes,
+    writes at most 8 files (what the device tool brings back), and README gives its call."""
+    import os
+    import re
+
+    script = REPO / ".ci" / "gpu-check"
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    limits = [int(v) for v in re.findall(r'_S="\$\{GPU_CHECK_[A-Z]+_S:-(\d+)\}"', text)]
+    assert len(limits) == 4 and sum(limits) <= 9 * 60, limits
+    for needed in ("pip install --quiet --no-deps", "-m pytest -m gpu", "bench --device gpu", "train --device gpu"):
+        assert needed in text, needed
+    outputs = set(re.findall(r'\$OUT/([A-Za-z0-9_.-]+)"', text)) | {"summary.txt"}
+    assert 0 < len(outputs) <= 8, outputs
+    readme = (REPO / "README.md").read_text()
+    gpu_section = readme[readme.index("### On a GPU") : readme.index("## What is inside")]
+    for text in (".ci/gpu-check", 'carry `["data/cifar10-jpeg.tar.gz"]`', "`timeout_s` 600", *sorted(outputs)):
+        assert text in gpu_section, text
