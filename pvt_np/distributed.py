@@ -397,14 +397,17 @@ def launch_command(nprocs: int, argv: Sequence[str]) -> list[str]:
     return [mpiexec, "-n", str(nprocs), sys.executable, "-m", "pvt_np", *argv]
 
 
-def fail(world: World, err: BaseException, command: str = "pvt-np train") -> int:
+def fail(
+    world: World, err: BaseException, agreed: tuple[type[BaseException], ...] = (), command: str = "pvt-np train"
+) -> int:
     """Report a failure and return the exit code 1, or end every rank if this one failed alone.
 
-    An agreed error (:class:`DistributedError`) is printed once, by rank 0, and every rank
-    returns. Any other error may have hit this rank only, while the others wait in a
+    An agreed error (:class:`DistributedError`, or one of the ``agreed`` types, which the
+    caller knows every rank raises at the same point) is printed once, by rank 0, and every
+    rank returns. Any other error may have hit this rank only, while the others wait in a
     collective: it is printed with the rank's number and the whole job is aborted.
     """
-    if isinstance(err, DistributedError) or world.size == 1:
+    if isinstance(err, (DistributedError, *agreed)) or world.size == 1:
         if world.is_root:
             print(f"{command}: error: {err}", file=sys.stderr, flush=True)
         return 1

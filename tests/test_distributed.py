@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,17 @@ def test_a_rank_that_cannot_read_the_data_stops_every_rank(tmp_path: Path, runs:
     assert not out.exists()
 
 
+def test_a_non_finite_loss_stops_every_rank_alike(tmp_path: Path, runs: dict[str, Any]) -> None:
+    """lr 1e30 blows the weights up: the all-reduced loss is NaN on both ranks, which stop together."""
+    out = tmp_path / "run"
+    proc = run_ranks(2, [], _args(runs["data"], out, "--lr", "1e30", "--warmup-epochs", "0"))
+    _ok(proc, 1)
+    assert proc.stderr.count("non-finite loss") == 1, proc.stderr  # printed by rank 0 alone
+    assert re.search(r"non-finite loss \(nan\) at epoch 1, step \d/8 ", proc.stderr), proc.stderr
+    assert "MPI_Abort" not in proc.stderr
+    assert not (out / "last.npz").exists()
+
+
 def test_a_rank_that_dies_aborts_the_run(tmp_path: Path, runs: dict[str, Any]) -> None:
     """An exception on rank 1 mid-training ends both ranks through MPI_Abort (rank 0 is in the all-reduce)."""
     out = tmp_path / "run"
@@ -193,19 +205,17 @@ distributed.set_threads(world, None)
 out["threads"] = parallel.get_num_threads()
 out["blas"] = sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
 out["world"] = [world.rank, world.size, world.local_rank, world.local_size]
-print("RESULT", json.dumps(out), flush=True)
+with open(f"{sys.argv[1]}/rank{r}.json", "w") as f:  # a file each: the ranks' stdout lines interleave
+    json.dump(out, f)
 """
 
 
-def test_allreduce_checksum_and_agreement_on_two_ranks() -> None:
+def test_allreduce_checksum_and_agreement_on_two_ranks(tmp_path: Path) -> None:
     """Bucketed all-reduce = the mean over ranks; divergent weights and a one-rank error stop both ranks alike."""
-    proc = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", PIECES], cwd=REPO, env=child_env(),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", PIECES, str(tmp_path)], cwd=REPO,
+                          env=child_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     _ok(proc)
-    results = sorted(
-        (json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")),
-        key=lambda o: o["world"][0],
-    )
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [o["world"] for o in results] == [[0, 2, 0, 2], [1, 2, 1, 2]]
     for o in results:
         for g, a, b in zip(o["grads"], results[0]["local"], results[1]["local"], strict=True):

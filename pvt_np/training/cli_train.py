@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"pvt-np train: {stop or 'interrupted'}", file=sys.stderr)
         return 130
     except (TrainingError, CheckpointError, DataError, ValueError, RuntimeError, OSError) as err:
-        return distributed.fail(world, err)
+        # A TrainingError that gets here comes from a loss all-reduced over the ranks (or from set-up,
+        # which the ranks agree on): every rank raised it at the same step.
+        return distributed.fail(world, err, agreed=(TrainingError,))
     if not world.is_root:
         return 0
     if result:

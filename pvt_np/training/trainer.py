@@ -20,7 +20,7 @@ import io
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -319,7 +319,7 @@ class Trainer:
                 self._end_epoch()
         return self.history[-1] if self.history else {}
 
-    def _on_root(self, write: Any) -> None:
+    def _on_root(self, write: Callable[[], Any]) -> None:
         """Rank 0 writes; if that fails (a full disk), every rank stops with its message."""
         self.world.agree(lambda: write() if self.world.is_root else None)
 
