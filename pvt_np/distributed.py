@@ -289,8 +289,9 @@ class GradientAllReduce:
     ``reduce(parameters, *scalars)`` packs every ``.grad`` and the scalars (the step's loss)
     into a flat buffer, sums it over the ranks in buckets of ``bucket_bytes`` (MPI on the
     host; NCCL on the GPU), divides by the world size and points each ``.grad`` at its slice
-    of the result. It returns the averaged scalars as 0-d arrays. The buffer is reused from
-    step to step; a step's gradients are valid until the next call.
+    of the result. It returns the averaged scalars as copies (NumPy scalars on the CPU, 0-d
+    arrays on the GPU). The buffer is reused from step to step; a step's gradients are valid
+    until the next call.
     """
 
     def __init__(self, world: World, device: str = "cpu", bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:

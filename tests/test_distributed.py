@@ -227,7 +227,7 @@ def test_allreduce_checksum_and_agreement_on_two_ranks(tmp_path: Path) -> None:
         assert o["any"] == [True, False]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         assert o["threads"] == max(1, cores // 2)
-        assert o["blas"] in ([], [max(1, cores // 2)])
+        assert o["blas"] == [max(1, cores // 2)]  # NumPy's BLAS, limited through threadpoolctl
 
 
 # -- in-process: the draws that make the parity ---------------------------------------------
@@ -304,7 +304,9 @@ def test_batch_split_errors_and_test_set_parts() -> None:
     assert distributed.default_threads(distributed.World(), None) >= 1
 
 
-def test_missing_mpi4py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_mpi4py_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Started by mpiexec without mpi4py: an error saying what to install; without a launcher, one process."""
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
     monkeypatch.setattr(distributed, "_WORLD", None)
@@ -319,6 +321,7 @@ def test_missing_mpi4py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
     data = write_image_folder(tmp_path / "data")
     assert cli.main(train_args(data, tmp_path / "run")) == 1
+    assert "pvt-np train: error: started by an MPI launcher with 2 processes" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     monkeypatch.delenv("PMI_SIZE")
     with pytest.raises(distributed.DistributedError, match=r"--nprocs 2: mpi4py cannot be imported"):
