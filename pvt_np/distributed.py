@@ -58,7 +58,8 @@ LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_S
 # Horovod's default fusion threshold: one message per 64 MiB keeps MPI's int counts far from
 # overflow and the temporary buffers of large reductions bounded; b0's 3.0 M float32 is one bucket.
 DEFAULT_BUCKET_BYTES = 64 << 20
-# Steps between weight checksums (and at every epoch end): a few microseconds of host work.
+# Steps between weight checksums (and at every epoch end): an integer sum over the weights (measured
+# 4 ms for b0 on a busy 2-core machine, against ~0.5 s per step) and one tiny allgather.
 CHECK_WEIGHTS_EVERY = 200
 
 T = TypeVar("T")
@@ -184,10 +185,11 @@ def _install_abort_hook(world: World) -> None:
 def local_batch_size(global_batch: int, world: World) -> int:
     """This rank's share of ``--batch-size``: equal slices, or an error naming both numbers."""
     if global_batch % world.size:
+        below, above = global_batch - global_batch % world.size, global_batch - global_batch % world.size + world.size
+        nearest = f"{below} or {above}" if below else f"{above}"
         raise DistributedError(
             f"--batch-size {global_batch} is not divisible by the {world.size} ranks: every rank takes an equal "
-            f"slice of each batch; use a multiple of {world.size} (e.g. {global_batch - global_batch % world.size} "
-            f"or {global_batch + world.size - global_batch % world.size})"
+            f"slice of each batch; use a multiple of {world.size} (e.g. {nearest})"
         )
     return global_batch // world.size
 

@@ -292,6 +292,8 @@ def test_batch_split_errors_and_test_set_parts() -> None:
     with pytest.raises(distributed.DistributedError, match=r"--batch-size 128 is not divisible by the 3 ranks"):
         distributed.local_batch_size(128, world3)
     assert distributed.local_batch_size(129, world3) == 43
+    with pytest.raises(distributed.DistributedError, match=r"--batch-size 2 is not .* a multiple of 3 \(e\.g\. 3\)"):
+        distributed.local_batch_size(2, world3)
     from pvt_np.data import Dataset
 
     images = np.zeros((10, 2, 2, 3), dtype=np.uint8)
