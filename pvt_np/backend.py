@@ -103,6 +103,7 @@ def check_float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
 # created once and manual_seed only re-keys it.
 _RNGS: dict[str, Any] = {}
 _SEED = 0
+_BATCH_SHARD = (0, 1)  # (index, count): this process computes that slice of every batch
 
 
 def derive_seed(*keys: int) -> int:
@@ -120,6 +121,40 @@ def manual_seed(seed: int) -> None:
         device_rng.seed(_SEED)
 
 
+def set_batch_shard(index: int, count: int) -> None:
+    """Declare that this process computes slice ``index`` of ``count`` equal slices of every batch.
+
+    Dropout and drop-path masks are then drawn for the whole batch (``count`` times the
+    local batch, from the same generator) and this slice's rows kept, so the masks a
+    data-parallel rank applies are the rows of the masks of the 1-process run.
+    """
+    global _BATCH_SHARD
+    if not 0 <= int(index) < int(count):
+        raise ValueError(f"set_batch_shard: expected 0 <= index < count, got index {index}, count {count}")
+    _BATCH_SHARD = (int(index), int(count))
+    _RNGS.clear()
+
+
+class _BatchShardedGenerator:
+    """A generator whose ``random(shape)`` draws for the whole batch and returns this slice's rows.
+
+    Every mask in pvt_np has the batch as its leading (batch-major) dimension, so drawing
+    ``(count * B, ...)`` and keeping rows [index * B, (index + 1) * B) is the 1-process draw's slice.
+    """
+
+    def __init__(self, rng: Any, index: int, count: int) -> None:
+        self.rng, self.index, self.count = rng, index, count
+
+    def random(self, size: tuple[int, ...], dtype: Any = np.float64) -> Array:
+        size = tuple(int(s) for s in size)
+        rows = size[0]
+        whole = self.rng.random((rows * self.count, *size[1:]), dtype=dtype)
+        return whole[self.index * rows : (self.index + 1) * rows]
+
+    def __getattr__(self, name: str) -> Any:  # other draws (initialisation) are not per-batch
+        return getattr(self.rng, name)
+
+
 def get_rng(xp: ModuleType = np) -> Any:
     """The shared generator for array module ``xp``, drawing the stream of the last manual_seed.
 
@@ -130,9 +165,10 @@ def get_rng(xp: ModuleType = np) -> Any:
     key = xp.__name__
     if key not in _RNGS:
         if xp is np:
-            _RNGS[key] = np.random.default_rng(_SEED)
+            rng = np.random.default_rng(_SEED)
         else:
             from pvt_np.counter_rng import CounterRng
 
-            _RNGS[key] = CounterRng(xp, _SEED)
+            rng = CounterRng(xp, _SEED)
+        _RNGS[key] = rng if _BATCH_SHARD[1] == 1 else _BatchShardedGenerator(rng, *_BATCH_SHARD)
     return _RNGS[key]

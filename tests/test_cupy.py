@@ -175,12 +175,14 @@ def _own_nodes(scope: ast.AST) -> list[ast.AST]:
 
 def collect_api(package_dir: Path) -> tuple[set[str], set[str], set[str]]:
     """Parse every .py under package_dir and return
-    (attribute chains used on the array module, Generator methods called, cupyx attributes used).
+    (attribute chains used on the array module, Generator methods called, cupyx / cupy.* module attributes used).
 
     Array module: a variable named ``xp`` or a ``get_array_module(...)`` call, e.g. xp.lib.stride_tricks.as_strided
     -> 'lib.stride_tricks.as_strided' (its prefixes are collected too). Generators: ``rng`` variables and
     ``get_rng(...)`` / ``xp.random.default_rng(...)`` results, except those that are NumPy's by construction
     (``np.random.default_rng``, ``get_rng(np)``) or by annotation (``rng: np.random.Generator``).
+    Modules: ``import cupyx.scipy.special as special`` or ``from cupy.cuda import nccl``, then ``nccl.X``
+    -> 'cupy.cuda.nccl.X'.
     """
     xp_chains: set[str] = set()
     gen_methods: set[str] = set()
@@ -193,9 +195,9 @@ def collect_api(package_dir: Path) -> tuple[set[str], set[str], set[str]]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    if alias.name.startswith("cupyx") and alias.asname:
+                    if alias.name.startswith(("cupyx", "cupy.")) and alias.asname:
                         cupyx_aliases[alias.asname] = alias.name
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cupyx"):
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("cupyx", "cupy.")):
                 for alias in node.names:
                     cupyx_aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
         for node in ast.walk(tree):
@@ -254,6 +256,8 @@ def test_collector_finds_the_known_uses() -> None:
     assert "choice" not in gen_methods, "a NumPy-only generator (grad_check's) was counted as generic"
     assert "uniform" not in gen_methods, "get_rng(np).uniform (NumPy-only) was counted as generic"
     assert "cupyx.scipy.special.erf" in cupyx_attrs
+    assert "cupy.cuda.nccl.NcclCommunicator" in cupyx_attrs  # pvt_np.distributed's GPU all-reduce
+    assert "cuda.get_current_stream" in xp_chains
 
 
 def test_collector_on_a_synthetic_package(tmp_path: Path) -> None:
@@ -262,11 +266,13 @@ def test_collector_on_a_synthetic_package(tmp_path: Path) -> None:
     (tmp_path / "sub" / "mod.py").write_text(
         "import numpy as np\n"
         "import cupyx.scipy.ndimage as nd\n"
+        "from cupy.cuda import nccl\n"
         "from pvt_np.backend import get_array_module, get_rng\n"
         "def f(x, rng=None):\n"
         "    xp = get_array_module(x)\n"
         "    g = get_rng(xp) if rng is None else rng\n"
         "    nd.zoom(x, 2)\n"
+        "    nccl.NcclCommunicator(2, nccl.get_unique_id(), 0)\n"
         "    return xp.fft.rfft(x) + get_array_module(x).no_such_fn(x) + g.permutation(3) + rng.shuffle(x)\n"
         "def h(rng: np.random.Generator):\n"
         "    local = np.random.default_rng(0)\n"
@@ -275,7 +281,11 @@ def test_collector_on_a_synthetic_package(tmp_path: Path) -> None:
     xp_chains, gen_methods, cupyx_attrs = collect_api(tmp_path)
     assert xp_chains == {"fft", "fft.rfft", "no_such_fn"}
     assert gen_methods == {"permutation", "shuffle"}
-    assert cupyx_attrs == {"cupyx.scipy.ndimage.zoom"}
+    assert cupyx_attrs == {
+        "cupyx.scipy.ndimage.zoom",
+        "cupy.cuda.nccl.NcclCommunicator",
+        "cupy.cuda.nccl.get_unique_id",
+    }
     assert not _has_path(np, "no_such_fn") and _has_path(np, "lib.stride_tricks.as_strided")
 
 
@@ -308,7 +318,7 @@ def test_cupy_provides_every_api_pvt_np_uses() -> None:
     for generator in (cp.random.Generator, CounterRng):
         missing = sorted(m for m in gen_methods if not hasattr(generator, m))
         assert not missing, f"{generator.__module__}.{generator.__name__} lacks: {', '.join(missing)}"
-    cupyx = importlib.import_module("cupyx")
-    importlib.import_module("cupyx.scipy.special")
     for dotted in sorted(cupyx_attrs | {"cupyx.scipy.special.erf"}):
-        assert _has_path(cupyx, dotted.removeprefix("cupyx.")), f"{dotted} is missing"
+        module_name, attr = dotted.rsplit(".", 1)
+        module = importlib.import_module(module_name)  # cupy.cuda.nccl and the like load on import only
+        assert hasattr(module, attr), f"{dotted} is missing"

@@ -215,20 +215,27 @@ def one_hot(labels: Array, num_classes: int, dtype: Any = np.float32) -> Array:
     return out
 
 
-def mix_targets(labels: Array, num_classes: int, lam: float, dtype: Any = np.float32) -> Array:
+# The partner of row i is row B - 1 - i of the whole batch: ``x[::-1]`` by default; a data-parallel
+# rank holding only a slice of the batch passes its slice's partners explicitly.
+
+
+def mix_targets(
+    labels: Array, num_classes: int, lam: float, dtype: Any = np.float32, partner_labels: Array | None = None
+) -> Array:
     """timm's ``mixup_target`` without smoothing: lam * onehot(y) + (1 - lam) * onehot(y reversed)."""
     y1 = one_hot(labels, num_classes, dtype)
-    return y1 * lam + y1[::-1] * (1.0 - lam)
+    y2 = y1[::-1] if partner_labels is None else one_hot(partner_labels, num_classes, dtype)
+    return y1 * lam + y2 * (1.0 - lam)
 
 
-def mixup(x: Array, lam: float) -> Array:
+def mixup(x: Array, lam: float, partner: Array | None = None) -> Array:
     """lam * x + (1 - lam) * x reversed along the batch (a new array; ``x`` is untouched)."""
-    return x * lam + x[::-1] * (1.0 - lam)
+    return x * lam + (x[::-1] if partner is None else partner) * (1.0 - lam)
 
 
-def cutmix(x: Array, bbox: tuple[int, int, int, int]) -> Array:
+def cutmix(x: Array, bbox: tuple[int, int, int, int], partner: Array | None = None) -> Array:
     """Paste the box ``bbox`` = (y0, y1, x0, x1) of the reversed batch into a copy of NCHW ``x``."""
     y0, y1, x0, x1 = bbox
     out = x.copy()
-    out[:, :, y0:y1, x0:x1] = x[::-1, :, y0:y1, x0:x1]
+    out[:, :, y0:y1, x0:x1] = (x[::-1] if partner is None else partner)[:, :, y0:y1, x0:x1]
     return out

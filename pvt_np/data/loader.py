@@ -11,6 +11,10 @@ A batch is a pure function of (seed, epoch, batch index):
 So a trainer that stopped after batch ``k - 1`` of epoch ``e`` resumes exactly
 with ``loader.epoch(e, start_batch=k)``, without saving any generator state.
 
+Data-parallel ranks each build only their slice of a batch (``shard=(rank, ranks)``),
+from the draws of the whole batch, so the slices put together are the 1-process batch
+bit for bit, however many ranks share it (see :mod:`pvt_np.distributed`).
+
 The images are moved to the device once (uint8, 150 MB for CIFAR-10); each batch
 is then one gather that also crops and flips, a cast/normalise to NCHW float,
 and optionally mixup/cutmix, all on the device. On a GPU the only per-batch
@@ -63,6 +67,8 @@ class BatchLoader:
     dtype: float32 (default) or float64 for ``x`` and soft targets.
     num_classes: width of soft targets (default ``labels.max() + 1``; pass it when
         a split may lack the last class).
+    shard: (index, count): yield only rows [index * B / count, (index + 1) * B / count) of
+        every batch of B samples; ``batch_size`` (the global batch) must be divisible by count.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class BatchLoader:
         std: Sequence[float] | None = None,
         dtype: Any = np.float32,
         num_classes: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         check_device(device)
         if not hasattr(images, "dtype") or images.dtype != np.uint8 or images.ndim != 4:
@@ -97,6 +104,12 @@ class BatchLoader:
         batch_size = int(batch_size)
         if batch_size > n:
             raise ValueError(f"BatchLoader: batch_size {batch_size} is larger than the dataset ({n} samples)")
+        shard_index, shard_count = (int(v) for v in shard)
+        if not 0 <= shard_index < shard_count or batch_size % shard_count:
+            raise ValueError(
+                f"BatchLoader: shard must be (index, count) with 0 <= index < count and count dividing "
+                f"batch_size {batch_size}, got {tuple(shard)}"
+            )
         augment = augment if augment is not None else Augment()
         if augment.crop_padding > 0 and augment.crop_padding > min(h, w):
             raise ValueError(f"BatchLoader: crop_padding {augment.crop_padding} exceeds the image size {h}x{w}")
@@ -111,6 +124,7 @@ class BatchLoader:
         self.augment = augment
         self.dtype = check_float_dtype(dtype)
         self.num_classes = int(num_classes)
+        self.shard = (shard_index, shard_count)
         self.image_shape = (h, w, c)
         self._images = to_device(images, device)
         self._labels = to_device(labels, device).astype(np.int64, copy=False)
@@ -167,22 +181,36 @@ class BatchLoader:
         h, w, _ = self.image_shape
         aug = self.augment
         rng = np.random.default_rng(derive_seed(self.seed, epoch, index))
-        if aug.crop_padding > 0 or aug.hflip:
-            dev_idx, dy, dx, flip = self._to_device(idx, *sample_crop_flip(rng, b, aug.crop_padding, aug.hflip))
-            u8 = crop_flip_gather(self._images, dev_idx, dy, dx, flip, aug.crop_padding)
-        else:
-            (dev_idx,) = self._to_device(idx)
-            u8 = self._images[dev_idx]
-        x = to_float_nchw(u8, self._scale, self._shift, self.dtype)
-        labels = self._labels[dev_idx]
+        # Every draw is made for the whole batch, in the same order, then this shard's rows are taken.
+        crop_flip = sample_crop_flip(rng, b, aug.crop_padding, aug.hflip) if aug.crop_padding or aug.hflip else None
+        rank, ranks = self.shard
+        start, stop = b * rank // ranks, b * (rank + 1) // ranks
+        x, labels = self._images_at(idx, crop_flip, start, stop)
         if not aug.mixing:
             return Batch(x, labels)
         mix = sample_mix(rng, aug, h, w)
+        if ranks == 1:
+            partner_x, partner_labels = None, None  # the reversed batch itself
+        else:  # row i is mixed with row b - 1 - i of the whole batch, which may be another shard's: build it here
+            partner_x, partner_labels = self._images_at(idx, crop_flip, b - stop, b - start)
+            partner_x, partner_labels = partner_x[::-1], partner_labels[::-1]
         if mix.kind == "mixup":
-            x = mixup(x, mix.lam)
+            x = mixup(x, mix.lam, partner_x)
         elif mix.kind == "cutmix":
-            x = cutmix(x, mix.bbox)
-        return Batch(x, mix_targets(labels, self.num_classes, mix.lam, self.dtype))
+            x = cutmix(x, mix.bbox, partner_x)
+        return Batch(x, mix_targets(labels, self.num_classes, mix.lam, self.dtype, partner_labels))
+
+    def _images_at(
+        self, idx: np.ndarray, crop_flip: tuple[np.ndarray, np.ndarray, np.ndarray] | None, start: int, stop: int
+    ) -> tuple[Array, Array]:
+        """Rows [start, stop) of a batch: normalised images (cropped and flipped) and their labels."""
+        if crop_flip is not None:
+            dev_idx, dy, dx, flip = self._to_device(idx[start:stop], *(a[start:stop] for a in crop_flip))
+            u8 = crop_flip_gather(self._images, dev_idx, dy, dx, flip, self.augment.crop_padding)
+        else:
+            (dev_idx,) = self._to_device(idx[start:stop])
+            u8 = self._images[dev_idx]
+        return to_float_nchw(u8, self._scale, self._shift, self.dtype), self._labels[dev_idx]
 
     def _to_device(self, *host: np.ndarray) -> list[Array]:
         """The batch's host-drawn arrays on the loader's device (one staged copy on a GPU)."""

@@ -60,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     r.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     r.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    r.add_argument("--threads", type=int, help="threads for pvt_np's elementwise kernels (default: all cores)")
+    r.add_argument("--threads", type=int, help="threads for pvt_np's elementwise kernels (default: all cores; "
+                   "under mpiexec, the node's cores shared among its ranks, BLAS too)")  # fmt: skip
+    r.add_argument("--nprocs", type=int, help="data-parallel: run N processes through mpiexec (see README)")
     r.add_argument("--output", default="runs/pvt", help="run directory (checkpoints, logs, plots)")
     r.add_argument("--resume", action="store_true", help="continue the run in --output from last.npz")
     r.add_argument("--log-every", type=int, default=DEFAULTS.log_every)
@@ -102,19 +104,31 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        from pvt_np.ops import parallel
+    from pvt_np import distributed
 
-        parallel.set_num_threads(args.threads)
+    if args.nprocs is not None:
+        return distributed.launch(args.nprocs, sys.argv[1:])
     try:
-        trainer = Trainer(config_from_args(args), args.output, resume=args.resume)
-        result = trainer.fit()
-    except KeyboardInterrupt as stop:
-        print(f"pvt-np train: {stop or 'interrupted'}", file=sys.stderr)
-        return 130
-    except (TrainingError, CheckpointError, DataError, ValueError, RuntimeError, OSError) as err:
+        world = distributed.get_world()
+    except distributed.DistributedError as err:
         print(f"pvt-np train: error: {err}", file=sys.stderr)
         return 1
+    distributed.set_threads(world, args.threads)
+    try:
+        trainer = world.agree(lambda: Trainer(config_from_args(args), args.output, resume=args.resume))
+        result = trainer.fit()
+    except KeyboardInterrupt as stop:
+        if world.size > 1 and not str(stop):  # a second Ctrl-C on one rank: the others cannot finish the step
+            world.abort(130)
+        if world.is_root:
+            print(f"pvt-np train: {stop or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (TrainingError, CheckpointError, DataError, ValueError, RuntimeError, OSError) as err:
+        # A TrainingError that gets here comes from a loss all-reduced over the ranks (or from set-up,
+        # which the ranks agree on): every rank raised it at the same step.
+        return distributed.fail(world, err, agreed=(TrainingError,))
+    if not world.is_root:
+        return 0
     if result:
         best = trainer.best_accuracy
         print(f"done: test accuracy {result['test_accuracy']:.4f} (best {best:.4f}); run in {args.output}")

@@ -20,14 +20,14 @@ import io
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pvt_np import backend
+from pvt_np import backend, distributed
 from pvt_np.backend import Array
 from pvt_np.io_utils import atomic_write
 from pvt_np.models import create_model
@@ -126,16 +126,20 @@ def train_step(
     x: Array,
     y: Array,
     clip_grad: float | None = None,
+    allreduce: distributed.GradientAllReduce | None = None,
 ) -> tuple[Array, Array]:
     """One optimisation step; returns (loss, logits) as device arrays (no host sync).
 
     zero_grad -> forward -> loss -> backward (dL/dlogits, then the model's chain
-    of hand-written backward passes) -> optional gradient-norm clipping -> update.
+    of hand-written backward passes) -> [data-parallel: average the gradients and the
+    loss over the ranks] -> optional gradient-norm clipping -> update.
     """
     optimizer.zero_grad()
     logits = model(x)
     loss = criterion(logits, y)
     model.backward(criterion.backward(), input_grad=False)
+    if allreduce is not None:
+        (loss,) = allreduce(model.parameters(), loss)
     if clip_grad is not None:
         clip_grad_norm_(model.parameters(), clip_grad)
     optimizer.step()
@@ -143,9 +147,17 @@ def train_step(
 
 
 def evaluate(
-    model: PyramidVisionTransformerV2, loader: Any, num_classes: int, progress: bool = False
+    model: PyramidVisionTransformerV2,
+    loader: Any,
+    num_classes: int,
+    progress: bool = False,
+    world: distributed.World | None = None,
 ) -> dict[str, Any]:
-    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
+
+    With a data-parallel ``world`` each rank scores its own part of the test set and the
+    sums are added over the ranks, so every rank returns the whole set's figures.
+    """
     from tqdm import tqdm
 
     model.eval()
@@ -162,6 +174,9 @@ def evaluate(
             confusion += xp.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(confusion.shape)
             count += int(y.shape[0])
     confusion = backend.to_numpy(confusion)
+    if world is not None and world.size > 1:
+        confusion = world.allreduce_sum(confusion)
+        loss_sum, count = world.allreduce_sum(float(loss_sum)), world.allreduce_sum(count)
     return {
         "loss": float(loss_sum) / max(count, 1),
         "accuracy": float(np.trace(confusion)) / max(count, 1),
@@ -189,6 +204,14 @@ class Trainer:
         if resume and not last.exists():
             raise TrainingError(f"--resume: no checkpoint at {last}")
         self._stop_requested = False
+        # Data-parallel ranks (mpiexec): each takes a slice of every batch, rank 0 alone writes.
+        self.world = distributed.get_world()
+        if self.world.size > 1:
+            backend.set_batch_shard(self.world.rank, self.world.size)
+            if config.device == "gpu":
+                distributed.use_local_gpu(self.world)
+            if not self.world.is_root:
+                self.config = replace(config, progress=False)
 
     # -- set-up ---------------------------------------------------------------
     def _setup(self) -> None:
@@ -207,12 +230,14 @@ class Trainer:
         augment = Augment(
             crop_padding=cfg.crop_padding, hflip=cfg.hflip, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix
         )
+        distributed.local_batch_size(cfg.batch_size, self.world)  # a clear error if the ranks cannot share it
         self.train_loader = self.train_set.loader(
             cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True, device=cfg.device,
-            augment=augment, mean=mean, std=std, dtype=cfg.dtype,
+            augment=augment, mean=mean, std=std, dtype=cfg.dtype, shard=(self.world.rank, self.world.size),
         )  # fmt: skip
-        self.test_loader = self.test_set.loader(
-            min(cfg.eval_batch_size, len(self.test_set)), shuffle=False, device=cfg.device,
+        test_part = distributed.shard_dataset(self.test_set, self.world)
+        self.test_loader = test_part.loader(
+            min(cfg.eval_batch_size, len(test_part)), shuffle=False, device=cfg.device,
             mean=mean, std=std, dtype=cfg.dtype,
         )  # fmt: skip
         self.model = build_model(cfg, self.num_classes, self.train_set.image_size)
@@ -277,22 +302,31 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to the configured number of epochs; returns the last epoch's metrics."""
-        self._setup()
-        self.out.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.out / "config.json", "w") as f:
-            json.dump(asdict(self.config), f, indent=2)
+        world = self.world
+        world.agree(self._setup)  # a rank that cannot read the data stops every rank, before anything is written
+        self.allreduce = distributed.GradientAllReduce(world, self.config.device) if world.size > 1 else None
+        self._on_root(self._write_config)
         cfg = self.config
         with self._interrupt_guard():
             while self.epoch < cfg.epochs:
                 interrupted = self._train_epoch()
                 if interrupted:
-                    save_checkpoint(self.out / "last.npz", self._checkpoint())
+                    self._on_root(lambda: save_checkpoint(self.out / "last.npz", self._checkpoint()))
                     raise KeyboardInterrupt(
                         f"interrupted at epoch {self.epoch + 1}, batch {self.batch}; checkpoint saved to "
                         f"{self.out / 'last.npz'} (continue with --resume)"
                     )
                 self._end_epoch()
         return self.history[-1] if self.history else {}
+
+    def _on_root(self, write: Callable[[], Any]) -> None:
+        """Rank 0 writes; if that fails (a full disk), every rank stops with its message."""
+        self.world.agree(lambda: write() if self.world.is_root else None)
+
+    def _write_config(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.out / "config.json", "w") as f:
+            json.dump(asdict(self.config), f, indent=2)
 
     def _train_epoch(self) -> bool:
         """Run the rest of the current epoch; True if stopped by Ctrl-C."""
@@ -313,19 +347,25 @@ class Trainer:
         try:
             for x, y in loader.epoch(self.epoch, start_batch=self.batch):
                 backend.manual_seed(backend.derive_seed(cfg.seed, self.epoch, self.batch, 1))
-                loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y, cfg.clip_grad)
+                loss, logits = train_step(
+                    self.model, self.criterion, self.optimizer, x, y, cfg.clip_grad, self.allreduce
+                )
                 self.schedule.step()
                 labels = y if y.ndim == 1 else y.argmax(axis=1)
                 losses[pending] = loss
                 correct += (logits.argmax(axis=1) == labels).sum()
                 pending += 1
                 self.batch += 1
+                if self.world.size > 1:  # the ranks stop together (Ctrl-C) and check they still agree
+                    self._stop_requested = self.world.any(self._stop_requested)
+                    if (self.epoch * len(loader) + self.batch) % distributed.CHECK_WEIGHTS_EVERY == 0:
+                        distributed.check_replicas(self.world, self.model.parameters(), f"epoch {self.epoch + 1}")
                 # On the CPU reading the loss costs nothing; on the GPU it waits for the device,
                 # so it is read every log_every steps (a non-finite loss is still pinned to its step).
                 # A stop request flushes too: the checkpoint must count these steps, and never hold
                 # weights that a non-finite loss not yet read has already spoiled.
                 if xp is np or pending == losses.shape[0] or self.batch == len(loader) or self._stop_requested:
-                    self._flush(losses[:pending], correct, pending, x.shape[0], start_time, bar)
+                    self._flush(losses[:pending], correct, pending, cfg.batch_size, start_time, bar)
                     pending = 0
                     correct[...] = 0
                     start_time = time.perf_counter()
@@ -347,7 +387,8 @@ class Trainer:
         p = self.partial
         for value in host:  # one step at a time: the same sum however the steps were grouped into reads
             p["loss_sum"] += float(value) * batch_size
-        p["correct"] += int(correct)
+        correct = self.world.allreduce_sum(int(correct))
+        p["correct"] += correct
         p["seen"] += steps * batch_size
         p["seconds"] += time.perf_counter() - start_time
         lr = self.optimizer.param_groups[0]["lr"]
@@ -377,7 +418,8 @@ class Trainer:
     def _end_epoch(self) -> None:
         cfg = self.config
         p = self.partial
-        test = evaluate(self.model, self.test_loader, self.num_classes, progress=cfg.progress)
+        test = evaluate(self.model, self.test_loader, self.num_classes, progress=cfg.progress, world=self.world)
+        distributed.check_replicas(self.world, self.model.parameters(), f"end of epoch {self.epoch + 1}")
         if not np.isfinite(test["loss"]):  # the last update of the epoch spoiled the weights: don't save them
             raise TrainingError(
                 f"non-finite test loss ({test['loss']}) after epoch {self.epoch + 1}: the weights are no longer "
@@ -399,6 +441,17 @@ class Trainer:
         improved = test["accuracy"] > self.best_accuracy
         if improved:
             self.best_accuracy = test["accuracy"]
+        self._on_root(lambda: self._write_epoch(improved, test["confusion"]))
+        if cfg.progress:
+            print(
+                f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+                f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | {row['img_per_s']:.0f} img/s"
+                + (" (best)" if improved else ""),
+                flush=True,
+            )
+
+    def _write_epoch(self, improved: bool, confusion: np.ndarray) -> None:
+        """Checkpoints, logs and plots of the epoch just ended (rank 0's job)."""
         ckpt = self._checkpoint()
         save_checkpoint(self.out / "last.npz", ckpt)
         if improved:
@@ -407,15 +460,8 @@ class Trainer:
         from pvt_np.training.plots import plot_confusion, plot_curves
 
         plot_curves(self.history, self.out / "curves.png")
-        if self.epoch == cfg.epochs:
-            plot_confusion(test["confusion"], list(self.train_set.classes), self.out / "confusion.png")
-        if cfg.progress:
-            print(
-                f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | {row['img_per_s']:.0f} img/s"
-                + (" (best)" if improved else ""),
-                flush=True,
-            )
+        if self.epoch == self.config.epochs:
+            plot_confusion(confusion, list(self.train_set.classes), self.out / "confusion.png")
 
     def _write_logs(self) -> None:
         with atomic_write(self.out / "metrics.jsonl", "w") as f:

@@ -1,0 +1,434 @@
+"""Data-parallel training: MPI (mpi4py) between processes, NCCL (``cupy.cuda.nccl``) between GPUs.
+
+The scheme is Horovod's and llm.c's. Every rank holds the whole model and the
+whole dataset, takes its own equal slice of every global batch (the same sample
+order on every rank), runs forward and backward on it, and then one all-reduce
+of a single flat buffer holding every gradient (plus the step's loss) makes every
+rank hold the average. Every rank then takes the same optimizer step from the
+same weights, so the weights stay identical without ever being sent; a checksum
+of their bits, compared every few hundred steps, proves it.
+
+The average of the per-slice gradients is the gradient of the global batch's mean
+loss (the chain rule over a split batch: with equal slices, d mean_B / dw =
+1/N sum_r d mean_{B_r} / dw), and PVT has no batch statistics (LayerNorm, not
+BatchNorm), so an N-rank run computes the 1-process run to rounding.
+
+A run started without an MPI launcher, or with one process, gets the
+single-process :class:`World`: every collective is then the identity and mpi4py
+is never imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from pvt_np import backend
+from pvt_np.backend import Array
+
+__all__ = [
+    "CHECK_WEIGHTS_EVERY",
+    "DEFAULT_BUCKET_BYTES",
+    "DistributedError",
+    "GradientAllReduce",
+    "World",
+    "check_replicas",
+    "default_threads",
+    "fail",
+    "get_world",
+    "launch",
+    "launch_command",
+    "local_batch_size",
+    "set_threads",
+    "shard_dataset",
+    "use_local_gpu",
+    "weights_checksum",
+]
+
+# Environment variables by which MPI launchers tell a process the size of its world
+# (MPICH's Hydra and Slurm's PMI, Open MPI, MVAPICH).
+LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+# Horovod's default fusion threshold: one message per 64 MiB keeps MPI's int counts far from
+# overflow and the temporary buffers of large reductions bounded; b0's 3.0 M float32 is one bucket.
+DEFAULT_BUCKET_BYTES = 64 << 20
+# Steps between weight checksums (and at every epoch end): an integer sum over the weights (measured
+# 4 ms for b0 on a busy 2-core machine, against ~0.5 s per step) and one tiny allgather.
+CHECK_WEIGHTS_EVERY = 200
+
+T = TypeVar("T")
+
+
+class DistributedError(RuntimeError):
+    """Raised on every rank with the same message: the ranks agreed to stop."""
+
+
+@dataclass
+class World:
+    """This process's place among the data-parallel ranks.
+
+    rank, size: position in and size of the world; local_rank, local_size: the same
+    among the ranks of this node (which GPU to take, how many cores to share).
+    comm: the mpi4py communicator, None for the single-process world.
+    """
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    comm: Any = None
+
+    @property
+    def is_root(self) -> bool:
+        """Rank 0 alone prints, logs, plots and writes checkpoints."""
+        return self.rank == 0
+
+    def allreduce_sum(self, value: Any) -> Any:
+        """The sum over ranks of a host number or NumPy array (the value itself for one process)."""
+        if self.size == 1:
+            return value
+        return self.comm.allreduce(value)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on some rank."""
+        return bool(flag) if self.size == 1 else bool(self.comm.allreduce(int(bool(flag))))
+
+    def agree(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on every rank; if it raised on any rank, raise the same error on all of them.
+
+        ``fn`` must not itself communicate (a rank that failed before a collective would leave
+        the others waiting). With one process, ``fn``'s own exceptions pass through unchanged.
+        """
+        if self.size == 1:
+            return fn()
+        result, message = None, None
+        try:
+            result = fn()
+        except Exception as err:  # gathered and re-raised on every rank below
+            message = str(err) or type(err).__name__
+        messages = self.comm.allgather(message)
+        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+        if failed:
+            if all(m == failed[0][1] for _, m in failed) and len(failed) == self.size:
+                raise DistributedError(failed[0][1])
+            raise DistributedError("; ".join(f"rank {r} of {self.size}: {m}" for r, m in failed))
+        return result  # type: ignore[return-value]
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank now (MPI_Abort); the only safe exit when one rank failed alone."""
+        if self.size > 1:
+            self.comm.Abort(code)
+
+
+_WORLD: World | None = None
+
+
+def _launcher_size() -> int:
+    for name in LAUNCHER_SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def get_world() -> World:
+    """The world this process was started in (created once; MPI is initialised only under a launcher).
+
+    Started by ``mpiexec -n N`` (N > 1) without mpi4py installed, it raises a
+    :class:`DistributedError` rather than letting N processes each train the whole run
+    into the same directory.
+    """
+    global _WORLD
+    if _WORLD is not None:
+        return _WORLD
+    launched = _launcher_size()
+    if launched <= 1:
+        _WORLD = World()
+        return _WORLD
+    try:
+        from mpi4py import MPI
+    except ImportError as err:
+        raise DistributedError(
+            f"started by an MPI launcher with {launched} processes, but mpi4py cannot be imported ({err}); "
+            "install it with pip install 'pvt_np[mpi]' (mpi4py and MPICH), or run one process without mpiexec"
+        ) from err
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1:
+        _WORLD = World()
+        return _WORLD
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    _WORLD = World(comm.Get_rank(), comm.Get_size(), node.Get_rank(), node.Get_size(), comm)
+    node.Free()
+    _install_abort_hook(_WORLD)
+    return _WORLD
+
+
+def _install_abort_hook(world: World) -> None:
+    """An exception that escapes on one rank aborts them all, instead of leaving them in a collective."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        previous(kind, value, tb)
+        sys.stderr.flush()
+        world.abort(1)
+
+    sys.excepthook = hook
+
+
+# -- splitting the work -------------------------------------------------------------------
+def local_batch_size(global_batch: int, world: World) -> int:
+    """This rank's share of ``--batch-size``: equal slices, or an error naming both numbers."""
+    if global_batch % world.size:
+        below, above = global_batch - global_batch % world.size, global_batch - global_batch % world.size + world.size
+        nearest = f"{below} or {above}" if below else f"{above}"
+        raise DistributedError(
+            f"--batch-size {global_batch} is not divisible by the {world.size} ranks: every rank takes an equal "
+            f"slice of each batch; use a multiple of {world.size} (e.g. {nearest})"
+        )
+    return global_batch // world.size
+
+
+def shard_dataset(dataset: Any, world: World) -> Any:
+    """This rank's contiguous part of an evaluation set (the parts differ in size by at most one)."""
+    if world.size == 1:
+        return dataset
+    n = len(dataset)
+    if n < world.size:
+        raise DistributedError(f"the test set has {n} images, fewer than the {world.size} ranks that share it")
+    from pvt_np.data import Dataset
+
+    start, stop = n * world.rank // world.size, n * (world.rank + 1) // world.size
+    return Dataset(
+        dataset.images[start:stop], dataset.labels[start:stop], dataset.classes, dataset.name, dataset.split,
+        dataset.source,
+    )  # fmt: skip
+
+
+def default_threads(world: World, requested: int | None) -> int:
+    """Threads for this rank: ``requested`` (--threads), else this node's cores shared among its ranks."""
+    if requested is not None:
+        return int(requested)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores // world.local_size)
+
+
+def set_threads(world: World, requested: int | None) -> None:
+    """Threads of this rank: pvt_np's elementwise pool and, under mpiexec, BLAS (through threadpoolctl).
+
+    One process keeps its defaults unless ``requested``; N ranks on a node share its cores,
+    so two ranks on two cores do not run four threads.
+    """
+    if world.size == 1 and requested is None:
+        return
+    threads = default_threads(world, requested)
+    from pvt_np.ops import parallel
+
+    parallel.set_num_threads(threads)
+    if world.size > 1:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")  # stays in force for the process's life
+
+
+def use_local_gpu(world: World) -> None:
+    """Make this rank's GPU (its local rank on this node) the current device, before anything is allocated."""
+    xp = backend.cupy_module()
+    count = xp.cuda.runtime.getDeviceCount()
+    if world.local_size > count:
+        raise DistributedError(
+            f"{world.local_size} ranks on this node but {count} GPUs: NCCL needs one GPU per rank; "
+            f"start at most {count} ranks per node"
+        )
+    xp.cuda.Device(world.local_rank).use()
+
+
+# -- the gradient all-reduce ----------------------------------------------------------------
+class _MpiSum:
+    """In-place sum over ranks of a host buffer, through MPI."""
+
+    def __init__(self, world: World) -> None:
+        from mpi4py import MPI
+
+        self.comm, self.in_place, self.op = world.comm, MPI.IN_PLACE, MPI.SUM
+
+    def __call__(self, chunk: Array) -> None:
+        self.comm.Allreduce(self.in_place, chunk, op=self.op)
+
+
+class _NcclSum:
+    """In-place sum over ranks of a device buffer, through NCCL: no copy to the host.
+
+    The NCCL unique id is made on rank 0 and broadcast over MPI, the usual bootstrap.
+    """
+
+    def __init__(self, world: World) -> None:
+        from cupy.cuda import nccl
+
+        unique_id = world.comm.bcast(nccl.get_unique_id() if world.is_root else None, root=0)
+        self.comm = nccl.NcclCommunicator(world.size, unique_id, world.rank)
+        self.types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+        self.op = nccl.NCCL_SUM
+
+    def __call__(self, chunk: Array) -> None:
+        xp = backend.get_array_module(chunk)
+        stream = xp.cuda.get_current_stream().ptr
+        ptr = chunk.data.ptr
+        self.comm.allReduce(ptr, ptr, chunk.size, self.types[np.dtype(chunk.dtype)], self.op, stream)
+
+
+class GradientAllReduce:
+    """Averages the gradients of all ranks with one all-reduce of one flat buffer per step.
+
+    ``reduce(parameters, *scalars)`` packs every ``.grad`` and the scalars (the step's loss)
+    into a flat buffer, sums it over the ranks in buckets of ``bucket_bytes`` (MPI on the
+    host; NCCL on the GPU), divides by the world size and points each ``.grad`` at its slice
+    of the result. It returns the averaged scalars as copies (NumPy scalars on the CPU, 0-d
+    arrays on the GPU). The buffer is reused from step to step; a step's gradients are valid
+    until the next call.
+    """
+
+    def __init__(self, world: World, device: str = "cpu", bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+        if world.size < 2:
+            raise ValueError(f"GradientAllReduce: world: expected 2 or more ranks, got {world.size}")
+        if int(bucket_bytes) < 8:
+            raise ValueError(f"GradientAllReduce: bucket_bytes: expected at least 8, got {bucket_bytes!r}")
+        backend.check_device(device)
+        self.world = world
+        self.bucket_bytes = int(bucket_bytes)
+        self.sum = _NcclSum(world) if device == "gpu" else _MpiSum(world)
+        self._buffer: Array | None = None
+
+    def __call__(self, parameters: Iterable[Any], *scalars: Array) -> tuple[Array, ...]:
+        params = [p for p in parameters if p.grad is not None]
+        if not params:
+            raise ValueError("GradientAllReduce: no parameter has a gradient (call backward first)")
+        dtype = np.dtype(params[0].grad.dtype)
+        if any(np.dtype(p.grad.dtype) != dtype for p in params):
+            kinds = sorted({str(p.grad.dtype) for p in params})
+            raise TypeError(f"GradientAllReduce: gradients of mixed dtypes {kinds}; one flat buffer needs one dtype")
+        xp = backend.get_array_module(params[0].grad)
+        total = sum(int(p.grad.size) for p in params) + len(scalars)
+        buf = self._buffer
+        if buf is None or buf.size != total or buf.dtype != dtype or backend.get_array_module(buf) is not xp:
+            buf = self._buffer = xp.empty(total, dtype=dtype)
+        offset = 0
+        for p in params:
+            n = int(p.grad.size)
+            buf[offset : offset + n] = p.grad.reshape(-1)
+            offset += n
+        for i, s in enumerate(scalars):
+            buf[offset + i] = s
+        step = max(1, self.bucket_bytes // dtype.itemsize)
+        for start in range(0, total, step):
+            self.sum(buf[start : start + step])
+        buf *= 1.0 / self.world.size
+        offset = 0
+        for p in params:
+            n = int(p.grad.size)
+            p.grad = buf[offset : offset + n].reshape(p.grad.shape)
+            offset += n
+        return tuple(buf[offset + i].copy() for i in range(len(scalars)))
+
+
+# -- replicas stay equal ---------------------------------------------------------------------
+def weights_checksum(parameters: Iterable[Any]) -> int:
+    """A checksum of the bits of every parameter: integer sums, so exact and the same on any machine."""
+    total = 0
+    for p in parameters:
+        data = p.data
+        xp = backend.get_array_module(data)
+        words = xp.ascontiguousarray(data).reshape(-1).view(np.uint32 if data.dtype.itemsize == 4 else np.uint64)
+        total = (total + int(words.sum(dtype=np.uint64))) % (1 << 64)
+    return total
+
+
+def check_replicas(world: World, parameters: Iterable[Any], where: str) -> None:
+    """Every rank's weights must be bit-identical; a DistributedError on every rank otherwise."""
+    if world.size == 1:
+        return
+    sums = world.comm.allgather(weights_checksum(parameters))
+    if len(set(sums)) > 1:
+        listed = ", ".join(f"rank {r} {s:#x}" for r, s in enumerate(sums))
+        raise DistributedError(
+            f"the ranks' weights diverged ({where}): checksums {listed}. "
+            "Every rank must run the same pvt_np, NumPy and BLAS on the same kind of device"
+        )
+
+
+# -- launching -----------------------------------------------------------------------------
+def launch_command(nprocs: int, argv: Sequence[str]) -> list[str]:
+    """``mpiexec -n N python -m pvt_np ARGV`` (for ``pvt-np train --nprocs N``), or an error saying what is missing.
+
+    ``argv`` is the command line after the program name; ``--nprocs N`` is removed from it.
+    """
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--nprocs" and i + 1 < len(argv):
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--nprocs="):
+            del argv[i]
+            break
+    else:
+        raise DistributedError("--nprocs: not found on the command line (it launches mpiexec from the shell only)")
+    if nprocs < 1:
+        raise DistributedError(f"--nprocs: expected a positive number of processes, got {nprocs}")
+    if _launcher_size() > 1:
+        raise DistributedError("--nprocs: this process was already started by mpiexec; use one or the other")
+    beside_python = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    mpiexec = beside_python if os.access(beside_python, os.X_OK) else shutil.which("mpiexec")
+    if mpiexec is None:
+        raise DistributedError(
+            f"--nprocs {nprocs}: no mpiexec found beside {sys.executable} or on PATH; "
+            "install one with pip install 'pvt_np[mpi]' (mpi4py and MPICH)"
+        )
+    try:
+        import mpi4py  # noqa: F401  (only checked: each rank imports it)
+    except ImportError as err:
+        raise DistributedError(
+            f"--nprocs {nprocs}: mpi4py cannot be imported ({err}); install it with pip install 'pvt_np[mpi]'"
+        ) from err
+    return [mpiexec, "-n", str(nprocs), sys.executable, "-m", "pvt_np", *argv]
+
+
+def fail(
+    world: World, err: BaseException, agreed: tuple[type[BaseException], ...] = (), command: str = "pvt-np train"
+) -> int:
+    """Report a failure and return the exit code 1, or end every rank if this one failed alone.
+
+    An agreed error (:class:`DistributedError`, or one of the ``agreed`` types, which the
+    caller knows every rank raises at the same point) is printed once, by rank 0, and every
+    rank returns. Any other error may have hit this rank only, while the others wait in a
+    collective: it is printed with the rank's number and the whole job is aborted.
+    """
+    if isinstance(err, (DistributedError, *agreed)) or world.size == 1:
+        if world.is_root:
+            print(f"{command}: error: {err}", file=sys.stderr, flush=True)
+        return 1
+    print(f"{command}: error: rank {world.rank} of {world.size}: {err}", file=sys.stderr, flush=True)
+    world.abort(1)
+    return 1
+
+
+def launch(nprocs: int, argv: Sequence[str]) -> int:
+    """Run ``pvt-np`` under ``mpiexec -n nprocs``; returns its exit code (Ctrl-C reaches the ranks via mpiexec)."""
+    try:
+        command = launch_command(nprocs, argv)
+    except DistributedError as err:
+        print(f"pvt-np train: error: {err}", file=sys.stderr)
+        return 1
+    with subprocess.Popen(command) as process:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:  # mpiexec got it too and stops the ranks, which save a checkpoint
+                continue

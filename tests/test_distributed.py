@@ -1,0 +1,345 @@
+"""Data-parallel training (pvt_np.distributed): N MPI ranks compute the 1-process run.
+
+The runs use the tiny image folder and model of tests/training_fixtures.py in float64, with
+every source of randomness switched on (crops, flips, mixup and cutmix, dropout, drop-path)
+and gradient clipping, so that any rank-dependent draw or a wrong gradient scale shows.
+Runs under ``mpiexec`` go through tests/distributed_fixtures.py (mpi4py and MPICH come
+with the test extra); each has a timeout, so a hang fails the test instead of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from distributed_fixtures import MPIEXEC, run_ranks
+from training_fixtures import REPO, child_env, train_args, write_image_folder
+
+from pvt_np import backend, distributed
+from pvt_np.data import Augment, BatchLoader
+from pvt_np.training import load_checkpoint
+
+pytest.importorskip("mpi4py")
+if not MPIEXEC.exists():
+    pytest.skip(f"no mpiexec beside {sys.executable} (pip install mpich)", allow_module_level=True)
+
+EPOCHS = 2
+BATCH = 8  # 8 steps per epoch on the 64 training images
+PARITY_TOL = 1e-10
+EXTRA = ("--dtype", "float64", "--batch-size", str(BATCH), "--mixup", "0.4", "--cutmix", "1.0", "--no-progress")
+
+
+def _args(data: Path, out: Path, *extra: str) -> list[str]:
+    return train_args(data, out, *EXTRA, *extra, epochs=EPOCHS)
+
+
+def _ok(proc: subprocess.CompletedProcess[str], code: int = 0) -> None:
+    assert proc.returncode == code, f"exit {proc.returncode}, expected {code}\n{proc.stdout}\n{proc.stderr}"
+
+
+def _max_weight_diff(a: Path, b: Path) -> float:
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys()
+    return max(float(np.max(np.abs(wa[k] - wb[k]))) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One image folder; the 1-process run and the 2-rank run of the same config, per-step losses recorded."""
+    root = tmp_path_factory.mktemp("dp")
+    data = write_image_folder(root / "data")
+    out: dict[str, Any] = {"root": root, "data": data}
+    for ranks in (1, 2):
+        record = root / f"losses{ranks}.json"
+        proc = run_ranks(ranks, ["--record", str(record)], _args(data, root / f"run{ranks}"))
+        _ok(proc)
+        out[ranks] = {"dir": root / f"run{ranks}", "losses": np.array(json.loads(record.read_text())), "proc": proc}
+    return out
+
+
+def test_two_ranks_compute_the_one_process_run(runs: dict[str, Any]) -> None:
+    """Per-step losses (the global-batch mean) and final weights of 2 ranks equal 1 process's, in float64."""
+    one, two = runs[1], runs[2]
+    assert one["losses"].shape == two["losses"].shape == (EPOCHS * 64 // BATCH,)
+    loss_diff = float(np.max(np.abs(one["losses"] - two["losses"])))
+    weight_diff = _max_weight_diff(one["dir"] / "last.npz", two["dir"] / "last.npz")
+    assert loss_diff <= PARITY_TOL, f"per-step losses differ by {loss_diff:.3g}"
+    assert weight_diff <= PARITY_TOL, f"final weights differ by {weight_diff:.3g}"
+    assert float(np.std(one["losses"])) > 1e-3  # the runs trained: the parity is not of constant losses
+    h1, h2 = load_checkpoint(one["dir"] / "last.npz")["history"], load_checkpoint(two["dir"] / "last.npz")["history"]
+    for r1, r2 in zip(h1, h2, strict=True):  # training and test figures are of the whole batch and test set
+        assert r1["train_accuracy"] == r2["train_accuracy"] and r1["test_accuracy"] == r2["test_accuracy"]
+        assert abs(r1["train_loss"] - r2["train_loss"]) <= PARITY_TOL
+        assert abs(r1["test_loss"] - r2["test_loss"]) <= PARITY_TOL
+
+
+def test_rank_zero_alone_writes_and_prints(runs: dict[str, Any]) -> None:
+    """The 2-rank run directory holds what a 1-process run writes, and one 'done' line was printed."""
+    one, two = runs[1], runs[2]
+    assert sorted(p.name for p in two["dir"].iterdir()) == sorted(p.name for p in one["dir"].iterdir())
+    assert two["proc"].stdout.count("done: test accuracy") == 1
+    assert two["proc"].stdout.count("epoch 2:") == 0  # --no-progress: no rank printed epoch lines
+
+
+def test_resume_with_a_different_number_of_ranks(runs: dict[str, Any]) -> None:
+    """A 2-rank run stopped mid-epoch resumes in 1 process, and a 1-process run resumes on 2 ranks
+    (launched by --nprocs): both end with the uninterrupted run's weights."""
+    root, data, reference = runs["root"], runs["data"], runs[1]["dir"] / "last.npz"
+    for first, then in ((2, 1), (1, 2)):
+        out = root / f"resume{first}to{then}"
+        stopped = run_ranks(first, ["--stop-at", "5"], _args(data, out))
+        _ok(stopped, 130)
+        progress = load_checkpoint(out / "last.npz")["progress"]
+        assert (progress["epoch"], progress["batch"]) == (0, 6), progress
+        resume = [*_args(data, out), "--resume"]
+        if then == 1:
+            _ok(run_ranks(1, [], resume))
+        else:
+            proc = subprocess.run([sys.executable, "-m", "pvt_np", resume[0], "--nprocs", "2", *resume[1:]],
+                                  cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+            _ok(proc)
+        diff = _max_weight_diff(reference, out / "last.npz")
+        assert diff <= PARITY_TOL, f"{first} ranks then {then}: final weights differ by {diff:.3g}"
+
+
+def test_batch_not_divisible_by_the_ranks(tmp_path: Path, runs: dict[str, Any]) -> None:
+    """mpiexec -n 3 with --batch-size 8: one clear error naming both numbers, nothing written."""
+    out = tmp_path / "run"
+    proc = run_ranks(3, [], _args(runs["data"], out))
+    _ok(proc, 1)
+    assert proc.stderr.count("--batch-size 8 is not divisible by the 3 ranks") == 1, proc.stderr
+    assert "use a multiple of 3 (e.g. 6 or 9)" in proc.stderr
+    assert not out.exists()
+
+
+def test_a_rank_that_cannot_read_the_data_stops_every_rank(tmp_path: Path, runs: dict[str, Any]) -> None:
+    """Rank 1's data is unreadable: both ranks stop with the same message (printed once), nothing written."""
+    out = tmp_path / "run"
+    proc = run_ranks(2, ["--fail-load-rank", "1"], _args(runs["data"], out))
+    _ok(proc, 1)
+    assert proc.stderr.count("rank 1 of 2: cannot read the data at rank 1's end (simulated)") == 1, proc.stderr
+    assert "MPI_Abort" not in proc.stderr  # an agreed stop, not an abort
+    assert not out.exists()
+
+
+def test_a_non_finite_loss_stops_every_rank_alike(tmp_path: Path, runs: dict[str, Any]) -> None:
+    """lr 1e30 blows the weights up: the all-reduced loss is NaN on both ranks, which stop together."""
+    out = tmp_path / "run"
+    proc = run_ranks(2, [], _args(runs["data"], out, "--lr", "1e30", "--warmup-epochs", "0"))
+    _ok(proc, 1)
+    assert proc.stderr.count("non-finite loss") == 1, proc.stderr  # printed by rank 0 alone
+    assert re.search(r"non-finite loss \(nan\) at epoch 1, step \d/8 ", proc.stderr), proc.stderr
+    assert "MPI_Abort" not in proc.stderr
+    assert not (out / "last.npz").exists()
+
+
+def test_a_rank_that_dies_aborts_the_run(tmp_path: Path, runs: dict[str, Any]) -> None:
+    """An exception on rank 1 mid-training ends both ranks through MPI_Abort (rank 0 is in the all-reduce)."""
+    out = tmp_path / "run"
+    proc = run_ranks(2, ["--crash-rank", "1", "--crash-step", "3"], _args(runs["data"], out), timeout=60)
+    assert proc.returncode != 0
+    assert "ZeroDivisionError: rank 1 failed at step 3 (simulated)" in proc.stderr
+    assert "MPI_Abort" in proc.stderr
+    assert not (out / "last.npz").exists()
+
+
+@pytest.mark.gpu
+def test_two_gpu_ranks_compute_the_one_gpu_run(tmp_path: Path, runs: dict[str, Any]) -> None:
+    """NCCL: 2 ranks on 2 GPUs (local ranks 0 and 1) equal one process on one GPU, in float64."""
+    cp = pytest.importorskip("cupy")
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs 2 GPUs")
+    result = {}
+    for ranks in (1, 2):
+        record = tmp_path / f"losses{ranks}.json"
+        _ok(
+            run_ranks(
+                ranks, ["--record", str(record)], _args(runs["data"], tmp_path / f"gpu{ranks}", "--device", "gpu")
+            )
+        )
+        result[ranks] = np.array(json.loads(record.read_text()))
+    assert float(np.max(np.abs(result[1] - result[2]))) <= PARITY_TOL
+    assert _max_weight_diff(tmp_path / "gpu1" / "last.npz", tmp_path / "gpu2" / "last.npz") <= PARITY_TOL
+
+
+# -- the pieces, with two ranks -------------------------------------------------------------
+PIECES = r"""
+import json, sys
+import numpy as np
+from threadpoolctl import threadpool_info
+from pvt_np import distributed, parallel
+from pvt_np.nn import Parameter
+
+world = distributed.get_world()
+r, out = world.rank, {}
+rng = np.random.default_rng(r)
+params = [Parameter(np.zeros(s)) for s in [(3, 5), (7,), (2, 2, 2)]] + [Parameter(np.zeros(4))]
+for p in params[:3]:
+    p.grad = rng.standard_normal(p.data.shape)
+local = [p.grad.copy() for p in params[:3]]
+reduce = distributed.GradientAllReduce(world, bucket_bytes=5 * 8)  # 5 float64 per bucket: 8 buckets
+(loss,) = reduce(params, np.float64(1.5 + r))
+out["grads"] = [p.grad.tolist() for p in params[:3]]
+out["local"] = [g.tolist() for g in local]
+out["loss"] = float(loss)
+out["untouched"] = params[3].grad is None
+distributed.check_replicas(world, params, "equal")
+params[0].data[0, 0] = float(r)
+try:
+    distributed.check_replicas(world, params, "after a rank-dependent change")
+except distributed.DistributedError as err:
+    out["diverged"] = str(err)
+try:
+    world.agree(lambda: 1 / 0 if r == 1 else None)
+except distributed.DistributedError as err:
+    out["agreed"] = str(err)
+out["any"] = [world.any(r == 1), world.any(False)]
+distributed.set_threads(world, None)
+out["threads"] = parallel.get_num_threads()
+out["blas"] = sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+out["world"] = [world.rank, world.size, world.local_rank, world.local_size]
+with open(f"{sys.argv[1]}/rank{r}.json", "w") as f:  # a file each: the ranks' stdout lines interleave
+    json.dump(out, f)
+"""
+
+
+def test_allreduce_checksum_and_agreement_on_two_ranks(tmp_path: Path) -> None:
+    """Bucketed all-reduce = the mean over ranks; divergent weights and a one-rank error stop both ranks alike."""
+    proc = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", PIECES, str(tmp_path)], cwd=REPO,
+                          env=child_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    _ok(proc)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [o["world"] for o in results] == [[0, 2, 0, 2], [1, 2, 1, 2]]
+    for o in results:
+        for g, a, b in zip(o["grads"], results[0]["local"], results[1]["local"], strict=True):
+            np.testing.assert_array_equal(np.array(g), (np.array(a) + np.array(b)) * 0.5)
+        assert o["loss"] == 2.0 and o["untouched"]
+        assert "weights diverged (after a rank-dependent change)" in o["diverged"]
+        assert o["diverged"] == results[0]["diverged"]
+        assert o["agreed"] == "rank 1 of 2: division by zero"
+        assert o["any"] == [True, False]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        assert o["threads"] == max(1, cores // 2)
+        assert o["blas"] == [max(1, cores // 2)]  # NumPy's BLAS, limited through threadpoolctl
+
+
+# -- in-process: the draws that make the parity ---------------------------------------------
+@pytest.fixture
+def reset_shard() -> Any:
+    yield
+    backend.set_batch_shard(0, 1)
+
+
+@pytest.mark.parametrize("mix", [(0.0, 0.0), (0.4, 0.0), (0.0, 1.0)], ids=["plain", "mixup", "cutmix"])
+def test_loader_shards_are_slices_of_the_whole_batch(mix: tuple[float, float]) -> None:
+    """For 2 and 4 shards, the shards' batches stacked are the 1-process batch bit for bit (mixed targets too)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 12, 10, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, 40)
+    aug = Augment(crop_padding=3, hflip=True, mixup_alpha=mix[0], cutmix_alpha=mix[1])
+
+    def make(shard: tuple[int, int]) -> BatchLoader:
+        return BatchLoader(images, labels, 8, seed=3, drop_last=True, augment=aug, num_classes=5, shard=shard,
+                           dtype=np.float64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))  # fmt: skip
+
+    whole = make((0, 1))
+    for count in (2, 4):
+        shards = [make((i, count)) for i in range(count)]
+        for k in range(len(whole)):
+            full = whole.batch(1, k)
+            parts = [s.batch(1, k) for s in shards]
+            np.testing.assert_array_equal(np.concatenate([p.x for p in parts]), full.x)
+            np.testing.assert_array_equal(np.concatenate([p.y for p in parts]), full.y)
+    with pytest.raises(ValueError, match=r"count dividing batch_size 8, got \(0, 3\)"):
+        make((0, 3))
+
+
+def test_dropout_and_drop_path_masks_are_slices_of_the_whole_batch(reset_shard: Any) -> None:
+    """A model in training mode on half a batch, sharded, gives the rows of the whole batch's output."""
+    from pvt_np import create_model
+
+    model = create_model("pvt_v2_b0", num_classes=3, depths=(1, 1, 1, 1), embed_dims=(8, 8, 8, 8),
+                         num_heads=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2), drop_rate=0.3, attn_drop_rate=0.3,
+                         drop_path_rate=0.5, dtype=np.float64, seed=1)  # fmt: skip
+    x = np.random.default_rng(4).standard_normal((4, 3, 32, 32))
+    backend.manual_seed(11)
+    full = model(x)
+    model.backward(np.ones_like(full), input_grad=False)
+    for r in range(2):
+        backend.set_batch_shard(r, 2)
+        backend.manual_seed(11)
+        part = model(x[2 * r : 2 * r + 2])
+        model.backward(np.ones_like(part), input_grad=False)
+        np.testing.assert_allclose(part, full[2 * r : 2 * r + 2], rtol=0, atol=1e-12)
+    backend.set_batch_shard(0, 1)
+    backend.manual_seed(12)
+    other = model(x)
+    assert np.max(np.abs(other - full)) > 1e-3  # the masks matter: another seed gives another output
+    with pytest.raises(ValueError, match="expected 0 <= index < count, got index 2, count 2"):
+        backend.set_batch_shard(2, 2)
+
+
+def test_batch_split_errors_and_test_set_parts() -> None:
+    """local_batch_size names both numbers; the test set's parts cover it once; thread shares."""
+    world3 = distributed.World(rank=2, size=3, local_rank=2, local_size=3)
+    with pytest.raises(distributed.DistributedError, match=r"--batch-size 128 is not divisible by the 3 ranks"):
+        distributed.local_batch_size(128, world3)
+    assert distributed.local_batch_size(129, world3) == 43
+    with pytest.raises(distributed.DistributedError, match=r"--batch-size 2 is not .* a multiple of 3 \(e\.g\. 3\)"):
+        distributed.local_batch_size(2, world3)
+    from pvt_np.data import Dataset
+
+    images = np.zeros((10, 2, 2, 3), dtype=np.uint8)
+    ds = Dataset(images, np.arange(10) % 2, ("a", "b"))
+    parts = [distributed.shard_dataset(ds, distributed.World(rank=r, size=3)) for r in range(3)]
+    assert [len(p) for p in parts] == [3, 3, 4]
+    with pytest.raises(distributed.DistributedError, match="the test set has 10 images, fewer than the 11 ranks"):
+        distributed.shard_dataset(ds, distributed.World(rank=0, size=11))
+    assert distributed.default_threads(world3, 5) == 5
+    assert distributed.default_threads(distributed.World(), None) >= 1
+
+
+def test_missing_mpi4py_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Started by mpiexec without mpi4py: an error saying what to install; without a launcher, one process."""
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
+    monkeypatch.setattr(distributed, "_WORLD", None)
+    for name in distributed.LAUNCHER_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.get_world() == distributed.World()  # no launcher: mpi4py is not even imported
+    monkeypatch.setattr(distributed, "_WORLD", None)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(distributed.DistributedError, match=r"MPI launcher with 2 processes, but mpi4py cannot be "):
+        distributed.get_world()
+    from pvt_np import cli
+
+    data = write_image_folder(tmp_path / "data")
+    assert cli.main(train_args(data, tmp_path / "run")) == 1
+    assert "pvt-np train: error: started by an MPI launcher with 2 processes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.delenv("PMI_SIZE")
+    with pytest.raises(distributed.DistributedError, match=r"--nprocs 2: mpi4py cannot be imported"):
+        distributed.launch_command(2, ["train", "--nprocs", "2"])
+    with pytest.raises(distributed.DistributedError, match="--nprocs: not found on the command line"):
+        distributed.launch_command(2, ["train"])
+
+
+def test_launch_command_drops_nprocs(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in distributed.LAUNCHER_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for argv in (["train", "--nprocs", "3", "--epochs", "1"], ["train", "--nprocs=3", "--epochs", "1"]):
+        command = distributed.launch_command(3, argv)
+        assert command[1:] == ["-n", "3", sys.executable, "-m", "pvt_np", "train", "--epochs", "1"]
+    with pytest.raises(distributed.DistributedError, match="expected a positive number of processes, got 0"):
+        distributed.launch_command(0, ["train", "--nprocs", "0"])
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    with pytest.raises(distributed.DistributedError, match="already started by mpiexec"):
+        distributed.launch_command(2, ["train", "--nprocs", "2"])
