@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from helpers import assert_close, randn
 
-from pvt_np import backend, manual_seed, ops, parallel
+from pvt_np import backend, manual_seed, ops
 from pvt_np.counter_rng import MASK_64, CounterRng, mix64
 from pvt_np.data import Augment, BatchLoader, staging
-from pvt_np.ops import conv, pooling
+from pvt_np.ops import conv, parallel, pooling
 
 TAP_LOOP_TOL = 1e-12  # float64, the same products summed in another order
 

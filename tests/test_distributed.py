@@ -174,7 +174,8 @@ PIECES = r"""
 import json, sys
 import numpy as np
 from threadpoolctl import threadpool_info
-from pvt_np import distributed, parallel
+from pvt_np import distributed
+from pvt_np.ops import parallel
 from pvt_np.nn import Parameter
 
 world = distributed.get_world()
