@@ -542,6 +542,7 @@ def test_cache_reused_and_invalidated(tmp_path: Path, monkeypatch: pytest.Monkey
     second = load_image_folder(archive, "train")
     test = load_image_folder(archive, "test")  # both splits come from the one cache
     assert calls == []
+    assert (first.name, second.name, test.name) == ("imagefolder",) * 3 and test.source == str(archive)
     np.testing.assert_array_equal(second.images, first.images)
     np.testing.assert_array_equal(second.labels, first.labels)
     assert second.classes == first.classes

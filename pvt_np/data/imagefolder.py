@@ -448,8 +448,8 @@ def load_image_folder(
     source: _DirSource | _TarSource = _DirSource(root) if root.is_dir() else _TarSource(root)
     hit = None
     if cache:
-        name, key = source.cache_key()
-        cache_path = _cache_folder(cache_dir) / name
+        cache_name, key = source.cache_key()
+        cache_path = _cache_folder(cache_dir) / cache_name
         hit = _read_cache(cache_path, key, split)
         if hit is not None:
             logger.info("loaded decoded images from the cache %s", cache_path)
