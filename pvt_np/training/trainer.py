@@ -9,7 +9,8 @@ would have seen, and ends with the same weights.
 
 Checkpoints (``last.npz`` every epoch and on Ctrl-C, ``best.npz`` on a new best
 test accuracy) are written to a temporary file and renamed, so a run killed at
-any moment keeps its previous checkpoint intact.
+any moment keeps its previous checkpoint intact; the next start in that directory
+removes the temporary files such a kill leaves behind.
 """
 
 from __future__ import annotations
