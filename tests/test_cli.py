@@ -1,5 +1,6 @@
 """The pvt-np command: sub-commands are wired, README and CI agree, the benchmark reports."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -25,6 +26,21 @@ def test_every_subcommand_is_offered() -> None:
 def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_help_strings_leave_defaults_to_the_formatter(command: str) -> None:
+    """Every option says what it does; none writes its own '(default: ...)', which the help formatter adds."""
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert options
+    for action in options:
+        assert action.help, f"{action.option_strings[0]} has no help"
+        assert "default" not in action.help.lower(), f"{action.option_strings[0]}: {action.help}"
+    if command == "train":
+        subset = next(a for a in options if "--train-subset" in a.option_strings)
+        assert "random subset" in subset.help and "--seed" in subset.help and "first" not in subset.help
 
 
 def test_readme_gives_the_command_ci_runs() -> None:

@@ -8,15 +8,18 @@ their tarballs. No network and no shared data are used.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import os
 import pickle
 import re
+import shutil
 import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +31,7 @@ from pvt_np.data import (
     Augment,
     BatchLoader,
     CorruptDatasetError,
+    DataError,
     Dataset,
     DatasetNotFoundError,
     crop_flip_gather,
@@ -224,6 +228,18 @@ def test_md5_rejects_corrupted_archive(cifar10_archive: Path) -> None:
     with pytest.raises(CorruptDatasetError, match="md5 mismatch") as err:
         load_dataset("cifar10", cifar10_archive.parent, "train")
     assert str(cifar10_archive) in str(err.value)
+    assert "delete it and download it again" in str(err.value) and "verify" not in str(err.value)
+
+
+def test_cifar_on_an_image_folder_says_which_dataset_it_is(tmp_path: Path) -> None:
+    """An image folder or its archive given as CIFAR: no md5 complaint or download advice, the dataset to use."""
+    members, _ = folder_members("cifar10-jpeg/")
+    archive = write_tar(tmp_path / "cifar10-jpeg.tar.gz", members)
+    folder = write_tree(tmp_path / "folder", members)
+    for root in (archive, folder, folder / "cifar10-jpeg"):
+        with pytest.raises(DataError, match="'imagefolder' dataset") as err:
+            load_dataset("cifar10", root, "train")
+        assert str(root) in str(err.value) and "md5" not in str(err.value) and "download" not in str(err.value)
 
 
 def test_real_md5_is_checked_by_default(tmp_path: Path) -> None:
@@ -500,33 +516,48 @@ def test_decoder_pool_matches_in_process(tmp_path: Path, monkeypatch: pytest.Mon
 # The decode cache ----------------------------------------------------------------------------
 
 
+def _cache_files(tmp_path: Path) -> list[Path]:
+    """The caches in the default cache folder ($XDG_CACHE_HOME/pvt_np, set by _isolated_cache)."""
+    folder = tmp_path / "xdg" / "pvt_np"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = imf_mod._decode_items
+    monkeypatch.setattr(imf_mod, "_decode_items", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 def test_cache_reused_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     members, expected = folder_members()
-    archive = write_tar(tmp_path / "imgs.tar.gz", members)
+    (tmp_path / "src").mkdir()
+    archive = write_tar(tmp_path / "src" / "imgs.tar.gz", members)
     first = load_image_folder(archive, "train")
-    cache = tmp_path / "imgs.tar.gz.pvt_np_cache.npz"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs.tar.gz", cache.name]  # no temporary file left
+    assert [p.name for p in archive.parent.iterdir()] == ["imgs.tar.gz"]  # nothing beside the data
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert [p.name for p in _cache_files(tmp_path)] == [f"imagefolder-sha256-{digest[:32]}.npz"]  # no temporary
 
-    calls = []
-    real = imf_mod._decode_items
-
-    def counting(*args: object, **kwargs: object) -> dict:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(imf_mod, "_decode_items", counting)
+    calls = _count_decodes(monkeypatch)
     second = load_image_folder(archive, "train")
     test = load_image_folder(archive, "test")  # both splits come from the one cache
     assert calls == []
+    assert (first.name, second.name, test.name) == ("imagefolder",) * 3 and test.source == str(archive)
     np.testing.assert_array_equal(second.images, first.images)
     np.testing.assert_array_equal(second.labels, first.labels)
     assert second.classes == first.classes
     check_folder_dataset(test, expected, "test")
 
-    # Change the source: a fourth bird. Its size and mtime change -> decoded again.
+    # A copy of the archive elsewhere, under another name, has the same contents: the same cache.
+    copy = tmp_path / "elsewhere" / "copy.tar.gz"
+    copy.parent.mkdir()
+    shutil.copyfile(archive, copy)
+    check_folder_dataset(load_image_folder(copy, "test"), expected, "test")
+    assert calls == [] and len(_cache_files(tmp_path)) == 1
+
+    # Change the source: a fourth bird -> decoded again, into a new cache.
     members["train/bird/003.png"] = encode(folder_image(0, 3), "PNG")
     write_tar(archive, members)
-    os.utime(archive, ns=(1, 1))
     third = load_image_folder(archive, "train")
     assert calls == [1] and len(third) == len(first) + 1
     np.testing.assert_array_equal(third.images[3], folder_image(0, 3))
@@ -534,8 +565,8 @@ def test_cache_reused_and_invalidated(tmp_path: Path, monkeypatch: pytest.Monkey
     assert calls == [1]  # and the new cache is used
 
 
-def test_cache_key_includes_mtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Swap two images' contents in a plain tar: the archive keeps its size, only its mtime tells.
+def test_cache_is_keyed_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Swap two images' contents in a plain tar and give it back its size and mtime: only the contents tell.
     members, _ = folder_members()
     archive = write_tar(tmp_path / "imgs.tar", members, "w")
     os.utime(archive, ns=(10**18, 10**18))
@@ -544,23 +575,22 @@ def test_cache_key_includes_mtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     a, b = "train/cat/000.png", "train/cat/001.png"
     members[a], members[b] = members[b], members[a]
     write_tar(archive, members, "w")
+    os.utime(archive, ns=(10**18, 10**18))
     assert archive.stat().st_size == size
-    calls = []
-    real = imf_mod._decode_items
-    monkeypatch.setattr(imf_mod, "_decode_items", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _count_decodes(monkeypatch)
     after = load_image_folder(archive, "train")
     assert calls == [1]
     np.testing.assert_array_equal(after.images[3], before.images[4])
     np.testing.assert_array_equal(after.images[4], before.images[3])
 
 
-def test_cache_of_directory_tracks_files(image_folder: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_of_directory_tracks_files(image_folder: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root, _ = image_folder
+    listing = sorted(p.relative_to(root) for p in root.rglob("*"))
     load_image_folder(root, "train")
-    assert (root / "pvt_np_cache.npz").is_file()
-    calls = []
-    real = imf_mod._decode_items
-    monkeypatch.setattr(imf_mod, "_decode_items", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == listing  # nothing written into the data
+    assert [p.name.startswith("imagefolder-dir-") for p in _cache_files(tmp_path)] == [True]
+    calls = _count_decodes(monkeypatch)
     load_image_folder(root, "train")
     assert calls == []
     (root / "train" / "cat" / "000.png").write_bytes(encode(folder_image(5, 5), "PNG"))
@@ -568,13 +598,14 @@ def test_cache_of_directory_tracks_files(image_folder: tuple, monkeypatch: pytes
     ds = load_image_folder(root, "train")
     assert calls == [1]
     np.testing.assert_array_equal(ds.images[3], folder_image(5, 5))
+    assert len(_cache_files(tmp_path)) == 1  # the folder's cache was replaced, not added to
 
 
 def test_cache_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     members, _ = folder_members()
     (tmp_path / "src").mkdir()
     archive = write_tar(tmp_path / "src" / "imgs.tar.gz", members)
-    fallback = tmp_path / "fallback"
+    cache_dir = tmp_path / "cache"
     real_savez = np.savez
 
     def failing_savez(f: io.IOBase, **arrays: np.ndarray) -> None:
@@ -582,10 +613,10 @@ def test_cache_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez", failing_savez)
-    ds = load_image_folder(archive, "train", cache_dir=fallback)  # the data still loads
+    ds = load_image_folder(archive, "train", cache_dir=cache_dir)  # the data still loads
     assert len(ds) == 9
-    assert [p.name for p in archive.parent.iterdir()] == ["imgs.tar.gz"]  # no cache, no temp file
-    assert not fallback.exists() or list(fallback.iterdir()) == []
+    assert [p.name for p in archive.parent.iterdir()] == ["imgs.tar.gz"]
+    assert list(cache_dir.iterdir()) == []  # no cache, no temporary file
 
     def interrupted_savez(f: io.IOBase, **arrays: np.ndarray) -> None:
         f.write(b"PK\x03\x04 half a zip")
@@ -593,46 +624,72 @@ def test_cache_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(np, "savez", interrupted_savez)
     with pytest.raises(KeyboardInterrupt):
-        load_image_folder(archive, "train", cache_dir=fallback)
-    assert [p.name for p in archive.parent.iterdir()] == ["imgs.tar.gz"]
+        load_image_folder(archive, "train", cache_dir=cache_dir)
+    assert list(cache_dir.iterdir()) == []
 
     monkeypatch.setattr(np, "savez", real_savez)
-    load_image_folder(archive, "train", cache_dir=fallback)
-    assert sorted(p.name for p in archive.parent.iterdir()) == ["imgs.tar.gz", "imgs.tar.gz.pvt_np_cache.npz"]
+    load_image_folder(archive, "train", cache_dir=cache_dir)
+    assert [p.suffix for p in cache_dir.iterdir()] == [".npz"]
+    assert [p.name for p in archive.parent.iterdir()] == ["imgs.tar.gz"] and _cache_files(tmp_path) == []
 
 
-def test_corrupt_cache_is_replaced(image_folder: tuple) -> None:
+def test_corrupt_cache_is_replaced(image_folder: tuple, tmp_path: Path) -> None:
     root, expected = image_folder
-    (root / "pvt_np_cache.npz").write_bytes(b"garbage")
+    load_image_folder(root, "train")
+    (cache,) = _cache_files(tmp_path)
+    cache.write_bytes(b"garbage")
     check_folder_dataset(load_image_folder(root, "train"), expected, "train")
-    with np.load(root / "pvt_np_cache.npz") as z:
+    with np.load(cache) as z:
         assert "train_images" in z.files
 
 
-def test_read_only_folder_falls_back_to_cache_dir(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_read_only_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is written beside the data, so a read-only data folder works, even for root.
+
+    Root writes through permission bits, so the read-only folder is a monkeypatched write failure:
+    any atomic write into it raises PermissionError (and the test fails if one is even tried).
+    """
     members, expected = folder_members()
     src = tmp_path / "ro"
     src.mkdir()
     archive = write_tar(src / "imgs.tar.gz", members)
-    fallback = tmp_path / "mycache"
-    src.chmod(0o555)
-    try:
-        with caplog.at_level(logging.WARNING, logger="pvt_np.data"):
-            ds = load_image_folder(archive, "test", cache_dir=fallback)
-        check_folder_dataset(ds, expected, "test")
-        assert [p.name for p in src.iterdir()] == ["imgs.tar.gz"]
-        cached = list(fallback.iterdir())
-        assert len(cached) == 1 and cached[0].suffix == ".npz"
-        assert any("read-only" in r.getMessage() and str(fallback) in r.getMessage() for r in caplog.records)
-        # Second load: found in the fallback folder, no decoding.
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(imf_mod, "_decode_items", lambda *a, **k: pytest.fail("decoded again"))
-            check_folder_dataset(load_image_folder(archive, "train", cache_dir=fallback), expected, "train")
-        # Without cache_dir the fallback is ~/.cache/pvt_np ($XDG_CACHE_HOME/pvt_np).
-        load_image_folder(archive, "train")
-        assert len(list((tmp_path / "xdg" / "pvt_np").iterdir())) == 1
-    finally:
-        src.chmod(0o755)
+    real_atomic_write = imf_mod.atomic_write
+    tried: list[Path] = []
+
+    def guarded(path: os.PathLike[str], mode: str = "wb") -> Any:
+        if Path(path).resolve().is_relative_to(src.resolve()):
+            tried.append(Path(path))
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_atomic_write(path, mode)
+
+    monkeypatch.setattr(imf_mod, "atomic_write", guarded)
+    cache_dir = tmp_path / "mycache"
+    check_folder_dataset(load_image_folder(archive, "test", cache_dir=cache_dir), expected, "test")
+    assert tried == [] and [p.name for p in src.iterdir()] == ["imgs.tar.gz"]
+    assert [p.suffix for p in cache_dir.iterdir()] == [".npz"]
+    with pytest.MonkeyPatch.context() as mp:  # the second load reads the cache: no decoding
+        mp.setattr(imf_mod, "_decode_items", lambda *a, **k: pytest.fail("decoded again"))
+        check_folder_dataset(load_image_folder(archive, "train", cache_dir=cache_dir), expected, "train")
+    # Without cache_dir the cache goes to $XDG_CACHE_HOME/pvt_np.
+    load_image_folder(archive, "train")
+    assert len(_cache_files(tmp_path)) == 1 and tried == []
+
+
+def test_unwritable_cache_folder_costs_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    members, expected = folder_members()
+    archive = write_tar(tmp_path / "imgs.tar.gz", members)
+
+    def denied(path: os.PathLike[str], mode: str = "wb") -> Any:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(imf_mod, "atomic_write", denied)
+    with caplog.at_level(logging.WARNING, logger="pvt_np.data"):
+        check_folder_dataset(load_image_folder(archive, "train", cache_dir=tmp_path / "c"), expected, "train")
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert str(tmp_path / "c") in message and "Permission denied" in message and "--cache-dir" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["imgs.tar.gz"]
 
 
 # load_dataset --------------------------------------------------------------------------------

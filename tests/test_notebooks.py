@@ -199,6 +199,8 @@ def test_notebook_is_clean(path: Path) -> None:
         if PLOT_CALL.search(cell.source):
             images = [o for o in cell.outputs if any(m in o.get("data", {}) for m in IMAGE_TYPES)]
             assert images, f"{where} plots but stored no image"
+    for i, cell in code:  # notebooks/ is one level down: '../../' leaves the repository (a development copy)
+        assert "../../" not in cell.source, f"{path.name}, cell {i} refers to a path outside the repository"
     for text in _texts(nb):
         match = ABSOLUTE_PATH.search(text)
         context = "" if match is None else text[max(0, match.start() - 40) : match.end() + 40]

@@ -9,9 +9,10 @@
   it lands does not depend on the machine's speed.
 * The GPU's deferred loss reads (every --log-every steps), simulated on the CPU:
   a Ctrl-C between reads, a non-finite loss pinned to its step.
-* Bad input through ``pvt_np.cli.main``: a clear message, exit code 1 (2 for
-  argparse), nothing overwritten.
-* Outputs: metrics, plots, best.npz, ``pvt-np evaluate``, ``--no-progress``.
+* Bad input through ``pvt_np.cli.main``: a clear message, exit code 1 (2 for a bad
+  option value, named as the option, with its allowed range and the value), nothing overwritten.
+* Outputs: the start line, metrics, the step log, plots, best.npz, ``pvt-np evaluate``,
+  ``--no-progress``; resuming from the run directory alone; leftovers of killed runs.
 
 The datasets are built under tmp_path (tests/training_fixtures.py).
 """
@@ -24,6 +25,8 @@ import math
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tarfile
 import types
 from pathlib import Path
@@ -35,6 +38,7 @@ import training_fixtures as tf
 from helpers import max_rel_err
 
 from pvt_np import backend, cli
+from pvt_np.complexity import count_flops, count_params
 from pvt_np.data import Augment, Dataset
 from pvt_np.models import create_model
 from pvt_np.nn import CrossEntropyLoss
@@ -218,6 +222,14 @@ MIXING = ("--mixup", "0.2", "--cutmix", "0.5")
 METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", *TIMING_FIELDS]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Decoded-image caches go to a temporary XDG_CACHE_HOME (inherited by the child processes), not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _keep_thread_count() -> Any:
     """In-process runs may set pvt_np's thread count (--threads); restore it for the other tests."""
@@ -289,8 +301,20 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
 # Exact resume ---------------------------------------------------------------------------------------------
 
 
-def test_reference_run_shows_progress(reference_run: tuple[Path, Any]) -> None:
-    _, proc = reference_run
+def test_reference_run_shows_progress(image_folder: Path, reference_run: tuple[Path, Any]) -> None:
+    out, proc = reference_run
+    # One line at the start says what the run does.
+    model = trainer_mod.build_model(cli_train.saved_config(out), tf.NUM_CLASSES, (16, 16))
+    start = proc.stdout.splitlines()[0]
+    for part in (
+        f"starting: imagefolder at {image_folder} ",
+        f"({tf.N_TRAIN} training / {tf.N_TEST} test images of 16x16, {tf.NUM_CLASSES} classes)",
+        "| pvt_v2_b0 (CIFAR stem, depths=(1, 1, 1, 1), embed_dims=(8, 16, 16, 16)",
+        f"{count_params(model) / 1e6:.3g} M parameters, {count_flops(model, (16, 16)) / 1e6:.3g} MFLOPs/image",
+        "| cpu float32, 1 thread |",
+        f"3 epochs of {tf.STEPS_PER_EPOCH} steps | output {out}",
+    ):
+        assert part in start, f"{part!r} not in the start line: {start}"
     for epoch in (1, 2, 3):
         assert f"epoch {epoch}/3" in proc.stderr, proc.stderr  # the tqdm bar of each epoch
         assert re.search(rf"^epoch {epoch}: train loss [\d.]+ acc [\d.]+ \| test loss", proc.stdout, re.M)
@@ -311,11 +335,15 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(
     assert saved["schedule"]["last_step"] == tf.STEPS_PER_EPOCH and len(saved["history"]) == 1
     assert not list(out.glob(".*.tmp")), "a temporary checkpoint was left behind"
 
-    proc = tf.run_pvt_np([*args, "--resume"])
+    # The run directory alone is enough: every setting comes from its config.json.
+    proc = tf.run_pvt_np(["train", "--resume", "--output", str(out), "--threads", "1"])
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("resuming at epoch 2, batch 0: imagefolder at"), proc.stdout
     assert "epoch 1/3" not in proc.stderr and "epoch 2/3" in proc.stderr  # epoch 1 is not trained again
     _assert_same_run(out / "last.npz", reference_run[0] / "last.npz")
     _assert_same_run(out / "best.npz", reference_run[0] / "best.npz")
+    # The step log holds every step once, as the uninterrupted run logged it.
+    assert (out / "steps.csv").read_text() == (reference_run[0] / "steps.csv").read_text()
 
 
 def test_ctrl_c_saves_mid_epoch_and_resume_is_bitwise_exact(
@@ -336,6 +364,8 @@ def test_ctrl_c_saves_mid_epoch_and_resume_is_bitwise_exact(
     proc = tf.run_pvt_np([*args, "--resume"])
     assert proc.returncode == 0, proc.stderr
     # It went on from there: epoch 1 is not trained again, epoch 2's bar starts at step 10.
+    assert proc.stdout.startswith("resuming at epoch 2, batch 10: "), proc.stdout
+    assert (out / "steps.csv").read_text() == (reference_run[0] / "steps.csv").read_text()
     assert "epoch 1/3" not in proc.stderr
     assert re.search(rf"epoch 2/3: +\d+%\|[^|]*\| 10/{tf.STEPS_PER_EPOCH} ", proc.stderr), proc.stderr
     _assert_same_run(out / "last.npz", reference_run[0] / "last.npz")
@@ -373,7 +403,12 @@ def test_outputs_metrics_plots_best_and_evaluate(
     assert stdout.splitlines() == [stdout.strip()] and stdout.startswith("done: test accuracy")
     assert sorted(p.name for p in out.iterdir()) == [
         "best.npz", "config.json", "confusion.png", "curves.png", "last.npz", "metrics.csv", "metrics.jsonl",
+        "steps.csv",
     ]  # fmt: skip
+    with open(out / "steps.csv", newline="") as f:
+        steps = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in steps] == list(range(1, 3 * tf.STEPS_PER_EPOCH + 1))
+    assert [float(r["epoch"]) for r in steps] == [(i + 1) / tf.STEPS_PER_EPOCH for i in range(len(steps))]
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -500,9 +535,76 @@ def test_corrupt_cifar_archive(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert archive.read_bytes() == b"\x1f\x8b\x08\x00" + bytes(1000)  # not "repaired" or replaced
 
 
-def test_batch_size_larger_than_dataset(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = tf.train_args(image_folder, tmp_path / "run", "--no-progress", "--batch-size", str(tf.N_TRAIN + 1))
-    _expect_error(capsys, args, f"batch_size {tf.N_TRAIN + 1}", f"larger than the dataset ({tf.N_TRAIN} samples)")
+# A bad option value: (extra arguments, what the message must contain after 'argument ').
+BAD_FLAGS = [
+    (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+    (["--batch-size", str(tf.N_TRAIN + 1)],
+     f"--batch-size: expected at most {tf.N_TRAIN} (the number of training images used), got {tf.N_TRAIN + 1}"),
+    (["--batch-size", "20", "--train-subset", "16"],
+     "--batch-size: expected at most 16 (the number of training images used), got 20"),
+    (["--lr", "-1"], "--lr: expected a finite number > 0, got -1.0"),
+    (["--lr", "nan"], "--lr: expected a finite number > 0, got nan"),
+    (["--min-lr", "0.01"], "--min-lr: expected a number in [0, 0.001] (at most the peak learning rate), got 0.01"),
+    (["--warmup-epochs", "4"], "--warmup-epochs: expected a number in [0, 3] (at most the number of epochs), got 4.0"),
+    (["--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
+    (["--train-subset", "1000000"],
+     f"--train-subset: expected at most {tf.N_TRAIN} (the number of training images), got 1000000"),
+    (["--test-subset", "0"], "--test-subset: expected an integer >= 1 (or None: all of them), got 0"),
+    (["--test-subset", str(tf.N_TEST + 1)],
+     f"--test-subset: expected at most {tf.N_TEST} (the number of test images), got {tf.N_TEST + 1}"),
+    (["--label-smoothing", "1"], "--label-smoothing: expected a number in [0, 1), got 1.0"),
+    (["--drop-path-rate", "-0.1"], "--drop-path-rate: expected a number in [0, 1), got -0.1"),
+    (["--weight-decay", "-1"], "--weight-decay: expected a number in [0, inf), got -1.0"),
+    (["--clip-grad", "0"], "--clip-grad: expected a finite number > 0 (or None: no clipping), got 0.0"),
+    (["--mixup", "-1"], "--mixup: expected a number in [0, inf) (0: off), got -1.0"),
+    (["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
+    (["--log-every", "0"], "--log-every: expected an integer >= 1, got 0"),
+    (["--override", "depths=1,1"], "--override: expected create_model arguments that build a pvt_v2_b0 "
+     "(embed_dims needs 2 values (one per stage), got (8, 16, 16, 16)), got depths=1,1"),
+    (["--override", "colour=1"], "--override: expected create_model arguments that build a pvt_v2_b0 "
+     "(unknown override(s) ['colour']"),
+    (["--override", "num_heads=3,1,1,1"], "--override: expected create_model arguments that build a pvt_v2_b0 "
+     "(dim (8) must be divisible by num_heads (3)), got "),
+]  # fmt: skip
+INTERNAL_NAMES = ("BatchLoader", "AdamW", "CosineWarmupSchedule", "TrainConfig", "PyramidVisionTransformerV2",
+                  "Attention:", "create_model:", "Traceback")  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "expected"), BAD_FLAGS, ids=[" ".join(e) for e, _ in BAD_FLAGS])
+def test_bad_option_values_are_named_as_options(
+    extra: list[str], expected: str, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit code 2 like argparse; the option, its allowed range and the value; no internal names; nothing written."""
+    code, stdout, stderr = _main(capsys, tf.train_args(image_folder, tmp_path / "run", "--no-progress", *extra))
+    assert code == 2, stderr
+    assert stdout == ""
+    assert stderr.startswith(f"pvt-np train: error: argument {expected}"), stderr
+    assert not any(name in stderr for name in INTERNAL_NAMES), stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("command", "flag"), [("train", "--threads"), ("evaluate", "--batch-size")])
+def test_zero_counts_are_argparse_errors(command: str, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Options outside any TrainConfig: argparse itself refuses them (before: a raw traceback for --threads 0)."""
+    args = [command, *(["x.npz"] if command == "evaluate" else []), flag, "0"]
+    with pytest.raises(SystemExit) as stop:
+        cli.main(args)
+    assert stop.value.code == 2
+    assert f"argument {flag}: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_cifar_options_on_an_image_folder_point_to_imagefolder(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dataset cifar10 on an image folder or its archive: not an md5 complaint, but the dataset to use."""
+    archive = tmp_path / "folder.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(image_folder / split, arcname=f"cifar10/{split}")
+    for data in (archive, image_folder):
+        args = ["train", "--dataset", "cifar10", "--data-path", str(data), "--output", str(tmp_path / "run")]
+        stderr = _expect_error(capsys, args, f"{data} is an image", "--dataset imagefolder")
+        assert "md5" not in stderr and "verify" not in stderr and "download" not in stderr, stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -577,6 +679,26 @@ def test_resume_with_changed_trajectory_is_refused(
     args = tf.train_args(image_folder, out, "--no-progress", "--resume", *change)
     _expect_error(capsys, args, "settings differ from its checkpoint", change[0].lstrip("-"))
     assert _snapshot(out) == before
+
+
+def test_resume_from_the_directory_checks_typed_options(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Options typed with --resume must agree with the run, even when they equal the parser's defaults."""
+    out = _copy_run(finished_run, tmp_path)
+    before = _snapshot(out)
+    assert cli_train.saved_config(out).seed == 7  # the run's seed; the parser's default is 0
+    resume = ["train", "--resume", "--output", str(out)]
+    _expect_error(capsys, [*resume, "--seed", "0"], "settings differ from its checkpoint", "seed 7 -> 0")
+    _expect_error(capsys, [*resume, "--model", "pvt_v2_b0", "--override", "depths=1,1,1,1"], "is from another model")
+    assert _snapshot(out) == before
+    # Agreeing options and the ones a resumed run may change (device, logging) are fine; the run is complete.
+    code, stdout, stderr = _main(capsys, [*resume, "--seed", "7", "--device", "cpu", "--no-progress"])
+    assert code == 0, stderr
+    assert stdout.startswith("done: test accuracy"), stdout
+    # An unreadable config.json is named, not taken for missing settings.
+    (out / "config.json").write_text("{not json")
+    _expect_error(capsys, resume, "cannot read the run's settings", str(out / "config.json"))
 
 
 def test_resume_without_checkpoint(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -673,6 +795,62 @@ def test_non_finite_loss_before_any_checkpoint(
     args = tf.train_args(image_folder, out, "--no-progress", "--lr", "1e30", "--warmup-epochs", "0")
     _expect_error(capsys, args, "non-finite loss", "at epoch 1, step 2/", "no checkpoint")
     assert not (out / "last.npz").exists()
+
+
+# Leftovers of interrupted runs ------------------------------------------------------------------------------------
+
+# pvt-np killed (SIGKILL) inside the rename that would publish its first last.npz: the temporary stays behind.
+KILLED_WHILE_SAVING = """
+import os, signal, sys
+from pvt_np import cli
+
+real_replace = os.replace
+
+
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith("last.npz"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+
+
+os.replace = replace
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_next_start_removes_the_temporaries_of_a_killed_save(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = tf.train_args(image_folder, out, "--no-progress", epochs=1)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_SAVING, *args], cwd=tf.REPO, env=tf.child_env(),
+        capture_output=True, text=True, timeout=tf.SUBPROCESS_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    stale = list(out.glob(".last.npz.*.tmp"))
+    assert len(stale) == 1 and stale[0].stat().st_size > 0 and not (out / "last.npz").exists()
+    # Files that are not the run's own temporaries are left alone.
+    others = [out / ".notes.txt.tmp", out / ".data.npz.abcd1234.tmp", out / "last.npz.tmp"]
+    for path in others:
+        path.write_text("not pvt-np's")
+    proc = tf.run_pvt_np(args)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == sorted(p.name for p in others)
+    assert load_checkpoint(out / "last.npz")["progress"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("epochs", [1, 2], ids=["last-epoch", "earlier-epoch"])
+def test_ctrl_c_during_evaluation_stops_with_the_checkpoint_message(
+    epochs: int, image_folder: Path, tmp_path: Path
+) -> None:
+    """SIGINT while epoch 1 is evaluated: the epoch is saved, then exit 130 as anywhere else (was 0 in the last)."""
+    out = tmp_path / "run"
+    code, log = tf.run_signalled(tf.train_args(image_folder, out, epochs=epochs), "evaluate:0", signal.SIGINT, tmp_path)
+    assert code == 130, log
+    more = "the run is complete" if epochs == 1 else "continue with --resume"
+    assert f"interrupted at the end of epoch 1; checkpoint saved to {out / 'last.npz'} ({more})" in log, log
+    assert "done: test accuracy" not in log and "epoch 2/2" not in log
+    saved = load_checkpoint(out / "last.npz")
+    assert (saved["progress"]["epoch"], saved["progress"]["batch"], len(saved["history"])) == (1, 0, 1)
 
 
 # The GPU's deferred loss reads, on the CPU -----------------------------------------------------------------------
@@ -792,6 +970,39 @@ def test_step_log_and_plots_leave_the_matplotlib_backend_alone(image_folder: Pat
     assert (tmp_path / "run" / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_zero_epochs_is_refused(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _expect_error(capsys, tf.train_args(image_folder, tmp_path / "run", epochs=0), "epochs must be at least 1")
-    assert not (tmp_path / "run").exists()
+def test_curves_have_whole_epoch_ticks_and_the_step_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvt_np.training import plots
+
+    figures: list[Any] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    history = [
+        {"epoch": e, "train_loss": 2.0 / e, "test_loss": 2.1 / e, "train_accuracy": 0.1 * e, "test_accuracy": 0.1 * e}
+        for e in (1, 2, 3)
+    ]
+    steps = [{"epoch": (i + 1) / 40, "loss": 2.0 - i / 100 + (i % 2) * 0.5} for i in range(120)]
+    plots.plot_curves(history, tmp_path / "c.png", steps)
+    ax_loss, ax_acc = figures[0].axes
+    for ax in (ax_loss, ax_acc):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    lines = {line.get_label(): line for line in ax_loss.get_lines()}
+    smoothed = lines["train (per step, smoothed)"].get_ydata()
+    raw = [line for line in ax_loss.get_lines() if len(line.get_ydata()) == 120 and line is not lines.get(
+        "train (per step, smoothed)")]  # fmt: skip
+    assert len(raw) == 1 and list(raw[0].get_ydata()) == [s["loss"] for s in steps]
+    # A moving average over 6 steps: the alternating +0.5 is averaged out to within 0.5 / 6.
+    expected = np.array([2.0 - i / 100 + 0.25 for i in range(120)])
+    assert np.abs(smoothed[6:] - expected[6:]).max() < 0.1
+    assert list(lines["train (epoch mean)"].get_xdata()) == [1, 2, 3]
+    assert list(lines["test"].get_ydata()) == [r["test_loss"] for r in history]
+
+
+def test_train_config_checks_its_fields() -> None:
+    """The Python API gets the same checks, in its own terms (the field names)."""
+    with pytest.raises(trainer_mod.ConfigError, match=r"TrainConfig: batch_size: expected an integer >= 1, got 0"):
+        trainer_mod.TrainConfig(batch_size=0)
+    with pytest.raises(trainer_mod.ConfigError, match=r"warmup_epochs: expected a number in \[0, 2\]"):
+        trainer_mod.TrainConfig(epochs=2, warmup_epochs=2.5)
+    with pytest.raises(trainer_mod.ConfigError, match="model: expected one of pvt_v2_b0"):
+        trainer_mod.TrainConfig(model="resnet50")
+    assert trainer_mod.TrainConfig(epochs=2, warmup_epochs=2, train_subset=5).warmup_epochs == 2

@@ -6,10 +6,11 @@ learns something within a few epochs), and the arguments of a ``pvt-np train``
 run of a model small enough to train an epoch in well under a second.
 
 Run as a script, this module is ``pvt-np`` with one addition: it pauses before
-a chosen training step (counting ``train_step`` calls from 0), writes a marker
-file and waits there until a release file appears. The parent test signals the
-child while it waits, so the signal lands at a known step of a known epoch
-whatever the machine's speed::
+a chosen training step (counting ``train_step`` calls from 0), or before a chosen
+test-set evaluation (``evaluate:K``, counting the trainer's ``evaluate`` calls from 0),
+writes a marker file and waits there until a release file appears. The parent test
+signals the child while it waits, so the signal lands at a known step of a known
+epoch whatever the machine's speed::
 
     python tests/training_fixtures.py STEP MARKER RELEASE -- train --data-path ... --output ...
 """
@@ -64,7 +65,11 @@ def train_args(data: Path, output: Path, *extra: str, epochs: int = 3) -> list[s
 
 
 def child_env() -> dict[str, str]:
-    """The test's environment with one BLAS thread and the repository importable."""
+    """The test's environment with one BLAS thread and the repository importable.
+
+    (Tests point XDG_CACHE_HOME at a temporary folder: children inherit it, so their decoded-image
+    caches stay out of the user's ~/.cache.)
+    """
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"
@@ -85,8 +90,10 @@ def run_pvt_np(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def run_signalled(args: Sequence[str], step: int, sig: int, workdir: Path) -> tuple[int, str]:
-    """Start ``pvt-np ARGS`` paused before training step ``step``; send ``sig`` there; return (exit code, stderr).
+def run_signalled(args: Sequence[str], step: int | str, sig: int, workdir: Path) -> tuple[int, str]:
+    """Start ``pvt-np ARGS`` paused before training step ``step`` (or 'evaluate:K'); send ``sig`` there.
+
+    Returns (exit code, the child's output).
 
     The child waits at the step until the release file exists; it is created right after the
     signal is sent (a SIGKILLed child never sees it; after SIGINT the child finishes the step).
@@ -124,13 +131,15 @@ def checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _paused_main(argv: list[str]) -> int:
-    step, marker, release = int(argv[0]), Path(argv[1]), Path(argv[2])
-    if argv[3] != "--":
-        raise SystemExit("usage: training_fixtures.py STEP MARKER RELEASE -- PVT_NP_ARGS...")
+    target, _, index = argv[0].rpartition(":")
+    step, marker, release = int(index), Path(argv[1]), Path(argv[2])
+    if argv[3] != "--" or target not in ("", "evaluate"):
+        raise SystemExit("usage: training_fixtures.py STEP|evaluate:K MARKER RELEASE -- PVT_NP_ARGS...")
     from pvt_np import cli
     from pvt_np.training import trainer
 
-    real_step = trainer.train_step
+    name = target or "train_step"
+    real_step = getattr(trainer, name)
     calls = 0
 
     def pausing_step(*args: Any, **kwargs: Any) -> Any:
@@ -145,7 +154,7 @@ def _paused_main(argv: list[str]) -> int:
         calls += 1
         return real_step(*args, **kwargs)
 
-    trainer.train_step = pausing_step
+    setattr(trainer, name, pausing_step)
     return cli.main(argv[4:])
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import itertools
 import os
 import pickle
 import tarfile
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pvt_np.data.dataset import Dataset, check_split
+from pvt_np.data.dataset import SPLITS, Dataset, check_split
 from pvt_np.data.download import DownloadError, download_url, file_md5
 from pvt_np.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
 
@@ -169,6 +170,31 @@ def _missing_message(spec: CifarSpec, root: Path, why: str = "") -> str:
     return f"{head} ({why}); {how}" if why else f"{head}; {how}"
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_PEEK_MEMBERS = 64  # an image-folder archive shows its images within its first members
+
+
+def _image_folder_hint(spec: CifarSpec, path: Path) -> str | None:
+    """If ``path`` holds an image folder (train/<class>/... images) rather than CIFAR, the message saying so."""
+    try:
+        if path.is_dir():
+            tops = [path, *(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))]
+            found = any((d / s).is_dir() and any(c.is_dir() for c in (d / s).iterdir()) for d in tops for s in SPLITS)
+        else:
+            with tarfile.open(path, "r|*") as tar:
+                names = [m.name for m in itertools.islice(tar, _PEEK_MEMBERS)]
+            found = any(n.lower().endswith(_IMAGE_SUFFIXES) for n in names)
+    except (*_READ_ERRORS, StopIteration):
+        return None
+    if not found:
+        return None
+    kind = "an image folder" if path.is_dir() else "an image-folder archive"
+    return (
+        f"{path} is {kind} (train/<class>/ and test/<class>/ images), not the {spec.name} python release: "
+        "load it as the 'imagefolder' dataset (pvt-np train --dataset imagefolder)"
+    )
+
+
 def _verify_md5(spec: CifarSpec, path: Path) -> None:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -177,9 +203,10 @@ def _verify_md5(spec: CifarSpec, path: Path) -> None:
     digest = file_md5(path)
     if digest != spec.md5:
         raise CorruptDatasetError(
-            f"{path}: md5 mismatch (got {digest}, expected {spec.md5} for the official {spec.archive}); "
-            f"the file is corrupt, truncated or not the official release: delete it and download {spec.url} "
-            "again (or pass verify=False to skip the check)"
+            _image_folder_hint(spec, path)
+            or f"{path}: md5 mismatch (got {digest}, expected {spec.md5} for the official {spec.archive}); "
+            f"the file is corrupt, truncated or not the official release: if it is meant to be {spec.url}, "
+            "delete it and download it again"
         )
     _VERIFIED.add(key)
 
@@ -241,6 +268,9 @@ def load_cifar(
     root = Path(root).expanduser()
     located = find_cifar(name, root)
     if located is None:
+        hint = _image_folder_hint(spec, root) if root.is_dir() else None
+        if hint is not None:
+            raise DatasetNotFoundError(hint)
         if not download:
             raise DatasetNotFoundError(_missing_message(spec, root))
         target = root / spec.archive
@@ -267,7 +297,8 @@ def load_cifar(
         missing = [f for f in wanted if f not in raw]
         if missing:
             raise CorruptDatasetError(
-                f"{path}: not a complete {spec.archive}: missing {', '.join(missing)} "
+                _image_folder_hint(spec, path)
+                or f"{path}: not a complete {spec.archive}: missing {', '.join(missing)} "
                 f"(expected {spec.folder}/{{{', '.join(wanted)}}}); download {spec.url} again"
             )
         where = {f: f"{path}:{spec.folder}/{f}" for f in wanted}

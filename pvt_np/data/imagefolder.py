@@ -7,11 +7,12 @@ unless a ``classes.txt`` beside ``train/`` and ``test/`` gives the order (one
 name per line). Images are decoded with Pillow to RGB; all must share one size.
 
 Decoding is done once: both splits are stored as uint8 arrays in an ``.npz``
-cache, written atomically beside the data (``<archive>.pvt_np_cache.npz``, or
-``<folder>/pvt_np_cache.npz``) and keyed by the source's size and mtime (for a
-folder: every image's path, size and mtime), so a changed source is decoded
-again. When the data's location is read-only the cache goes to the caller's
-``cache_dir`` or ``~/.cache/pvt_np`` (``$XDG_CACHE_HOME/pvt_np``) instead.
+cache in a cache folder (``cache_dir``, by default ``$XDG_CACHE_HOME/pvt_np`` or
+``~/.cache/pvt_np``), written atomically; nothing is ever written beside the data,
+which may be read-only. An archive's cache is named by the sha256 of its contents
+(hashed once per process and file, ~0.1 s per 100 MB), so a changed archive is
+decoded again and a copy of it elsewhere finds the same cache; a folder's cache is
+named by the folder's path and keyed by every image's path, size and mtime.
 
 Large sources are decoded by a pool of processes fed while the archive is still
 being read: on an idle 2-core machine the 60,000 32x32 JPEGs of a CIFAR-10
@@ -58,7 +59,7 @@ Decoded = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (images, labels)
 
 
 def default_cache_dir() -> Path:
-    """Where caches go when they cannot be written beside the data: $XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np."""
+    """The default cache folder: $XDG_CACHE_HOME/pvt_np, or ~/.cache/pvt_np when XDG_CACHE_HOME is not set."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pvt_np"
 
@@ -261,6 +262,12 @@ class _DirSource:
         self.order_text = order.read_text() if order.is_file() else None
         h.update(b"order:" + (self.order_text or "").encode())
         self.key = h.hexdigest()
+        path_tag = hashlib.blake2b(str(self.base.resolve()).encode(), digest_size=8).hexdigest()
+        self.cache_name = f"imagefolder-dir-{path_tag}.npz"
+
+    def cache_key(self) -> tuple[str, str]:
+        """(cache file name, key stored in it): the folder's path names the file, its listing must match."""
+        return self.cache_name, self.key
 
     def decode(self, workers: int | None) -> tuple[Decoded, tuple[str, ...]]:
         if not self.entries:
@@ -277,8 +284,11 @@ class _TarSource:
 
     def __init__(self, path: Path) -> None:
         self.root = path
-        st = path.stat()
-        self.key = f"pvt_np-imagefolder-{CACHE_FORMAT}|tar|{st.st_size}|{st.st_mtime_ns}"
+
+    def cache_key(self) -> tuple[str, str]:
+        """(cache file name, key stored in it): both from the archive's contents."""
+        digest = _file_sha256(self.root)
+        return f"imagefolder-sha256-{digest[:32]}.npz", f"pvt_np-imagefolder-{CACHE_FORMAT}|tar|sha256:{digest}"
 
     def _members(self, orders: dict[str, str]) -> Iterator[tuple[str, bytes]]:
         with tarfile.open(self.root, "r|*") as tar:
@@ -327,11 +337,25 @@ class _TarSource:
 # Cache ---------------------------------------------------------------------------------
 
 
-def _cache_paths(root: Path, is_dir: bool, cache_dir: str | os.PathLike[str] | None) -> tuple[Path, Path]:
-    beside = root / "pvt_np_cache.npz" if is_dir else root.with_name(root.name + ".pvt_np_cache.npz")
-    tag = hashlib.blake2b(str(root.resolve()).encode(), digest_size=8).hexdigest()
-    fallback = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return beside, fallback / f"{root.name}-{tag}.npz"
+# sha256 of archives already hashed in this process, keyed by what changes when the file is written
+# (its ctime cannot be set back by a program, unlike its mtime): loading train then test hashes once.
+_DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if stamp not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        _DIGESTS[stamp] = h.hexdigest()
+    return _DIGESTS[stamp]
+
+
+def _cache_folder(cache_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
 def _read_cache(
@@ -362,41 +386,20 @@ def _write_cache(path: Path, key: str, decoded: Decoded, classes: tuple[str, ...
         np.savez(f, **arrays)
 
 
-def _may_write(directory: Path) -> bool:
-    """Whether to write into ``directory``: it must be writable *and* not marked read-only.
-
-    The mode-bit test matters when running as root, which ``os.access`` lets write
-    anywhere: a folder with no write bit (e.g. a shared, read-only data folder)
-    is left alone.
-    """
+def _store(path: Path, key: str, decoded: Decoded, classes: tuple[str, ...]) -> None:
+    """Write the cache; a cache folder that cannot be written costs a warning, not the run."""
     try:
-        mode = directory.stat().st_mode
-    except OSError:
-        return False
-    return bool(mode & 0o222) and os.access(directory, os.W_OK)
-
-
-def _store(paths: tuple[Path, Path], key: str, decoded: Decoded, classes: tuple[str, ...]) -> None:
-    beside, fallback = paths
-    if _may_write(beside.parent):
-        try:
-            _write_cache(beside, key, decoded, classes)
-            logger.info("cached the decoded images in %s", beside)
-            return
-        except OSError as err:
-            reason = f"{type(err).__name__}: {err.strerror or err}"
-    else:
-        reason = f"{beside.parent} is read-only"
-    logger.warning(
-        "cannot write the decoded-image cache beside the data (%s); writing it to %s instead "
-        "(pass cache_dir= to choose the folder)",
-        reason,
-        fallback,
-    )
-    try:
-        _write_cache(fallback, key, decoded, classes)
+        _write_cache(path, key, decoded, classes)
     except OSError as err:
-        logger.warning("cannot write the decoded-image cache %s either (%s); continuing without it", fallback, err)
+        logger.warning(
+            "cannot write the decoded-image cache %s (%s: %s); continuing without it "
+            "(choose a writable folder with --cache-dir, or cache_dir=)",
+            path,
+            type(err).__name__,
+            err.strerror or err,
+        )
+        return
+    logger.info("cached the decoded images in %s", path)
 
 
 # Public ---------------------------------------------------------------------------------
@@ -433,8 +436,7 @@ def load_image_folder(
     root: a folder or .tar/.tar.gz holding ``train/<class>/...`` and/or ``test/<class>/...``
         (optionally under one top-level folder, optionally with a ``classes.txt`` order).
     cache: read/write the .npz cache of both splits (see the module docstring).
-    cache_dir: where the cache goes if it cannot be written beside the data
-        (default ``~/.cache/pvt_np``).
+    cache_dir: the folder of the cache (default ``$XDG_CACHE_HOME/pvt_np`` or ``~/.cache/pvt_np``).
     workers: decoder processes for a fresh decode (None = one per core, up to 8).
     """
     check_split(split)
@@ -444,21 +446,20 @@ def load_image_folder(
             f"imagefolder: {root} does not exist (expected a folder or a .tar/.tar.gz holding {_LAYOUT})"
         )
     source: _DirSource | _TarSource = _DirSource(root) if root.is_dir() else _TarSource(root)
-    paths = _cache_paths(root, root.is_dir(), cache_dir)
     hit = None
     if cache:
-        for path in paths:
-            hit = _read_cache(path, source.key, split)
-            if hit is not None:
-                logger.info("loaded decoded images from the cache %s", path)
-                break
+        cache_name, key = source.cache_key()
+        cache_path = _cache_folder(cache_dir) / cache_name
+        hit = _read_cache(cache_path, key, split)
+        if hit is not None:
+            logger.info("loaded decoded images from the cache %s", cache_path)
     if hit is not None:
         data, classes, splits = hit
     else:
         logger.info("decoding the images of %s (done once, then cached)", root)
         decoded, classes = source.decode(workers)
         if cache:
-            _store(paths, source.key, decoded, classes)
+            _store(cache_path, key, decoded, classes)
         data, splits = decoded.get(split), tuple(decoded)
     if data is None:
         raise DatasetNotFoundError(

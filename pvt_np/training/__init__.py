@@ -2,9 +2,11 @@
 
 from pvt_np.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pvt_np.training.trainer import TrainConfig, Trainer, TrainingError, build_model, evaluate, train_step
+from pvt_np.training.validation import ConfigError
 
 __all__ = [
     "CheckpointError",
+    "ConfigError",
     "TrainConfig",
     "Trainer",
     "TrainingError",

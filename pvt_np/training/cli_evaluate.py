@@ -10,15 +10,17 @@ import numpy as np
 from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
 from pvt_np.training.checkpoint import CheckpointError, load_checkpoint
+from pvt_np.training.cli_train import positive_int
 from pvt_np.training.trainer import TrainConfig, _subset, build_model, evaluate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a training checkpoint (last.npz / best.npz of a run)")
-    p.add_argument("--data-path", help="data location (default: the one the run was trained with)")
-    p.add_argument("--dataset", choices=DATASETS, help="default: the run's dataset")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--data-path", help="data location (none given: the one the run was trained with)")
+    p.add_argument("--dataset", choices=DATASETS, help="none given: the run's dataset")
+    p.add_argument("--cache-dir", help="decoded image-folder cache (none given: the run's, else ~/.cache/pvt_np)")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to evaluate")
     p.add_argument("--confusion", metavar="PNG", help="also save the confusion matrix plot here")
 
 
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
         config = TrainConfig(**{**known, "device": args.device, "dataset": args.dataset or saved["dataset"]})
         data_path = args.data_path or saved["data_path"]
-        test = load_dataset(config.dataset, data_path, "test")
+        test = load_dataset(config.dataset, data_path, "test", cache_dir=args.cache_dir or config.cache_dir)
         # A run trained with --test-subset was scored on that subset: evaluate the same images
         # (when evaluating on the run's own data).
         own_data = (config.dataset, data_path) == (saved["dataset"], saved["data_path"])

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any
 
 from pvt_np.data import DATASETS
@@ -12,8 +16,19 @@ from pvt_np.data.errors import DataError
 from pvt_np.models import list_models
 from pvt_np.training.checkpoint import CheckpointError
 from pvt_np.training.trainer import TrainConfig, Trainer, TrainingError
+from pvt_np.training.validation import ConfigError
 
 DEFAULTS = TrainConfig()
+# The attribute of the parsed arguments that lists the options the user typed (see _Given).
+GIVEN = "_given"
+# TrainConfig fields set by a flag of another name; every other field F comes from --F (underscores as dashes).
+FIELD_FLAGS = {
+    "model_overrides": "--override",
+    "cifar_stem": "--cifar-stem",
+    "crop_padding": "--no-augment",
+    "hflip": "--no-augment",
+    "progress": "--no-progress",
+}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -28,48 +43,122 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (the message names the range and the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _mark_given(namespace: argparse.Namespace, dest: str) -> None:
+    # A fresh set each time: argparse copies a sub-command's namespace attribute by attribute.
+    setattr(namespace, GIVEN, {*getattr(namespace, GIVEN, ()), dest})
+
+
+class _Given(argparse.Action):
+    """Stores the value like argparse's default action, and records that the option was typed.
+
+    ``--resume`` takes every setting the user did not type from the run's config.json, so
+    it must tell a typed ``--epochs 20`` (which must agree with the run) from the default 20.
+    """
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        _mark_given(namespace, self.dest)
+
+
+class _GivenTrue(argparse.Action):
+    """``store_true`` that records that the option was typed."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("default", False)
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, True)
+        _mark_given(namespace, self.dest)
+
+
+class _GivenAppend(argparse.Action):
+    """``append`` that records that the option was typed."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])
+        _mark_given(namespace, self.dest)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULTS.model, choices=list_models())
-    m.add_argument("--override", type=parse_override, action="append", default=[], metavar="KEY=VALUE",
+    m.add_argument("--model", action=_Given, default=DEFAULTS.model, choices=list_models(), help="PVT v2 variant")
+    m.add_argument("--override", action=_GivenAppend, type=parse_override, default=[], metavar="KEY=VALUE",
                    help="any create_model override, e.g. sr_ratios=4,2,1,1 or patch_size=3 (repeatable)")  # fmt: skip
-    m.add_argument("--cifar-stem", choices=("auto", "yes", "no"), default="auto",
+    m.add_argument("--cifar-stem", action=_Given, choices=("auto", "yes", "no"), default="auto",
                    help="3x3 stride-2 stem and sr_ratios (4,2,1,1); auto: for images of 64 px or less")  # fmt: skip
-    m.add_argument("--drop-rate", type=float, default=DEFAULTS.drop_rate)
-    m.add_argument("--drop-path-rate", type=float, default=DEFAULTS.drop_path_rate)
+    m.add_argument("--drop-rate", action=_Given, type=float, default=DEFAULTS.drop_rate,
+                   help="dropout before the head, in [0, 1)")  # fmt: skip
+    m.add_argument("--drop-path-rate", action=_Given, type=float, default=DEFAULTS.drop_path_rate,
+                   help="stochastic depth of the last block, in [0, 1)")  # fmt: skip
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=DEFAULTS.dataset, choices=DATASETS)
-    d.add_argument("--data-path", default=DEFAULTS.data_path,
+    d.add_argument("--dataset", action=_Given, default=DEFAULTS.dataset, choices=DATASETS,
+                   help="cifar10, cifar100: the official python releases; imagefolder: train/<class>/...")  # fmt: skip
+    d.add_argument("--data-path", action=_Given, default=DEFAULTS.data_path,
                    help="folder or archive with the data (CIFAR python archives or an image folder)")  # fmt: skip
-    d.add_argument("--download", action="store_true", help="download CIFAR if missing")
-    d.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    d.add_argument("--mixup", type=float, default=DEFAULTS.mixup, help="mixup alpha (0: off)")
-    d.add_argument("--cutmix", type=float, default=DEFAULTS.cutmix, help="cutmix alpha (0: off)")
-    d.add_argument("--train-subset", type=int, help="use only the first N training images")
-    d.add_argument("--test-subset", type=int, help="use only the first N test images")
+    d.add_argument("--download", action=_GivenTrue, help="download CIFAR if missing")
+    d.add_argument("--cache-dir", action=_Given, default=DEFAULTS.cache_dir,
+                   help="where the decoded images of an image folder are cached (none given: "
+                   "$XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np)")  # fmt: skip
+    d.add_argument("--no-augment", action=_GivenTrue, help="no random crop / flip")
+    d.add_argument("--mixup", action=_Given, type=float, default=DEFAULTS.mixup, help="mixup alpha (0: off)")
+    d.add_argument("--cutmix", action=_Given, type=float, default=DEFAULTS.cutmix, help="cutmix alpha (0: off)")
+    d.add_argument("--train-subset", action=_Given, type=int, metavar="N",
+                   help="train on a random subset of N images, drawn with --seed (none given: all)")  # fmt: skip
+    d.add_argument("--test-subset", action=_Given, type=int, metavar="N",
+                   help="evaluate on a fixed random subset of N test images (none given: all)")  # fmt: skip
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
-    o.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    o.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (AdamW)")
-    o.add_argument("--min-lr", type=float, default=DEFAULTS.min_lr)
-    o.add_argument("--warmup-epochs", type=float, default=DEFAULTS.warmup_epochs)
-    o.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    o.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing)
-    o.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
+    o.add_argument("--epochs", action=_Given, type=int, default=DEFAULTS.epochs, help="epochs to train")
+    o.add_argument("--batch-size", action=_Given, type=int, default=DEFAULTS.batch_size, help="images per step")
+    o.add_argument("--lr", action=_Given, type=float, default=DEFAULTS.lr, help="peak learning rate (AdamW)")
+    o.add_argument("--min-lr", action=_Given, type=float, default=DEFAULTS.min_lr,
+                   help="learning rate at the end of the cosine decay")  # fmt: skip
+    o.add_argument("--warmup-epochs", action=_Given, type=float, default=DEFAULTS.warmup_epochs,
+                   help="linear warm-up, in epochs (at most --epochs)")  # fmt: skip
+    o.add_argument("--weight-decay", action=_Given, type=float, default=DEFAULTS.weight_decay,
+                   help="AdamW weight decay (not on biases and norm weights)")  # fmt: skip
+    o.add_argument("--label-smoothing", action=_Given, type=float, default=DEFAULTS.label_smoothing,
+                   help="in [0, 1)")  # fmt: skip
+    o.add_argument("--clip-grad", action=_Given, type=float, default=None,
+                   help="clip the gradient norm to this value (none given: no clipping)")  # fmt: skip
     r = p.add_argument_group("run")
-    r.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
-    r.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    r.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    r.add_argument("--threads", type=int, help="threads for pvt_np's elementwise kernels (default: all cores; "
-                   "under mpiexec, the node's cores shared among its ranks, BLAS too)")  # fmt: skip
-    r.add_argument("--nprocs", type=int, help="data-parallel: run N processes through mpiexec (see README)")
+    r.add_argument("--device", action=_Given, default=DEFAULTS.device, choices=("cpu", "gpu"), help="where to train")
+    r.add_argument("--dtype", action=_Given, default=DEFAULTS.dtype, choices=("float32", "float64"),
+                   help="floating-point type of weights and activations")  # fmt: skip
+    r.add_argument("--seed", action=_Given, type=int, default=DEFAULTS.seed,
+                   help="determines the initial weights, the sample order and every random draw")  # fmt: skip
+    r.add_argument("--threads", type=positive_int, help="threads for pvt_np's elementwise kernels (none given: all "
+                   "cores; under mpiexec, the node's cores shared among its ranks, BLAS too)")  # fmt: skip
+    r.add_argument("--nprocs", type=positive_int, help="data-parallel: run N processes through mpiexec (see README)")
     r.add_argument("--output", default="runs/pvt", help="run directory (checkpoints, logs, plots)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --output from last.npz")
-    r.add_argument("--log-every", type=int, default=DEFAULTS.log_every)
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from last.npz, with the settings of its config.json "
+                   "(options given as well must agree with them)")  # fmt: skip
+    r.add_argument("--log-every", action=_Given, type=int, default=DEFAULTS.log_every,
+                   help="steps between progress-bar updates (and, on a GPU, loss reads)")  # fmt: skip
+    r.add_argument("--no-progress", action=_GivenTrue,
+                   help="no progress bars, start line or per-epoch lines; only the result and errors")  # fmt: skip
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def _field_dest(field: str) -> str:
+    """The argparse dest of the option that sets TrainConfig field ``field``."""
+    flag = FIELD_FLAGS.get(field)
+    return flag[2:].replace("-", "_") if flag else field
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """The TrainConfig the options describe; with ``base``, only the options the user typed change it."""
     cifar = {"auto": None, "yes": True, "no": False}[args.cifar_stem]
     values = {
         "model": args.model,
@@ -78,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "dataset": args.dataset,
         "data_path": args.data_path,
         "download": args.download,
+        "cache_dir": args.cache_dir,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -100,7 +190,38 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "log_every": args.log_every,
         "progress": not args.no_progress,
     }
+    if base is not None:
+        given = getattr(args, GIVEN, set())
+        values = {**asdict(base), **{k: v for k, v in values.items() if _field_dest(k) in given}}
     return TrainConfig(**values)
+
+
+def saved_config(run_dir: Path) -> TrainConfig | None:
+    """The TrainConfig of the run in ``run_dir`` (its config.json), or None if it has none."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError(f"expected a JSON object, got {type(saved).__name__}")
+        known = {f.name for f in fields(TrainConfig)}
+        values = {k: v for k, v in saved.items() if k in known}
+        # JSON has no tuples: sr_ratios=[4, 2, 1, 1] back to the (4, 2, 1, 1) the options give.
+        overrides = values.get("model_overrides") or {}
+        values["model_overrides"] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        return TrainConfig(**values)
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"--resume: cannot read the run's settings from {path}: {err}") from err
+
+
+def flag_error(err: ConfigError) -> str:
+    """A ConfigError in the command's terms: the flag that sets the field, the allowed range, the value typed."""
+    flag = FIELD_FLAGS.get(err.field, "--" + err.field.replace("_", "-"))
+    got = err.got
+    if isinstance(got, dict):
+        got = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in got.items())
+    return f"argument {flag}: expected {err.expected}, got {got}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     distributed.set_threads(world, args.threads)
     try:
-        trainer = world.agree(lambda: Trainer(config_from_args(args), args.output, resume=args.resume))
+        base = saved_config(Path(args.output)) if args.resume else None
+        trainer = world.agree(lambda: Trainer(config_from_args(args, base), args.output, resume=args.resume))
         result = trainer.fit()
     except KeyboardInterrupt as stop:
         if world.size > 1 and not str(stop):  # a second Ctrl-C on one rank: the others cannot finish the step
@@ -123,6 +245,10 @@ def run(args: argparse.Namespace) -> int:
         if world.is_root:
             print(f"pvt-np train: {stop or 'interrupted'}", file=sys.stderr)
         return 130
+    except ConfigError as err:  # a bad option value: argparse's message form and exit code
+        if world.is_root:
+            print(f"pvt-np train: error: {flag_error(err)}", file=sys.stderr)
+        return 2
     except (TrainingError, CheckpointError, DataError, ValueError, RuntimeError, OSError) as err:
         # A TrainingError that gets here comes from a loss all-reduced over the ranks (or from set-up,
         # which the ranks agree on): every rank raised it at the same step.

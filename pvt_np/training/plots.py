@@ -24,17 +24,43 @@ def _save(fig: Any, path: str | Path) -> None:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Train/test loss and accuracy against the epoch."""
+def smooth(values: Sequence[float], width: int) -> np.ndarray:
+    """Trailing moving average over ``width`` values (over fewer at the start, where fewer exist)."""
+    v = np.asarray(values, dtype=np.float64)
+    sums = np.concatenate(([0.0], np.cumsum(v)))
+    end = np.arange(1, v.size + 1)
+    start = np.maximum(end - max(int(width), 1), 0)
+    return (sums[end] - sums[start]) / (end - start)
+
+
+def plot_curves(
+    history: Sequence[dict[str, Any]], path: str | Path, steps: Sequence[dict[str, Any]] | None = None
+) -> None:
+    """Train/test loss and accuracy against the epoch, with the per-step training loss when ``steps`` is given.
+
+    history: one row per epoch (``epoch``, ``train_loss``, ``test_loss``, ``train_accuracy``, ``test_accuracy``).
+    steps: the step log (``epoch`` as a fraction, ``loss``): drawn faintly as read and smoothed over
+        about a twentieth of the run, so the noise of single batches does not hide the trend.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = _figure(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax_loss.plot(epochs, [r["test_loss"] for r in history], "o-", label="test")
+    if steps:
+        x = [s["epoch"] for s in steps]
+        loss = [s["loss"] for s in steps]
+        ax_loss.plot(x, loss, color="tab:blue", alpha=0.2, lw=0.8)
+        ax_loss.plot(
+            x, smooth(loss, max(1, len(loss) // 20)), color="tab:blue", lw=1.5, label="train (per step, smoothed)"
+        )
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o", color="tab:blue", label="train (epoch mean)")
+    ax_loss.plot(epochs, [r["test_loss"] for r in history], "o-", color="tab:orange", label="test")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
     ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in history], "o-", label="test")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no 0.5, 1.5 ticks
         ax.grid(alpha=0.3)
         ax.legend()
     _save(fig, path)

@@ -9,7 +9,8 @@ would have seen, and ends with the same weights.
 
 Checkpoints (``last.npz`` every epoch and on Ctrl-C, ``best.npz`` on a new best
 test accuracy) are written to a temporary file and renamed, so a run killed at
-any moment keeps its previous checkpoint intact.
+any moment keeps its previous checkpoint intact; the next start in that directory
+removes the temporary files such a kill leaves behind.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +37,8 @@ from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
 from pvt_np.nn import CrossEntropyLoss, no_grad
 from pvt_np.optim import AdamW, CosineWarmupSchedule, clip_grad_norm_, param_groups_weight_decay
 from pvt_np.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pvt_np.training.steplog import read_step_log, write_step_log
+from pvt_np.training.validation import ConfigError, check_subset, check_train_config
 
 
 class TrainingError(RuntimeError):
@@ -51,6 +55,7 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_path: str = "data"
     download: bool = False
+    cache_dir: str | None = None  # decoded image-folder cache; None: $XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
@@ -69,10 +74,13 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     eval_batch_size: int = 500
-    train_subset: int | None = None  # use only the first N training images (quick runs, tests)
-    test_subset: int | None = None
+    train_subset: int | None = None  # a seeded random subset of N training images (quick runs, tests)
+    test_subset: int | None = None  # a fixed random subset of N test images
     log_every: int = 20  # steps between progress updates (and, on the GPU, loss checks)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_train_config(self)
 
     def architecture(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed or evaluated."""
@@ -105,18 +113,37 @@ def _jsonable(value: Any) -> Any:
 def build_model(config: TrainConfig, num_classes: int, image_size: tuple[int, int]) -> PyramidVisionTransformerV2:
     """The run's model, initialised from the run's seed."""
     cifar = config.cifar_stem if config.cifar_stem is not None else max(image_size) <= 64
-    model = create_model(
-        config.model,
-        num_classes=num_classes,
-        drop_rate=config.drop_rate,
-        drop_path_rate=config.drop_path_rate,
-        seed=config.seed,
-        dtype=config.dtype,
-        cifar=cifar,
-        **config.model_overrides,
-    )
-    model.feature_sizes(*image_size)  # a clear error now if the images are too small for this pyramid
+    try:
+        model = create_model(
+            config.model,
+            num_classes=num_classes,
+            drop_rate=config.drop_rate,
+            drop_path_rate=config.drop_path_rate,
+            seed=config.seed,
+            dtype=config.dtype,
+            cifar=cifar,
+            **config.model_overrides,
+        )
+    except (ValueError, TypeError) as err:
+        if not config.model_overrides:
+            raise
+        raise ConfigError(
+            "model_overrides", f"create_model arguments that build a {config.model} ({_reason(err)})",
+            config.model_overrides,
+        ) from err  # fmt: skip
+    try:
+        model.feature_sizes(*image_size)  # a clear error now if the images are too small for this pyramid
+    except ValueError as err:
+        raise TrainingError(
+            f"the {image_size[0]}x{image_size[1]} images of {config.dataset} at {config.data_path} are too small "
+            f"for {config.model}{' with the CIFAR stem' if cifar else ''}: {_reason(err)}"
+        ) from err
     return model.to(device=config.device)
+
+
+def _reason(err: Exception) -> str:
+    """An error's message without its leading 'ClassName: ': the layer that raised it is not what the user set."""
+    return re.sub(r"^[A-Za-z_]\w*: ", "", str(err))
 
 
 def train_step(
@@ -191,8 +218,6 @@ class Trainer:
         self.config = config
         self.out = Path(output_dir)
         self.resume = resume
-        if config.epochs < 1:
-            raise TrainingError(f"epochs must be at least 1, got {config.epochs}")
         backend.check_device(config.device)
         backend.check_float_dtype(config.dtype)
         last = self.out / "last.npz"
@@ -218,10 +243,14 @@ class Trainer:
         from pvt_np.data import Augment, load_dataset
 
         cfg = self.config
-        self.train_set = _subset(
-            load_dataset(cfg.dataset, cfg.data_path, "train", cfg.download), cfg.train_subset, cfg.seed
-        )
-        self.test_set = _subset(load_dataset(cfg.dataset, cfg.data_path, "test", cfg.download), cfg.test_subset, 0)
+        train = load_dataset(cfg.dataset, cfg.data_path, "train", cfg.download, cache_dir=cfg.cache_dir)
+        check_subset("train_subset", cfg.train_subset, len(train), "training images")
+        test = load_dataset(cfg.dataset, cfg.data_path, "test", cfg.download, cache_dir=cfg.cache_dir)
+        check_subset("test_subset", cfg.test_subset, len(test), "test images")
+        self.train_set = _subset(train, cfg.train_subset, cfg.seed)
+        self.test_set = _subset(test, cfg.test_subset, 0)
+        # Checked here, in the run's terms, rather than by the loader deep inside.
+        check_subset("batch_size", cfg.batch_size, len(self.train_set), "training images used")
         self.num_classes = self.train_set.num_classes
         if cfg.cifar_stem is None:  # resolve 'auto' so the checkpoint records the model actually built
             cfg = self.config = replace(cfg, cifar_stem=max(self.train_set.image_size) <= 64)
@@ -253,13 +282,36 @@ class Trainer:
         )
         self.history: list[dict[str, Any]] = []
         # Training loss, accuracy and lr as they were read (every step on the CPU, every
-        # log_every steps on the GPU), for plots; this process's steps only, not checkpointed.
+        # log_every steps on the GPU), for plots; saved as steps.csv with each last.npz.
         self.step_log: list[dict[str, Any]] = []
         self.best_accuracy = -1.0
         self.epoch, self.batch = 0, 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         if self.resume:
             self._restore(load_checkpoint(self.out / "last.npz"))
+        self.summary = self._describe()
+
+    def _describe(self) -> str:
+        """One line: what this run trains, on what, where (printed at its start)."""
+        from pvt_np.complexity import count_flops, count_params
+        from pvt_np.ops import parallel
+
+        cfg = self.config
+        h, w = self.train_set.image_size
+        overrides = "".join(f", {k}={v}" for k, v in cfg.model_overrides.items())
+        n = parallel.get_num_threads()
+        threads = f", {n} thread{'s' if n > 1 else ''}" if cfg.device == "cpu" else ""
+        where = f"resuming at epoch {self.epoch + 1}, batch {self.batch}" if self.resume else "starting"
+        if self.epoch >= cfg.epochs:
+            where = "resuming a complete run"
+        return (
+            f"{where}: {cfg.dataset} at {cfg.data_path} ({len(self.train_set)} training / {len(self.test_set)} test "
+            f"images of {h}x{w}, {self.num_classes} classes) | {cfg.model} "
+            f"({'CIFAR' if cfg.cifar_stem else 'ImageNet'} stem{overrides}): "
+            f"{count_params(self.model) / 1e6:.3g} M parameters, {count_flops(self.model, (h, w)) / 1e6:.3g} "
+            f"MFLOPs/image | {cfg.device} {cfg.dtype}{threads} | {cfg.epochs} epochs of {len(self.train_loader)} "
+            f"steps | output {self.out}"
+        )
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         saved = ckpt.get("config", {})
@@ -284,6 +336,7 @@ class Trainer:
         self.partial = ckpt["progress"]["partial"]
         self.history = ckpt["history"]
         self.best_accuracy = ckpt["best_accuracy"]
+        self.step_log = read_step_log(self.out / "steps.csv", self.epoch * len(self.train_loader) + self.batch)
 
     def _checkpoint(self) -> dict[str, Any]:
         return {
@@ -306,17 +359,25 @@ class Trainer:
         world.agree(self._setup)  # a rank that cannot read the data stops every rank, before anything is written
         self.allreduce = distributed.GradientAllReduce(world, self.config.device) if world.size > 1 else None
         self._on_root(self._write_config)
+        if self.config.progress:  # rank 0 only: the other ranks run with progress off
+            print(self.summary, flush=True)
         cfg = self.config
         with self._interrupt_guard():
             while self.epoch < cfg.epochs:
                 interrupted = self._train_epoch()
                 if interrupted:
-                    self._on_root(lambda: save_checkpoint(self.out / "last.npz", self._checkpoint()))
+                    self._on_root(self._save_last)
                     raise KeyboardInterrupt(
                         f"interrupted at epoch {self.epoch + 1}, batch {self.batch}; checkpoint saved to "
                         f"{self.out / 'last.npz'} (continue with --resume)"
                     )
                 self._end_epoch()
+                if self._stop_requested:  # Ctrl-C during the evaluation, saving or plotting: stop here too
+                    more = "continue with --resume" if self.epoch < cfg.epochs else "the run is complete"
+                    raise KeyboardInterrupt(
+                        f"interrupted at the end of epoch {self.epoch}; checkpoint saved to "
+                        f"{self.out / 'last.npz'} ({more})"
+                    )
         return self.history[-1] if self.history else {}
 
     def _on_root(self, write: Callable[[], Any]) -> None:
@@ -325,8 +386,13 @@ class Trainer:
 
     def _write_config(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.out)
         with atomic_write(self.out / "config.json", "w") as f:
             json.dump(asdict(self.config), f, indent=2)
+
+    def _save_last(self) -> None:
+        save_checkpoint(self.out / "last.npz", self._checkpoint())
+        write_step_log(self.out / "steps.csv", self.step_log)
 
     def _train_epoch(self) -> bool:
         """Run the rest of the current epoch; True if stopped by Ctrl-C."""
@@ -392,9 +458,11 @@ class Trainer:
         p["seen"] += steps * batch_size
         p["seconds"] += time.perf_counter() - start_time
         lr = self.optimizer.param_groups[0]["lr"]
+        step = self.epoch * len(self.train_loader) + self.batch
         self.step_log.append(
             {
-                "step": self.epoch * len(self.train_loader) + self.batch,
+                "step": step,
+                "epoch": step / len(self.train_loader),
                 "loss": float(host.mean()),
                 "accuracy": int(correct) / (steps * batch_size),
                 "lr": lr,
@@ -457,9 +525,10 @@ class Trainer:
         if improved:
             save_checkpoint(self.out / "best.npz", ckpt)
         self._write_logs()
+        write_step_log(self.out / "steps.csv", self.step_log)
         from pvt_np.training.plots import plot_confusion, plot_curves
 
-        plot_curves(self.history, self.out / "curves.png")
+        plot_curves(self.history, self.out / "curves.png", self.step_log)
         if self.epoch == self.config.epochs:
             plot_confusion(confusion, list(self.train_set.classes), self.out / "confusion.png")
 
@@ -494,15 +563,29 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
 
 
+# What a run writes into its directory (atomic_write's temporaries of these are '.<name>.<random>.tmp').
+RUN_FILES = (
+    "last.npz", "best.npz", "config.json", "metrics.jsonl", "metrics.csv", "steps.csv", "curves.png", "confusion.png",
+)  # fmt: skip
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove the temporaries a run killed mid-write (SIGKILL, power loss) left in ``out``; only the run's own."""
+    for name in RUN_FILES:
+        for stale in out.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+
 def _subset(dataset: Any, n: int | None, seed: int) -> Any:
     """A random subset of ``n`` samples, the same for the same seed (all of it when n is None).
 
     Random, not the first n: image folders and archives are stored class by class.
     """
-    if n is None or n >= len(dataset):
+    if n is None or n == len(dataset):
         return dataset
-    if n < 1:
-        raise ValueError(f"subset size must be positive, got {n}")
+    if not 1 <= n <= len(dataset):
+        raise ValueError(f"subset size: expected 1 to {len(dataset)} (the number of samples), got {n}")
     from pvt_np.data import Dataset
 
     keep = np.sort(np.random.default_rng(backend.derive_seed(seed, len(dataset))).permutation(len(dataset))[:n])
@@ -511,4 +594,4 @@ def _subset(dataset: Any, n: int | None, seed: int) -> Any:
     )
 
 
-__all__ = ["TrainConfig", "Trainer", "TrainingError", "build_model", "evaluate", "train_step"]
+__all__ = ["ConfigError", "TrainConfig", "Trainer", "TrainingError", "build_model", "evaluate", "train_step"]

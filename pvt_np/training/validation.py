@@ -1,0 +1,100 @@
+"""Checks of a :class:`~pvt_np.training.TrainConfig`: each bad setting named, with its allowed range and value.
+
+The checks live here, once, for the Python API and the command line alike: a
+:class:`ConfigError` carries the setting's field name, what was expected and what
+came, so ``pvt-np train`` can say the same thing in terms of its own flags
+(``argument --batch-size: expected an integer >= 1, got 0``) instead of quoting
+an internal class deep in the loop (the loader, the optimizer, the schedule).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+__all__ = ["ConfigError", "check_subset", "check_train_config"]
+
+
+class ConfigError(ValueError):
+    """A training setting outside its allowed range; ``field``, ``expected`` and ``got`` say which and why."""
+
+    def __init__(self, field: str, expected: str, got: Any) -> None:
+        self.field, self.expected, self.got = field, expected, got
+        super().__init__(f"TrainConfig: {field}: expected {expected}, got {got!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_at_least(config: Any, field: str, low: int, optional: bool = False) -> None:
+    value = getattr(config, field)
+    if optional and value is None:
+        return
+    if not _is_int(value) or value < low:
+        raise ConfigError(field, f"an integer >= {low}" + (" (or None: all of them)" if optional else ""), value)
+
+
+def _real_in(config: Any, field: str, low: float, high: float, *, high_open: bool, what: str = "") -> None:
+    value = getattr(config, field)
+    ok = _is_real(value) and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        bracket = ")" if high_open else "]"
+        high_text = "inf" if math.isinf(high) else f"{high:g}"
+        raise ConfigError(field, f"a number in [{low:g}, {high_text}{bracket}{what}", value)
+
+
+def check_train_config(config: Any) -> None:
+    """Raise :class:`ConfigError` for the first setting of ``config`` outside its range.
+
+    What depends on the data (the subset sizes against the number of images, the batch
+    size against the training images used, whether the overrides build a model) is
+    checked by the trainer once the data is loaded.
+    """
+    from pvt_np.data import DATASETS
+    from pvt_np.models import list_models
+
+    if config.model not in list_models():
+        raise ConfigError("model", f"one of {', '.join(list_models())}", config.model)
+    if not isinstance(config.model_overrides, dict):
+        raise ConfigError("model_overrides", "a dict of create_model arguments", config.model_overrides)
+    if config.cifar_stem not in (None, True, False):
+        raise ConfigError("cifar_stem", "True, False or None (auto: for images of 64 px or less)", config.cifar_stem)
+    if config.dataset not in DATASETS:
+        raise ConfigError("dataset", f"one of {', '.join(DATASETS)}", config.dataset)
+    _int_at_least(config, "epochs", 1)
+    _int_at_least(config, "batch_size", 1)
+    _int_at_least(config, "eval_batch_size", 1)
+    # Learning rates above 0 only: a zero peak rate trains nothing, and AdamW refuses a negative one.
+    if not _is_real(config.lr) or config.lr <= 0:
+        raise ConfigError("lr", "a finite number > 0", config.lr)
+    _real_in(config, "min_lr", 0.0, config.lr, high_open=False, what=" (at most the peak learning rate)")
+    _real_in(config, "warmup_epochs", 0.0, config.epochs, high_open=False, what=" (at most the number of epochs)")
+    _real_in(config, "weight_decay", 0.0, math.inf, high_open=True)
+    _real_in(config, "label_smoothing", 0.0, 1.0, high_open=True)
+    if config.clip_grad is not None and (not _is_real(config.clip_grad) or config.clip_grad <= 0):
+        raise ConfigError("clip_grad", "a finite number > 0 (or None: no clipping)", config.clip_grad)
+    _real_in(config, "drop_rate", 0.0, 1.0, high_open=True)
+    _real_in(config, "drop_path_rate", 0.0, 1.0, high_open=True)
+    _int_at_least(config, "crop_padding", 0)
+    _real_in(config, "mixup", 0.0, math.inf, high_open=True, what=" (0: off)")
+    _real_in(config, "cutmix", 0.0, math.inf, high_open=True, what=" (0: off)")
+    if config.device not in ("cpu", "gpu"):
+        raise ConfigError("device", "'cpu' or 'gpu'", config.device)
+    if config.dtype not in ("float32", "float64"):
+        raise ConfigError("dtype", "'float32' or 'float64'", config.dtype)
+    _int_at_least(config, "seed", 0)
+    _int_at_least(config, "train_subset", 1, optional=True)
+    _int_at_least(config, "test_subset", 1, optional=True)
+    _int_at_least(config, "log_every", 1)
+
+
+def check_subset(field: str, size: int | None, available: int, what: str) -> None:
+    """A subset may not ask for more images than the split has (it would silently use them all)."""
+    if size is not None and size > available:
+        raise ConfigError(field, f"at most {available} (the number of {what})", size)
