@@ -920,21 +920,24 @@ def timm_inexpressible(model: PyramidVisionTransformerV2, target: str = "timm") 
     """Why timm's pvt_v2 (and the official code) cannot build ``model``'s architecture, as a paragraph
     saying what to do instead; None when it can."""
     cfg = model_config(model)
-    lacks = []
+    lacks = []  # (what the model has, what timm does instead)
     if (cfg["patch_size"], cfg["stride"]) != (7, 4):
         stem = "the CIFAR stem" if _is_cifar_stem(cfg) else "a stem"
         lacks.append(
-            f"{stem} ({cfg['patch_size']}x{cfg['patch_size']} conv, stride {cfg['stride']}), where timm's pvt_v2 "
-            "always builds the ImageNet stem (7x7 conv, stride 4) and has no argument to change it"
+            (
+                f"{stem} ({cfg['patch_size']}x{cfg['patch_size']} conv, stride {cfg['stride']})",
+                "always builds the ImageNet stem (7x7 conv, stride 4), with no argument to change it",
+            )
         )
     if cfg["linear"] and cfg["pool_size"] != 7:
-        lacks.append(f"linear SRA pooling to {cfg['pool_size']}x{cfg['pool_size']}, where timm always pools to 7x7")
+        lacks.append((f"linear SRA pooling to {cfg['pool_size']}x{cfg['pool_size']}", "always pools to 7x7"))
     if not lacks:
         return None
     return (
         f"cannot write a {target} checkpoint of {describe_model(_model_name(model), cfg)}: the model has "
-        f"{' and '.join(lacks)} (as has the official whai362/PVT code), so no model timm builds fits these "
-        "weights. Save it as .npz or .safetensors instead (pvt-np convert SRC model.safetensors, or "
+        f"{' and '.join(ours for ours, _ in lacks)}, but timm's pvt_v2, like the official whai362/PVT code, "
+        f"{' and '.join(theirs for _, theirs in lacks)}, so no model timm builds fits these weights. "
+        "Save it as .npz or .safetensors instead (pvt-np convert SRC model.safetensors, or "
         "pvt_np.weights.save_safetensors), which pvt_np.load_model reads back with its architecture; "
         "in PyTorch, pvt_np.reference.timm_twin(model) builds a timm model with the stem swapped in."
     )

@@ -54,8 +54,9 @@ def test_bench_reports_both_frameworks(tmp_path: Path) -> None:
     assert "step ratio" in text and "b0-cifar" in text
 
 
-def test_readme_example_runs() -> None:
-    """The Python example in README runs as written."""
+def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python example in README runs as written (in a fresh directory: it saves a file)."""
+    monkeypatch.chdir(tmp_path)
     text = (ROOT / "README.md").read_text()
     start = text.index("```python\n") + len("```python\n")
     code = text[start : text.index("```", start)]
