@@ -263,7 +263,11 @@ def describe_model(name: str | None, config: Mapping[str, Any]) -> str:
         if k not in ("patch_size", "stride")
     ]
     head = config.get("num_classes")
-    what = name if name in MODEL_CONFIGS else "an unregistered PVT v2"
+    what = name
+    if name not in MODEL_CONFIGS:  # everything differs from a variant: name the shape of the pyramid
+        pyramid = f"depths {_show(config.get('depths'))}, embed_dims {_show(config.get('embed_dims'))}"
+        what = f"an unregistered PVT v2 ({pyramid})"
+        parts = [p for p in parts if p.startswith(("the CIFAR stem", "a "))]
     return f"{what}{' with ' + ', '.join(parts) if parts else ''}" + (
         f", {head} classes" if head else ", no head" if head == 0 else ""
     )
@@ -594,7 +598,8 @@ def read_checkpoint(source: str | Path | Mapping[str, Any], *, trust_pickle: boo
     from pvt_np.training.checkpoint import file_kind, not_a_checkpoint
 
     if isinstance(source, Mapping):
-        return Checkpoint(_unwrap(source, "state_dict"), None, "state_dict", "foreign")
+        record = _torch_record(source, "state_dict")  # a state_dict torch.load returned keeps its _metadata
+        return Checkpoint(_unwrap(source, "state_dict"), record, "state_dict", "weights" if record else "foreign")
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
@@ -1109,6 +1114,14 @@ def _convert(args: argparse.Namespace) -> str:
             model = load_model(ckpt)
         except UnknownArchitectureError as err:
             raise _UsageError(f"--model is required: {err}") from err
+        if args.num_classes is not None and args.num_classes != model.num_classes:
+            raise ValueError(
+                f"{src} holds a model with {model.num_classes} classes but --num-classes is {args.num_classes}"
+            )
+        if args.cifar and not _is_cifar_stem(model_config(model)):
+            raise ValueError(
+                f"{src} holds a model with a {model.patch_size}x{model.patch_size} stem, but --cifar was given"
+            )
         note = ", recognised from its shapes"
     else:
         num_classes = args.num_classes

@@ -187,6 +187,9 @@ def test_cli_predict_errors(run_dir: Path, odd_images: list[Path], capsys: pytes
         with pytest.raises(SystemExit) as stop:
             cli.main(["predict", *args])
         assert stop.value.code == 2 and f"{flag} must be a positive integer, got '{value}'" in capsys.readouterr().err
+    if not pvt_np.gpu_available():
+        code, _, err = _predict_cli(capsys, str(run_dir / "best.npz"), str(odd_images[0]), "--device", "gpu")
+        assert code == 1 and "device='gpu' requested" in err
     with pytest.raises(SystemExit):
         cli.main(["predict", "--help"])
     assert "(default: 5)" in capsys.readouterr().out  # sub-commands' help shows defaults

@@ -561,7 +561,10 @@ def test_cli_convert_errors(tmp_path, b0_npz, capsys):
     custom = tmp_path / "custom.npz"
     np.savez(custom, **W.PyramidVisionTransformerV2(num_classes=3, depths=(1, 1, 1, 1)).state_dict())
     rc, err = convert(str(custom), str(dst))
-    assert rc == 2 and "--model is required" in err and "match no registered variant" in err
+    assert rc == 2 and "--model is required" in err and "depths (1, 1, 1, 1), embed_dims (64, 128, 256, 512)" in err
+    rc, err = convert(str(custom), str(dst), "--model", "pvt_v2_b0")
+    assert rc == 1 and "looks like an unregistered PVT v2" not in err  # no variant matches: the keys are listed
+    assert "mis-shaped keys" in err and "... and" in err
     plain = tmp_path / "plain.npz"
     np.savez(plain, **create_model("pvt_v2_b1", num_classes=NUM_CLASSES).state_dict())
     rc, err = convert(str(plain), str(dst), "--model", "pvt_v2_b0")
@@ -659,16 +662,30 @@ def test_pth_files_record_the_model_and_timm_still_loads_them(tmp_path, layout):
 
 
 @needs_torch
-def test_foreign_pth_is_recognised_from_its_shapes(tmp_path, timm_b0_sd):
+def test_foreign_pth_is_recognised_from_its_shapes(tmp_path, timm_b0_sd, capsys):
     torch.save({"state_dict": W.timm_to_official(timm_b0_sd), "epoch": 9}, tmp_path / "official.pth")
     loaded = W.load_model(tmp_path / "official.pth")
     assert loaded.model_name == "pvt_v2_b0" and loaded.num_classes == NUM_CLASSES
     assert W.model_config(loaded) == W.model_config(create_model("pvt_v2_b0", num_classes=NUM_CLASSES))
     assert loaded.meta == W.IMAGENET_META  # what timm's pretrained pvt_v2 expects
     _assert_same_weights(loaded, timm_b0_sd)
+    # pvt-np convert needs no --model either; flags that disagree with the shapes are refused
+    assert cli.main(["convert", str(tmp_path / "official.pth"), str(tmp_path / "b0.npz")]) == 0
+    assert "pvt_v2_b0, 10 classes, recognised from its shapes" in capsys.readouterr().out
+    _assert_same_weights(W.load_model(tmp_path / "b0.npz"), timm_b0_sd)
+    for flags, message in ((["--num-classes", "3"], "10 classes but --num-classes is 3"),
+                           (["--cifar"], "a 7x7 stem, but --cifar was given")):  # fmt: skip
+        assert cli.main(["convert", str(tmp_path / "official.pth"), str(tmp_path / "x.npz"), *flags]) == 1
+        assert message in capsys.readouterr().err
     li = _timm_model("pvt_v2_b2_li", num_classes=0).state_dict()
     assert W.infer_architecture(li)[0] == "pvt_v2_b2_li"
     assert W.load_model(W.read_checkpoint(li)).num_classes == 0
+    # a state_dict read back with torch.load keeps pvt_np's record
+    model = create_model("pvt_v2_b0", num_classes=3, sr_ratios=(4, 2, 1, 1), seed=1)
+    model.meta = ModelMeta(classes=("a", "b", "c"))
+    _assert_same_model(
+        W.load_model(W.read_checkpoint(torch.load(W.save_timm_checkpoint(model, tmp_path / "m.pth")))), model
+    )
 
 
 def test_timm_cannot_hold_the_cifar_stem(tmp_path, capsys):

@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.checkpoint} has {model.num_classes} classes but {dataset} at {data_path} has {test.num_classes}"
             )
         model.feature_sizes(*test.image_size)
+        if model.meta.mean is None or model.meta.std is None:
+            raise CheckpointError(f"{args.checkpoint} does not record the normalisation (mean, std) its run used")
         loader = test.loader(
             min(args.batch_size, len(test)), shuffle=False, device=args.device,
             mean=model.meta.mean, std=model.meta.std, dtype=model.dtype,
