@@ -595,6 +595,7 @@ def read_checkpoint(source: str | Path | Mapping[str, Any], *, trust_pickle: boo
     Raises FileNotFoundError for a missing file, ImportError when a PyTorch file needs the
     absent PyTorch, ValueError for a file that is no checkpoint or is corrupt/truncated.
     """
+    # Imported here: pvt_np.training imports this module (the trainer saves model_record).
     from pvt_np.training.checkpoint import file_kind, not_a_checkpoint
 
     if isinstance(source, Mapping):
