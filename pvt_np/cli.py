@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pvt_np.training.cli_train", "train a PVT v2 on CIFAR-10/100 or an image folder"),
     "evaluate": ("pvt_np.training.cli_evaluate", "evaluate a checkpoint on a test set"),
+    "predict": ("pvt_np.inference", "classify images with a trained model: top-k classes and their probabilities"),
     "convert": ("pvt_np.weights", "convert a checkpoint between pvt_np (.npz), timm and the official PVT layout"),
     "flops": ("pvt_np.complexity", "print params and FLOPs per layer, per stage and in total"),
     "bench": ("pvt_np.bench", "time pvt_np against PyTorch on this machine (speed and memory)"),
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -24,8 +24,14 @@ PyTorch (the ``torch`` extra). Every file is written atomically
 (:func:`pvt_np.io_utils.atomic_write`), so a failed save leaves any previous
 file untouched.
 
-pvt_np's own ``.npz`` also records the model's name and architecture, so
-:func:`load_model` rebuilds the model without being told what it is.
+Two kinds of file hold a model. A *training checkpoint* (a run's ``last.npz`` /
+``best.npz``, :mod:`pvt_np.training.checkpoint`) also holds the optimizer, schedule
+and progress to resume the run; a *weights file* (``.npz``, ``.safetensors``,
+``.pth``) holds the weights only. Every one pvt_np writes carries a record
+(:func:`model_record`): the variant, every architecture field, the dtype, and the
+class names, input size and normalisation of the run, so :func:`load_model` rebuilds
+the model from any of them without being told what it is (and foreign timm/official
+files are recognised from their shapes).
 """
 
 from __future__ import annotations
@@ -47,22 +53,39 @@ import numpy as np
 from pvt_np import backend
 from pvt_np.io_utils import atomic_write
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
-from pvt_np.models.registry import MODEL_CONFIGS, create_model, list_models
-from pvt_np.nn.module import state_dict_mismatches
+from pvt_np.models.registry import (
+    ARCH_FIELDS,
+    CIFAR_OVERRIDES,
+    MODEL_CONFIGS,
+    RATE_ARGS,
+    ModelMeta,
+    architecture,
+    build_model,
+    create_model,
+    list_models,
+    model_meta,
+)
 
 if TYPE_CHECKING:  # torch is optional at runtime
     import torch
 
 __all__ = [
     "FORMATS",
+    "IMAGENET_META",
     "Checkpoint",
+    "UnknownArchitectureError",
+    "WeightsMismatchError",
     "add_arguments",
+    "config_overrides",
+    "describe_model",
     "detect_layout",
     "export_official_state_dict",
     "export_timm_state_dict",
+    "infer_architecture",
     "load_model",
     "load_weights",
     "model_config",
+    "model_record",
     "official_key_to_timm",
     "official_to_timm",
     "read_checkpoint",
@@ -71,6 +94,8 @@ __all__ = [
     "save_official_checkpoint",
     "save_safetensors",
     "save_timm_checkpoint",
+    "timm_constructor",
+    "timm_inexpressible",
     "timm_key_to_official",
     "timm_to_official",
 ]
@@ -82,8 +107,10 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 NPZ_SUFFIXES = (".npz",)
 SAFETENSORS_SUFFIXES = (".safetensors",)
 
-RECORD_KEY = "__pvt_np_record__"  # .npz entry / safetensors metadata key holding the JSON record
-RECORD_FORMAT_VERSION = 1
+# .npz entry / safetensors metadata key / torch state_dict _metadata key holding the JSON record.
+RECORD_KEY = "__pvt_np_record__"
+# 1: name, config, dtype. 2: also overrides, classes, input_size, mean, std.
+RECORD_FORMAT_VERSION = 2
 
 # Keys under which training scripts nest the state_dict (timm: 'state_dict', DeiT/official PVT: 'model').
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
@@ -91,21 +118,6 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 _INSTALL_TORCH = "install the 'torch' extra: pip install 'pvt_np[torch]'"
-
-# Architecture fields recorded in a .npz and passed back to create_model / the constructor.
-_ARCH_FIELDS = (
-    "in_chans",
-    "depths",
-    "embed_dims",
-    "num_heads",
-    "sr_ratios",
-    "mlp_ratios",
-    "qkv_bias",
-    "linear",
-    "patch_size",
-    "stride",
-    "pool_size",
-)
 
 
 # ---------------------------------------------------------------------------
@@ -178,11 +190,16 @@ def detect_layout(keys: Iterable[str]) -> str:
 # ---------------------------------------------------------------------------
 # model description
 # ---------------------------------------------------------------------------
-def model_config(model: PyramidVisionTransformerV2) -> dict[str, Any]:
-    """The architecture of ``model`` as JSON-ready values (what a .npz records).
+# What timm's pvt_v2 (and the official whai362/PVT code) pretrained weights expect:
+# 224x224 images normalised with ImageNet's statistics. Used for foreign files, which say nothing.
+IMAGENET_META = ModelMeta(input_size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
-    Holds num_classes and every field of :data:`_ARCH_FIELDS`; regularisation rates
-    (dropout, drop-path) are training settings and are not part of it.
+
+def model_config(model: PyramidVisionTransformerV2) -> dict[str, Any]:
+    """The architecture of ``model`` as JSON-ready values (what a file records).
+
+    Holds num_classes and every field of :data:`~pvt_np.models.ARCH_FIELDS`; regularisation
+    rates (dropout, drop-path) are training settings and are not part of it.
     """
     if not isinstance(model, PyramidVisionTransformerV2):
         raise TypeError(f"model_config: expected a PyramidVisionTransformerV2, got {type(model).__name__}")
@@ -210,88 +227,172 @@ def _model_name(model: Any) -> str | None:
     return getattr(model, "model_name", None)
 
 
-def _make_record(model: PyramidVisionTransformerV2) -> dict[str, Any]:
+def _same(a: Any, b: Any) -> bool:
+    """Equality of config values across a JSON round trip (tuples vs lists, 8 vs 8.0)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def config_overrides(name: str | None, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture fields of ``config`` that differ from variant ``name``'s defaults
+    (what ``create_model(name, **overrides)`` would need; everything for an unregistered model)."""
+    if name not in MODEL_CONFIGS:
+        return {k: config[k] for k in ARCH_FIELDS if k in config}
+    default = architecture(name)
+    return {k: config[k] for k in ARCH_FIELDS if k in config and not _same(config[k], default[k])}
+
+
+def _is_cifar_stem(config: Mapping[str, Any]) -> bool:
+    return (config.get("patch_size"), config.get("stride")) == (
+        CIFAR_OVERRIDES["patch_size"],
+        CIFAR_OVERRIDES["stride"],
+    )
+
+
+def describe_model(name: str | None, config: Mapping[str, Any]) -> str:
+    """A short phrase for a model: 'pvt_v2_b0 with the CIFAR stem, sr_ratios (4, 2, 1, 1), 10 classes'."""
+    overrides = config_overrides(name, config)
+    parts = []
+    if "patch_size" in overrides or "stride" in overrides:
+        stem = f"{config['patch_size']}x{config['patch_size']} stride {config['stride']}"
+        parts.append(f"the CIFAR stem ({stem})" if _is_cifar_stem(config) else f"a {stem} stem")
+    parts += [
+        f"{k} {tuple(v) if isinstance(v, list) else v}"
+        for k, v in overrides.items()
+        if k not in ("patch_size", "stride")
+    ]
+    head = config.get("num_classes")
+    what = name
+    if name not in MODEL_CONFIGS:  # everything differs from a variant: name the shape of the pyramid
+        pyramid = f"depths {_show(config.get('depths'))}, embed_dims {_show(config.get('embed_dims'))}"
+        what = f"an unregistered PVT v2 ({pyramid})"
+        parts = [p for p in parts if p.startswith(("the CIFAR stem", "a "))]
+    return f"{what}{' with ' + ', '.join(parts) if parts else ''}" + (
+        f", {head} classes" if head else ", no head" if head == 0 else ""
+    )
+
+
+def model_record(model: PyramidVisionTransformerV2) -> dict[str, Any]:
+    """What every file pvt_np writes records about ``model``: name, full architecture, the
+    overrides of the named variant, dtype and ``model.meta`` (classes, input size, normalisation)."""
+    config = model_config(model)
+    name = _model_name(model)
     return {
         "format": "pvt_np",
         "format_version": RECORD_FORMAT_VERSION,
-        "model_name": _model_name(model),
-        "config": model_config(model),
+        "model_name": name,
+        "config": config,
+        "overrides": config_overrides(name, config),
         "dtype": str(np.dtype(model.dtype)),
         "layout": "timm",
+        **model_meta(model).to_json(),
     }
 
 
-def _parse_record(text: str, where: str) -> dict[str, Any]:
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: the pvt_np model record is not valid JSON ({err})") from err
+def _parse_record(record: Any, where: str) -> dict[str, Any]:
+    if isinstance(record, (str, bytes)):
+        try:
+            record = json.loads(record)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: the pvt_np model record is not valid JSON ({err})") from err
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise ValueError(f"{where}: the pvt_np model record has no 'config' mapping")
+    version = record.get("format_version", 1)
+    if not isinstance(version, int) or version > RECORD_FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: the model record has format version {version!r}; this pvt_np reads up to "
+            f"{RECORD_FORMAT_VERSION} (the file was written by a newer pvt_np: upgrade it)"
+        )
+    unknown = sorted(set(record["config"]) - set(ARCH_FIELDS) - {"num_classes"})
+    if unknown:
+        raise ValueError(f"{where}: the model record has unknown config fields {unknown} (newer pvt_np?)")
     return record
 
 
-def _infer_checkpoint_config(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """What the shapes of a timm-layout state_dict say about the architecture (best effort)."""
+def _stage_count(keys: Iterable[str]) -> int:
+    stages = [int(m[1]) for k in keys if (m := re.match(r"^stages\.(\d+)\.", k))]
+    return max(stages) + 1 if stages else 0
+
+
+def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """What the shapes of a timm-layout state_dict say: (the registered variant they match or None,
+    the architecture fields they determine).
+
+    Shapes fix depths, widths, MLP ratios, SRA kind and ratios, the stem, input channels, q/kv
+    biases and the head; not the number of heads (q is dim x dim for any count), which comes from
+    the variant when one matches.
+    """
     shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
     info: dict[str, Any] = {}
-    stage_blocks: dict[int, set[int]] = {}
-    for k in shapes:
-        m = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.", k)
-        if m:
-            stage_blocks.setdefault(int(m[1]), set()).add(int(m[2]))
-    if stage_blocks:
-        n = max(stage_blocks) + 1
-        info["depths"] = [len(stage_blocks.get(i, ())) for i in range(n)]
-        dims = []
-        ratios = []
-        for i in range(n):
-            norm = shapes.get(f"stages.{i}.norm.weight")
-            fc1 = shapes.get(f"stages.{i}.blocks.0.mlp.fc1.weight")
-            dims.append(norm[0] if norm else None)
-            ratios.append(fc1[0] / norm[0] if norm and fc1 and norm[0] else None)
-        info["embed_dims"] = dims
-        info["mlp_ratios"] = ratios
-        sr = [s for k, s in shapes.items() if re.match(r"^stages\.\d+\.blocks\.\d+\.attn\.sr\.weight$", k)]
-        info["linear"] = bool(sr) and all(len(s) == 4 and s[2:] == (1, 1) for s in sr)
     stem = shapes.get("patch_embed.proj.weight")
     if stem and len(stem) == 4:
-        info["patch_size"] = stem[2]
+        info["in_chans"], info["patch_size"] = stem[1], stem[2]
+        info["stride"] = (stem[2] + 1) // 2  # PVT v2's overlapping stem: kernel 2S - 1
     head = shapes.get("head.weight")
-    info["num_classes"] = head[0] if head else 0
-    return info
-
-
-def _guess_model_name(info: Mapping[str, Any]) -> str | None:
-    """The registered variant whose depths, widths, MLP ratios and attention kind match ``info``."""
-    if "depths" not in info:
-        return None
+    info["num_classes"] = head[0] if head and len(head) == 2 else 0
+    n = _stage_count(shapes)
+    if not n:
+        return None, info
+    depths, dims, ratios, srs = [], [], [], []
+    for i in range(n):
+        blocks = {int(m[1]) for k in shapes if (m := re.match(rf"^stages\.{i}\.blocks\.(\d+)\.", k))}
+        depths.append(len(blocks))
+        norm = shapes.get(f"stages.{i}.norm.weight")
+        fc1 = shapes.get(f"stages.{i}.blocks.0.mlp.fc1.weight")
+        dims.append(norm[0] if norm else None)
+        ratio = fc1[0] / norm[0] if norm and fc1 and norm[0] else None
+        ratios.append(int(ratio) if ratio is not None and ratio.is_integer() else ratio)
+        sr = shapes.get(f"stages.{i}.blocks.0.attn.sr.weight")
+        srs.append(sr[2] if sr and len(sr) == 4 else 1)
+    info.update(depths=depths, embed_dims=dims, mlp_ratios=ratios)
+    # Linear SRA has a 1x1 sr conv in every stage; spatial-reduction SRA has a kernel R >= 2 conv
+    # where R > 1 and none where R = 1.
+    info["linear"] = any(k.endswith(".attn.sr.weight") for k in shapes) and all(s == 1 for s in srs)
+    if not info["linear"]:
+        info["sr_ratios"] = srs
+    info["qkv_bias"] = "stages.0.blocks.0.attn.q.bias" in shapes
     for name in list_models():
-        cfg = MODEL_CONFIGS[name]
-        if (
-            list(cfg["depths"]) == info["depths"]
-            and list(cfg["embed_dims"]) == info["embed_dims"]
-            and [float(r) for r in cfg["mlp_ratios"]] == [float(r) if r else -1.0 for r in info["mlp_ratios"]]
-            and bool(cfg.get("linear", False)) == info["linear"]
-        ):
-            return name
-    return None
+        cfg = architecture(name)
+        if all(_same(cfg[k], info[k]) for k in ("depths", "embed_dims", "mlp_ratios", "linear")):
+            return name, info
+    return None, info
 
 
-def _describe(name: str | None, depths: Any, embed_dims: Any) -> str:
-    arch = f"depths {tuple(depths)}, embed_dims {tuple(embed_dims)}"
-    return f"{name} ({arch})" if name else arch
+def _architecture_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{k} {_show(theirs[k])} vs {_show(ours[k])}"
+        for k in ("depths", "embed_dims", "mlp_ratios", "linear", "sr_ratios", "patch_size", "stride",
+                  "in_chans", "qkv_bias", "num_classes")
+        if k in theirs and k in ours and not _same(theirs[k], ours[k])
+    ]  # fmt: skip
+
+
+def _show(value: Any) -> str:
+    return str(tuple(value)) if isinstance(value, list) else str(value)
 
 
 # ---------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------
 class Checkpoint(NamedTuple):
-    """What :func:`read_checkpoint` found: NumPy arrays keyed as in the file, and pvt_np's record if any."""
+    """What :func:`read_checkpoint` found.
+
+    state_dict: NumPy arrays keyed as in the file. record: pvt_np's model record (see
+    :func:`model_record`), None for a foreign file. source: the path. kind: 'training'
+    (a run's checkpoint), 'weights' (a weights file pvt_np wrote) or 'foreign'.
+    training: a training checkpoint's run settings, progress and data description.
+    """
 
     state_dict: OrderedDict[str, np.ndarray]
     record: dict[str, Any] | None
     source: str
+    kind: str = "foreign"
+    training: dict[str, Any] | None = None
+
+
+class UnknownArchitectureError(ValueError):
+    """A checkpoint that neither records its model nor matches a registered variant by its shapes."""
 
 
 def _require_torch(purpose: str) -> Any:
@@ -382,7 +483,7 @@ def _read_npz(path: Path) -> tuple[OrderedDict[str, np.ndarray], dict[str, Any] 
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error) as err:
-        raise ValueError(f"cannot read {path} as .npz ({err}); the file may be truncated or corrupt") from err
+        raise ValueError(f"cannot read {path} as .npz ({err}); the file is corrupt or truncated") from err
     record = None
     if RECORD_KEY in arrays:
         record = _parse_record(str(arrays.pop(RECORD_KEY)), str(path))
@@ -482,102 +583,191 @@ def _safetensors_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str,
 
 
 def read_checkpoint(source: str | Path | Mapping[str, Any], *, trust_pickle: bool = False) -> Checkpoint:
-    """Read a checkpoint into NumPy arrays, keyed as in the file (timm or official layout).
+    """Read any checkpoint into NumPy arrays, keyed as in the file (timm or official layout).
 
-    ``source`` is a path (``.npz``; ``.safetensors``; ``.pth``/``.pt``/``.bin``/``.ckpt``
-    through PyTorch) or an in-memory mapping (a state_dict of torch tensors or arrays).
-    Wrappers such as ``{'model': ...}`` / ``{'state_dict': ...}`` and ``module.`` prefixes are
-    removed. ``.pth`` files are unpickled with ``weights_only=True`` unless ``trust_pickle``.
+    ``source`` is a path or an in-memory mapping (a state_dict of torch tensors or arrays). Files are
+    told apart by their content, not their name: a pvt_np training checkpoint (``last.npz`` /
+    ``best.npz``), a weights ``.npz``, a ``.safetensors`` file, or a PyTorch file (``torch.save``,
+    read through PyTorch). Wrappers such as ``{'model': ...}`` / ``{'state_dict': ...}`` and
+    ``module.`` prefixes are removed. PyTorch files are unpickled with ``weights_only=True``
+    unless ``trust_pickle``.
 
-    Raises FileNotFoundError for a missing file, ImportError when a ``.pth`` needs the
-    absent PyTorch, ValueError for an unknown extension or a corrupt/truncated file.
+    Raises FileNotFoundError for a missing file, ImportError when a PyTorch file needs the
+    absent PyTorch, ValueError for a file that is no checkpoint or is corrupt/truncated.
     """
+    # Imported here: pvt_np.training imports this module (the trainer saves model_record).
+    from pvt_np.training.checkpoint import file_kind, not_a_checkpoint
+
     if isinstance(source, Mapping):
-        return Checkpoint(_unwrap(source, "state_dict"), None, "state_dict")
+        record = _torch_record(source, "state_dict")  # a state_dict torch.load returned keeps its _metadata
+        return Checkpoint(_unwrap(source, "state_dict"), record, "state_dict", "weights" if record else "foreign")
     path = Path(source)
-    suffix = path.suffix.lower()
-    known = NPZ_SUFFIXES + SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
-    if suffix not in known:
-        raise ValueError(f"{path}: unknown checkpoint extension {path.suffix or '(none)'!r}; expected one of {known}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
-    record = None
-    if suffix in NPZ_SUFFIXES:
+    kind = file_kind(path)
+    suffix = path.suffix.lower()
+    if kind == "binary":  # unrecognised bytes: a damaged file of the kind its name says, if it says one
+        kind = {**dict.fromkeys(NPZ_SUFFIXES, "npz"), **dict.fromkeys(SAFETENSORS_SUFFIXES, "safetensors")}.get(
+            suffix, "torch-pickle" if suffix in TORCH_SUFFIXES else kind
+        )
+    if kind == "npz":
+        if _is_training_checkpoint(path):
+            return _read_training(path)
         arrays, record = _read_npz(path)
-        state = _unwrap(arrays, str(path))
-    elif suffix in SAFETENSORS_SUFFIXES:
+        return Checkpoint(_unwrap(arrays, str(path)), record, str(path), "weights" if record else "foreign")
+    if kind == "safetensors":
         arrays, metadata = _read_safetensors(path)
-        if RECORD_KEY in metadata:
-            record = _parse_record(metadata[RECORD_KEY], str(path))
-        state = _unwrap(arrays, str(path))
-    else:
-        state = _unwrap(_read_torch(path, trust_pickle), str(path))
-    return Checkpoint(state, record, str(path))
+        record = _parse_record(metadata[RECORD_KEY], str(path)) if RECORD_KEY in metadata else None
+        return Checkpoint(_unwrap(arrays, str(path)), record, str(path), "weights" if record else "foreign")
+    if kind in ("torch-zip", "torch-pickle"):
+        obj = _read_torch(path, trust_pickle)
+        record = _torch_record(obj, str(path))
+        return Checkpoint(_unwrap(obj, str(path)), record, str(path), "weights" if record else "foreign")
+    raise ValueError(not_a_checkpoint(path, kind))
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    from pvt_np.training.checkpoint import META_KEY
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return f"{META_KEY}.npy" in archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False  # the .npz reader explains what is wrong with the file
+
+
+# What loading a model needs from a training checkpoint; the optimizer's moments are not read.
+_TRAINING_KEYS = ("config", "num_classes", "classes", "normalize", "model_record", "model", "progress", "best_accuracy")
+
+
+def _read_training(path: Path) -> Checkpoint:
+    from pvt_np.training.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(path, keys=_TRAINING_KEYS)
+    if not isinstance(payload.get("model"), Mapping):
+        raise ValueError(f"{path}: the training checkpoint holds no model weights")
+    state = _unwrap(payload.pop("model"), str(path))
+    record = payload.get("model_record") or _record_from_run(payload, str(path))
+    return Checkpoint(state, _parse_record(record, str(path)), str(path), "training", payload)
+
+
+def _record_from_run(payload: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The model record of a training checkpoint written before checkpoints carried one."""
+    run = payload.get("config") or {}
+    name = run.get("model")
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"{where}: the training checkpoint names no model this pvt_np knows ({name!r})")
+    overrides = {k: v for k, v in (run.get("model_overrides") or {}).items() if k in ARCH_FIELDS}
+    config = architecture(name, int(payload["num_classes"]), bool(run.get("cifar_stem")), **overrides)
+    normalize = payload.get("normalize") or {}
+    cifar_data = run.get("dataset") in ("cifar10", "cifar100")  # always 32x32; an image folder's size went unsaved
+    meta = ModelMeta(
+        classes=payload.get("classes"),
+        input_size=(32, 32) if cifar_data else None,
+        mean=normalize.get("mean"),
+        std=normalize.get("std"),
+    )
+    return {
+        "format": "pvt_np",
+        "format_version": RECORD_FORMAT_VERSION,
+        "model_name": name,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        "dtype": run.get("dtype", "float32"),
+        **meta.to_json(),
+    }
+
+
+def _torch_record(obj: Any, where: str) -> dict[str, Any] | None:
+    """The record pvt_np keeps in a saved state_dict's ``_metadata`` (see :func:`_save_torch`)."""
+    candidates = [obj] + [obj[k] for k in _WRAPPER_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
+    for candidate in candidates:
+        metadata = getattr(candidate, "_metadata", None)
+        if isinstance(metadata, Mapping) and isinstance(metadata.get(RECORD_KEY), Mapping):
+            return _parse_record(metadata[RECORD_KEY].get("record"), where)
+    return None
 
 
 # ---------------------------------------------------------------------------
 # loading into a model
 # ---------------------------------------------------------------------------
-def _mismatch_report(
+class WeightsMismatchError(ValueError):
+    """A checkpoint that does not fit the model. The message is short (for another variant, one line
+    naming what the file holds); ``details`` lists every missing, unexpected and mis-shaped key."""
+
+    def __init__(self, message: str, details: list[str]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+_LISTED_KEYS = 8  # keys named per kind in a message; the rest are in WeightsMismatchError.details
+
+
+def _mismatches(
+    model: PyramidVisionTransformerV2, state: Mapping[str, np.ndarray], display: Callable[[str], str], strict: bool
+) -> dict[str, list[str]]:
+    expected = {k: p.shape for k, p in model.named_parameters()}
+    return {
+        "missing": [display(k) for k in expected if k not in state] if strict else [],
+        "unexpected": [display(k) for k in state if k not in expected] if strict else [],
+        "mis-shaped": [
+            f"{display(k)}: expected {expected[k]}, got {tuple(np.shape(v))}"
+            for k, v in state.items()
+            if k in expected and tuple(np.shape(v)) != tuple(expected[k])
+        ],
+    }
+
+
+def _format_mismatches(found: Mapping[str, list[str]], limit: int | None) -> list[str]:
+    lines = []
+    for kind, keys in found.items():
+        if keys:
+            shown = keys if limit is None else keys[:limit]
+            more = f"; ... and {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
+            lines.append(f"{kind} keys ({len(keys)}): {(', ' if kind != 'mis-shaped' else '; ').join(shown)}{more}")
+    return lines
+
+
+def _mismatch_error(
     model: PyramidVisionTransformerV2,
+    ckpt: Checkpoint,
     state: Mapping[str, np.ndarray],
-    original_names: Mapping[str, str],
     layout: str,
-    strict: bool,
-) -> list[str]:
-    """Missing / unexpected / mis-shaped keys, named as in the file (official names show pvt_np's too)."""
-    params = dict(model.named_parameters())
-
-    def file_name(timm_key: str) -> str:
-        if layout != "official":
-            return timm_key
-        return f"{original_names.get(timm_key, timm_key_to_official(timm_key))} (pvt_np: {timm_key})"
-
-    return state_dict_mismatches({k: p.shape for k, p in params.items()}, state, strict, file_name)
-
-
-def _hints(
-    model: PyramidVisionTransformerV2, state: Mapping[str, np.ndarray], record: dict[str, Any] | None
-) -> list[str]:
-    hints = []
-    cfg = model_config(model)
-    name = _model_name(model)
-    info = _infer_checkpoint_config(state)
-    guessed = _guess_model_name(info)
-    if record is not None:
-        rcfg = record["config"]
-        rname = record.get("model_name")
-        if (rname, rcfg.get("depths"), rcfg.get("embed_dims")) != (name, cfg["depths"], cfg["embed_dims"]):
-            hints.append(
-                f"the file was saved from {_describe(rname, rcfg.get('depths', ()), rcfg.get('embed_dims', ()))}, "
-                f"the model is {_describe(name, cfg['depths'], cfg['embed_dims'])}; "
-                "pvt_np.weights.load_model(path) rebuilds the saved model"
-            )
-    elif "depths" in info and (
-        info["depths"] != cfg["depths"] or info["embed_dims"] != cfg["embed_dims"] or info["linear"] != cfg["linear"]
-    ):
-        theirs = _describe(guessed or "an unregistered variant", info["depths"], info["embed_dims"])
-        ours = _describe(name, cfg["depths"], cfg["embed_dims"])
-        hints.append(
-            f"the checkpoint looks like {theirs}{' with linear SRA' if info['linear'] else ''}, "
-            f"the model is {ours}{' with linear SRA' if cfg['linear'] else ''}"
+    found: Mapping[str, list[str]],
+) -> WeightsMismatchError:
+    details = _format_mismatches(found, None)
+    src = repr(ckpt.source) if ckpt.source != "state_dict" else "the state_dict"
+    ours_name, ours = _model_name(model), model_config(model)
+    if ckpt.record is not None:
+        theirs_name, theirs, verb = ckpt.record.get("model_name"), ckpt.record["config"], "holds"
+    else:
+        theirs_name, theirs = infer_architecture(state)
+        verb = "looks like"
+    # Only a recorded model or a registered variant recognised from the shapes is "another model";
+    # shapes that match no variant are more likely a few damaged keys, which are listed instead.
+    known = ckpt.record is not None or theirs_name is not None
+    differences = _architecture_differences(theirs, ours) if known and "depths" in theirs else []
+    count = sum(len(v) for v in found.values())
+    if differences:
+        build = f"pvt_np.load_model({src})" if ckpt.source != "state_dict" else "a model built to match"
+        return WeightsMismatchError(
+            f"load_weights: {src} {verb} {describe_model(theirs_name, theirs)}, but the model is "
+            f"{describe_model(ours_name, ours)} ({'; '.join(differences)}): {build} builds the model it holds "
+            f"[{count} keys do not fit: their list is in this error's .details, pvt-np convert --show-keys]",
+            details,
         )
-    elif "depths" not in info:
-        hints.append(
-            "no PVT v2 stage keys (timm stages.N.* or official blockN.M.*) found: is this a PVT v2 checkpoint?"
+    if not _stage_count(state):
+        first = ", ".join(list(state)[:5])
+        return WeightsMismatchError(
+            f"load_weights: {src} holds no PVT v2 weights: none of its {len(state)} keys is a PVT v2 stage "
+            f"(timm stages.N.* or official blockN.M.*); its first keys: {first}",
+            details,
         )
-    if info.get("num_classes", cfg["num_classes"]) != cfg["num_classes"]:
-        hints.append(
-            f"the checkpoint's head has {info['num_classes']} classes, the model's {cfg['num_classes']}: "
-            f"build the model with num_classes={info['num_classes']} (pvt-np convert --num-classes)"
-        )
-    patch = info.get("patch_size")
-    if patch is not None and patch != cfg["patch_size"]:
-        hints.append(
-            f"the checkpoint's stem conv is {patch}x{patch}, the model's {cfg['patch_size']}x{cfg['patch_size']}"
-            + (" (a CIFAR config: create_model(..., cifar=True), pvt-np convert --cifar)" if patch == 3 else "")
-        )
-    return hints
+    who = type(model).__name__ + (f" ({ours_name})" if ours_name else "")
+    kind = "official whai362/PVT key layout" if layout == "official" else "timm/pvt_np key layout"
+    return WeightsMismatchError(
+        f"load_weights into {who} from {src} ({kind}): " + " | ".join(_format_mismatches(found, _LISTED_KEYS)),
+        details,
+    )
 
 
 def _load_into(model: PyramidVisionTransformerV2, ckpt: Checkpoint, strict: bool) -> PyramidVisionTransformerV2:
@@ -591,15 +781,15 @@ def _load_into(model: PyramidVisionTransformerV2, ckpt: Checkpoint, strict: bool
             original_names[new] = k
             mapped[new] = v
         state = mapped
-    problems = _mismatch_report(model, state, original_names, layout, strict)
-    if problems:
-        name = _model_name(model)
-        who = f"{type(model).__name__}" + (f" ({name})" if name else "")
-        src = ckpt.source if ckpt.source != "state_dict" else "a state_dict"
-        kind = "official whai362/PVT key layout" if layout == "official" else "timm/pvt_np key layout"
-        lines = [f"load_weights into {who} from {src} ({kind}): " + " | ".join(problems)]
-        lines += [f"hint: {h}" for h in _hints(model, state, ckpt.record)]
-        raise ValueError("\n".join(lines))
+
+    def display(timm_key: str) -> str:
+        if layout != "official":
+            return timm_key
+        return f"{original_names.get(timm_key, timm_key_to_official(timm_key))} (pvt_np: {timm_key})"
+
+    found = _mismatches(model, state, display, strict)
+    if any(found.values()):
+        raise _mismatch_error(model, ckpt, state, layout, found)
     model.load_state_dict(state, strict=strict)
     return model
 
@@ -613,58 +803,90 @@ def load_weights(
 ) -> PyramidVisionTransformerV2:
     """Copy a checkpoint's tensors into ``model`` (keeping its device and dtype); returns ``model``.
 
-    ``source``: a pvt_np ``.npz``, a ``.safetensors`` file, a PyTorch ``.pth``/``.pt``/``.bin``/
-    ``.ckpt`` (needs the ``torch`` extra), or an in-memory state_dict (torch tensors or arrays).
-    timm/pvt_np and official whai362/PVT key layouts are told apart automatically; common
-    wrappers are removed (see :func:`read_checkpoint`).
+    ``source``: a training checkpoint (a run's ``last.npz`` / ``best.npz``), a weights ``.npz`` or
+    ``.safetensors`` file, a PyTorch ``.pth``/``.pt``/``.bin``/``.ckpt`` (needs the ``torch``
+    extra), or an in-memory state_dict (torch tensors or arrays). timm/pvt_np and official
+    whai362/PVT key layouts are told apart automatically; common wrappers are removed (see
+    :func:`read_checkpoint`).
 
-    Missing, unexpected and mis-shaped keys are all named in one ValueError (official-layout
-    keys by their name in the file, with the pvt_np name beside it), followed by hints such as
-    which variant the checkpoint looks like. ``strict=False`` ignores missing and unexpected
-    keys; shapes are always checked.
+    A checkpoint that does not fit raises :class:`WeightsMismatchError`: for another variant,
+    head size, stem, ... one line saying what the file holds (from its record or its shapes);
+    otherwise the missing, unexpected and mis-shaped keys (official-layout keys by their name in
+    the file). ``.details`` lists every key. ``strict=False`` ignores missing and unexpected keys;
+    shapes are always checked.
     """
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust_pickle=trust_pickle)
     return _load_into(model, ckpt, strict)
 
 
-def _build_from_record(record: dict[str, Any], where: str, **kwargs: Any) -> PyramidVisionTransformerV2:
-    cfg = dict(record["config"])
-    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in _ARCH_FIELDS}
-    unknown = sorted(set(cfg) - set(_ARCH_FIELDS) - {"num_classes"})
-    if unknown:
-        raise ValueError(f"{where}: the model record has unknown config fields {unknown} (newer pvt_np?)")
-    num_classes = int(cfg.get("num_classes", 1000))
-    dtype = kwargs.pop("dtype", None) or record.get("dtype", "float32")
-    device = kwargs.pop("device", "cpu")
-    name = record.get("model_name")
-    if name is not None:
-        if name not in MODEL_CONFIGS:
+def _model_spec(ckpt: Checkpoint) -> tuple[str | None, dict[str, Any], ModelMeta, str]:
+    """(name, full architecture, meta, dtype) of the model a checkpoint holds."""
+    where = ckpt.source
+    if ckpt.record is not None:
+        record = ckpt.record
+        name = record.get("model_name")
+        if name is not None and name not in MODEL_CONFIGS:
             raise ValueError(
                 f"{where}: records model {name!r}, which this pvt_np does not know ({', '.join(list_models())})"
             )
-        return create_model(name, num_classes=num_classes, dtype=dtype, device=device, **arch, **kwargs)
-    model = PyramidVisionTransformerV2(
-        num_classes=num_classes, dtype=backend.check_float_dtype(dtype), **arch, **kwargs
-    )
-    return model.to(device=device) if device != "cpu" else model
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()}
+        config.setdefault("num_classes", 1000)
+        missing = [k for k in ARCH_FIELDS if k not in config]
+        if missing:
+            if name is None:
+                raise ValueError(f"{where}: the model record lacks the architecture fields {missing}")
+            config = {**architecture(name), **config}
+        return name, config, ModelMeta.from_json(record), str(record.get("dtype", "float32"))
+    state = ckpt.state_dict
+    if detect_layout(state) == "official":
+        state = official_to_timm(state)
+    if not _stage_count(state):
+        raise UnknownArchitectureError(
+            f"{where} holds no PVT v2 weights: none of its {len(state)} keys is a PVT v2 stage "
+            f"(timm stages.N.* or official blockN.M.*); its first keys: {', '.join(list(state)[:5])}"
+        )
+    name, info = infer_architecture(state)
+    if name is None:
+        raise UnknownArchitectureError(
+            f"{where} does not record which model it holds, and its shapes (depths {_show(info['depths'])}, "
+            f"embed_dims {_show(info['embed_dims'])}) match no registered variant: build the model with "
+            "pvt_np.create_model(name, ...) and call pvt_np.weights.load_weights(model, path)"
+        )
+    config = architecture(name, **{k: info[k] for k in info if k in ARCH_FIELDS or k == "num_classes"})
+    imagenet_stem = (config["patch_size"], config["stride"], config["in_chans"]) == (7, 4, 3)
+    dtype = "float64" if any(v.dtype == np.float64 for v in state.values()) else "float32"
+    return name, config, IMAGENET_META if imagenet_stem else ModelMeta(), dtype
 
 
 def load_model(
-    path: str | Path, *, device: str = "cpu", dtype: Any = None, **kwargs: Any
+    source: str | Path | Checkpoint,
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    trust_pickle: bool = False,
+    **rates: float,
 ) -> PyramidVisionTransformerV2:
-    """Rebuild the model saved by :func:`save_npz` (or :func:`save_safetensors`) and load its weights.
+    """Rebuild the model a checkpoint holds and load its weights, from any file pvt_np reads.
 
-    The architecture and dtype come from the file's record; ``dtype`` overrides the saved dtype and
-    ``kwargs`` (drop_rate, drop_path_rate, ...) go to :func:`~pvt_np.models.create_model`.
+    pvt_np's files (training checkpoints, weights ``.npz`` / ``.safetensors``, and the ``.pth``
+    files it writes) record the variant, every architecture field, the dtype and what ``predict``
+    needs (class names, input size, normalisation): the model comes back as saved, with
+    ``model.meta`` filled. A foreign timm or official ``.pth`` is recognised from its shapes;
+    its ``meta`` is ImageNet's preprocessing (224x224, ImageNet mean/std) with no class names.
+
+    ``dtype`` overrides the saved dtype; ``rates`` (drop_rate, drop_path_rate, proj_drop_rate,
+    attn_drop_rate) set the regularisation for fine-tuning. The weights are not initialised
+    before being overwritten.
     """
-    ckpt = read_checkpoint(path)
-    if ckpt.record is None:
-        raise ValueError(
-            f"{path} carries no pvt_np model record (only files written by pvt_np.weights.save_npz / "
-            "save_safetensors do): build the model with create_model(name, num_classes=...) and call load_weights"
-        )
-    model = _build_from_record(ckpt.record, str(path), device=device, dtype=dtype, **kwargs)
-    return _load_into(model, ckpt, strict=True)
+    unknown = sorted(set(rates) - set(RATE_ARGS))
+    if unknown:
+        raise TypeError(f"load_model: unknown argument(s) {unknown}; the rates it takes: {', '.join(RATE_ARGS)}")
+    backend.check_device(device)
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, trust_pickle=trust_pickle)
+    name, config, meta, saved_dtype = _model_spec(ckpt)
+    model = build_model(name, config, rates, dtype=dtype or saved_dtype, seed=None, meta=meta)
+    _load_into(model, ckpt, strict=True)
+    return model.to(device=device) if device != "cpu" else model
 
 
 # ---------------------------------------------------------------------------
@@ -675,10 +897,10 @@ def _numpy_state_dict(model: PyramidVisionTransformerV2) -> OrderedDict[str, np.
 
 
 def save_npz(model: PyramidVisionTransformerV2, path: str | Path) -> Path:
-    """Write ``model``'s state_dict and its record (name, config, dtype) to ``path`` (.npz, atomically)."""
+    """Write ``model``'s state_dict and its record (see :func:`model_record`) to ``path`` (.npz, atomically)."""
     path = Path(path)
     arrays = _numpy_state_dict(model)
-    arrays[RECORD_KEY] = np.array(json.dumps(_make_record(model)))
+    arrays[RECORD_KEY] = np.array(json.dumps(model_record(model)))
     with atomic_write(path) as f:
         np.savez(f, **arrays)
     return path
@@ -687,7 +909,9 @@ def save_npz(model: PyramidVisionTransformerV2, path: str | Path) -> Path:
 def export_timm_state_dict(model: PyramidVisionTransformerV2) -> dict[str, torch.Tensor]:
     """``model``'s weights as a timm ``pvt_v2`` state_dict (CPU torch tensors, model dtype).
 
-    ``timm.create_model(name, num_classes=...).load_state_dict(sd, strict=True)`` accepts it.
+    ``timm.create_model(name, num_classes=..., **overrides).load_state_dict(sd, strict=True)``
+    accepts it when timm can build the architecture (see :func:`timm_constructor`); a CIFAR-stem
+    model's weights fit only a timm model whose stem was replaced (``pvt_np.timm_twin.timm_twin``).
     """
     torch = _require_torch("export_timm_state_dict")
     return OrderedDict((k, torch.from_numpy(v.copy())) for k, v in _numpy_state_dict(model).items())
@@ -698,22 +922,74 @@ def export_official_state_dict(model: PyramidVisionTransformerV2) -> dict[str, t
     return timm_to_official(export_timm_state_dict(model))
 
 
-def _save_torch(state_dict: Mapping[str, Any], path: str | Path) -> Path:
+def timm_inexpressible(model: PyramidVisionTransformerV2, target: str = "timm") -> str | None:
+    """Why timm's pvt_v2 (and the official code) cannot build ``model``'s architecture, as a paragraph
+    saying what to do instead; None when it can."""
+    cfg = model_config(model)
+    lacks = []  # (what the model has, what timm does instead)
+    if (cfg["patch_size"], cfg["stride"]) != (7, 4):
+        stem = "the CIFAR stem" if _is_cifar_stem(cfg) else "a stem"
+        lacks.append(
+            (
+                f"{stem} ({cfg['patch_size']}x{cfg['patch_size']} conv, stride {cfg['stride']})",
+                "always builds the ImageNet stem (7x7 conv, stride 4), with no argument to change it",
+            )
+        )
+    if cfg["linear"] and cfg["pool_size"] != 7:
+        lacks.append((f"linear SRA pooling to {cfg['pool_size']}x{cfg['pool_size']}", "always pools to 7x7"))
+    if not lacks:
+        return None
+    return (
+        f"cannot write a {target} checkpoint of {describe_model(_model_name(model), cfg)}: the model has "
+        f"{' and '.join(ours for ours, _ in lacks)}, but timm's pvt_v2, like the official whai362/PVT code, "
+        f"{' and '.join(theirs for _, theirs in lacks)}, so no model timm builds fits these weights. "
+        "Save it as .npz or .safetensors instead (pvt-np convert SRC model.safetensors, or "
+        "pvt_np.weights.save_safetensors), which pvt_np.load_model reads back with its architecture; "
+        "in PyTorch, pvt_np.timm_twin.timm_twin(model) builds a timm model with the stem swapped in."
+    )
+
+
+def timm_constructor(model: PyramidVisionTransformerV2) -> str:
+    """The ``timm.create_model(...)`` call that builds ``model``'s architecture (for messages)."""
+    cfg = model_config(model)
+    name = _model_name(model)
+    extra = {k: v for k, v in config_overrides(name, cfg).items() if k not in ("patch_size", "stride", "pool_size")}
+    args = [repr(name or "pvt_v2_b0"), f"num_classes={cfg['num_classes']}"]
+    args += [f"{k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in extra.items()]
+    return f"timm.create_model({', '.join(args)})"
+
+
+def _save_torch(model: PyramidVisionTransformerV2, path: str | Path, layout: str) -> Path:
+    """``torch.save`` a plain state_dict (what timm and the official code load) carrying pvt_np's
+    record in its ``_metadata``: the map torch keeps beside every state_dict, keyed by module
+    path, which ``load_state_dict`` consults only for the modules' own paths."""
+    problem = timm_inexpressible(model, "timm" if layout == "timm" else "official whai362/PVT")
+    if problem:
+        raise ValueError(problem)
     torch = _require_torch(f"writing {path}")
+    state = export_timm_state_dict(model)
+    state = OrderedDict(timm_to_official(state) if layout == "official" else state)
+    record = model_record(model)
+    record["layout"] = layout
+    state._metadata = OrderedDict({RECORD_KEY: {"record": json.dumps(record)}})  # type: ignore[attr-defined]
     path = Path(path)
     with atomic_write(path) as f:
-        torch.save(dict(state_dict), f)
+        torch.save(state, f)
     return path
 
 
 def save_timm_checkpoint(model: PyramidVisionTransformerV2, path: str | Path) -> Path:
-    """Write a plain timm state_dict with ``torch.save`` (atomically); needs the ``torch`` extra."""
-    return _save_torch(export_timm_state_dict(model), path)
+    """Write a plain timm state_dict with ``torch.save`` (atomically); needs the ``torch`` extra.
+
+    The file carries pvt_np's record, so :func:`load_model` rebuilds the model; a model timm
+    cannot build (the CIFAR stem) is refused with a message saying what to use instead.
+    """
+    return _save_torch(model, path, "timm")
 
 
 def save_official_checkpoint(model: PyramidVisionTransformerV2, path: str | Path) -> Path:
     """Write a plain state_dict in the official whai362/PVT layout with ``torch.save`` (atomically)."""
-    return _save_torch(export_official_state_dict(model), path)
+    return _save_torch(model, path, "official")
 
 
 def save_safetensors(model: PyramidVisionTransformerV2, path: str | Path, layout: str = "timm") -> Path:
@@ -728,7 +1004,7 @@ def save_safetensors(model: PyramidVisionTransformerV2, path: str | Path, layout
     arrays = _numpy_state_dict(model)
     if layout == "official":
         arrays = timm_to_official(arrays)
-    record = _make_record(model)
+    record = model_record(model)
     record["layout"] = layout
     metadata = {"format": "pt", RECORD_KEY: json.dumps(record)}
     try:
@@ -759,23 +1035,28 @@ _FORMAT_SUFFIXES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``pvt-np convert``."""
-    parser.add_argument("src", metavar="SRC", help="checkpoint to read: .npz, .safetensors, .pth/.pt/.bin/.ckpt")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        help="checkpoint to read: a run's last.npz / best.npz, a weights .npz / .safetensors, a PyTorch .pth",
+    )
     parser.add_argument("dst", metavar="DST", help="file to write (not overwritten unless --force)")
     parser.add_argument(
         "--model",
         choices=list_models(),
         metavar="NAME",
-        help="variant the checkpoint holds (" + ", ".join(list_models()) + "); "
-        "optional when SRC is a pvt_np .npz/.safetensors, which records it",
+        help="variant the checkpoint holds (" + ", ".join(list_models()) + "); only for a foreign file whose "
+        "shapes match no variant: pvt_np's files record it, and timm/official files are recognised by their shapes",
     )
     parser.add_argument(
         "--num-classes",
         type=int,
         default=None,
         metavar="K",
-        help="classifier size (default: read from the checkpoint's head; 0 when it has none)",
+        help="classifier size with --model (default: read from the checkpoint's head; 0 when it has none)",
     )
-    parser.add_argument("--cifar", action="store_true", help="the CIFAR config (3x3 stride-2 stem, sr_ratios 4,2,1,1)")
+    parser.add_argument("--cifar", action="store_true", help="with --model: the CIFAR config (3x3 stride-2 stem, "
+                        "sr_ratios 4,2,1,1)")  # fmt: skip
     parser.add_argument(
         "--to",
         choices=FORMATS,
@@ -788,6 +1069,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust-pickle",
         action="store_true",
         help="unpickle .pth files with weights_only=False (only for files from a trusted source)",
+    )
+    parser.add_argument(
+        "--show-keys", action="store_true", help="when SRC does not fit the model, list every mismatched key"
     )
     parser.epilog = "exit status: 0 done, 1 unreadable/mismatched checkpoint or missing dependency, 2 bad usage"
 
@@ -817,6 +1101,7 @@ def _convert(args: argparse.Namespace) -> str:
     if args.num_classes is not None and args.num_classes < 0:
         raise _UsageError(f"--num-classes must be >= 0, got {args.num_classes}")
     ckpt = read_checkpoint(src, trust_pickle=args.trust_pickle)
+    note = ""
     if ckpt.record is not None:
         recorded = ckpt.record.get("model_name")
         if args.model is not None and recorded is not None and args.model != recorded:
@@ -824,26 +1109,38 @@ def _convert(args: argparse.Namespace) -> str:
         rec_classes = ckpt.record["config"].get("num_classes")
         if args.num_classes is not None and args.num_classes != rec_classes:
             raise ValueError(f"{src} holds a model with {rec_classes} classes but --num-classes is {args.num_classes}")
-        model = _build_from_record(ckpt.record, str(src))
+        model = load_model(ckpt)
+    elif args.model is None:
+        try:
+            model = load_model(ckpt)
+        except UnknownArchitectureError as err:
+            raise _UsageError(f"--model is required: {err}") from err
+        if args.num_classes is not None and args.num_classes != model.num_classes:
+            raise ValueError(
+                f"{src} holds a model with {model.num_classes} classes but --num-classes is {args.num_classes}"
+            )
+        if args.cifar and not _is_cifar_stem(model_config(model)):
+            raise ValueError(
+                f"{src} holds a model with a {model.patch_size}x{model.patch_size} stem, but --cifar was given"
+            )
+        note = ", recognised from its shapes"
     else:
-        if args.model is None:
-            raise _UsageError(f"--model is required: {src} does not record which variant it holds")
         num_classes = args.num_classes
         if num_classes is None:
             head = ckpt.state_dict.get("head.weight")
             num_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else 0
-        model = create_model(args.model, num_classes=num_classes, cifar=args.cifar)
-    _load_into(model, ckpt, strict=True)
+        model = _load_into(create_model(args.model, num_classes=num_classes, cifar=args.cifar), ckpt, strict=True)
     if fmt == "npz":
         save_npz(model, dst)
     elif fmt == "safetensors":
         save_safetensors(model, dst)
     elif fmt == "timm":
         save_timm_checkpoint(model, dst)
+        note += f"; in timm: {timm_constructor(model)}"
     else:
         save_official_checkpoint(model, dst)
-    name = _model_name(model) or "PyramidVisionTransformerV2"
-    return f"wrote {dst} ({fmt}, {len(ckpt.state_dict)} tensors, {name}, {model.num_classes} classes)"
+    what = describe_model(_model_name(model), model_config(model))
+    return f"wrote {dst} ({fmt}, {len(ckpt.state_dict)} tensors, {what}{note})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -853,6 +1150,11 @@ def run(args: argparse.Namespace) -> int:
     except _UsageError as err:
         print(f"pvt-np convert: error: {err}", file=sys.stderr)
         return 2
+    except WeightsMismatchError as err:
+        print(f"pvt-np convert: error: {err}", file=sys.stderr)
+        if args.show_keys:
+            print("\n".join(err.details), file=sys.stderr)
+        return 1
     except (ValueError, ImportError, OSError) as err:
         print(f"pvt-np convert: error: {err}", file=sys.stderr)
         return 1

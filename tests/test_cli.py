@@ -129,8 +129,9 @@ def test_profile_splits_depthwise_and_dense_convs() -> None:
     assert {"conv2d depthwise", "conv2d dense", "optimizer"} <= set(_profile(convs, x))
 
 
-def test_readme_example_runs() -> None:
-    """The Python example in README runs as written."""
+def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python example in README runs as written (in a fresh directory: it saves a file)."""
+    monkeypatch.chdir(tmp_path)
     text = (ROOT / "README.md").read_text()
     start = text.index("```python\n") + len("```python\n")
     code = text[start : text.index("```", start)]

@@ -18,6 +18,7 @@ import pytest
 
 from pvt_np import cli, create_model
 from pvt_np import weights as W
+from pvt_np.models import ModelMeta
 
 try:
     import timm
@@ -255,8 +256,15 @@ def test_npz_into_existing_model_and_no_record(tmp_path, b0_npz):
     plain = tmp_path / "plain.npz"
     np.savez(plain, **model.state_dict())
     _assert_same_weights(W.load_weights(create_model("pvt_v2_b0", num_classes=NUM_CLASSES), plain), model.state_dict())
-    with pytest.raises(ValueError, match="no pvt_np model record"):
-        W.load_model(plain)
+    # a file without a record is recognised from its shapes, with ImageNet's preprocessing
+    recognised = W.load_model(plain)
+    assert recognised.model_name == "pvt_v2_b0" and W.model_config(recognised) == W.model_config(model)
+    assert recognised.meta == W.IMAGENET_META
+    _assert_same_weights(recognised, model.state_dict())
+    custom = W.PyramidVisionTransformerV2(num_classes=3, depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32))
+    np.savez(tmp_path / "custom.npz", **custom.state_dict())
+    with pytest.raises(W.UnknownArchitectureError, match=r"does not record .* match no registered variant"):
+        W.load_model(tmp_path / "custom.npz")
 
 
 def test_save_npz_failure_keeps_previous_file(tmp_path, b0_npz, monkeypatch):
@@ -329,7 +337,7 @@ def test_safetensors_truncated_or_corrupt(tmp_path, monkeypatch, reader):
     cases = {
         "truncated.safetensors": good[: len(good) // 2],
         "garbage.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!",
-        "short.safetensors": b"abc",
+        "short.safetensors": b"\x01\x02\x03",
         "huge_header.safetensors": (10**12).to_bytes(8, "little") + b"{}",
     }
     for name, data in cases.items():
@@ -345,7 +353,7 @@ def test_without_torch(tmp_path, no_torch, b0_npz):
     model = create_model("pvt_v2_b0", num_classes=NUM_CLASSES)
     W.load_weights(model, b0_npz)  # .npz needs no torch
     fake = tmp_path / "x.pth"
-    fake.write_bytes(b"whatever")
+    fake.write_bytes(b"\x80\x02 a legacy torch pickle")
     for call in (
         lambda: W.load_weights(model, fake),
         lambda: W.export_timm_state_dict(model),
@@ -403,26 +411,38 @@ def test_official_layout_errors_use_official_names():
 
 def test_other_models_checkpoint_is_a_clear_error(b0_npz):
     b1 = create_model("pvt_v2_b1", num_classes=NUM_CLASSES).state_dict()
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(W.WeightsMismatchError) as info:
         W.load_weights(create_model("pvt_v2_b0", num_classes=NUM_CLASSES), b1)
     msg = str(info.value)
-    assert (
-        "mis-shaped keys (177)" in msg and "patch_embed.proj.weight: expected (32, 3, 7, 7), got (64, 3, 7, 7)" in msg
-    )
-    assert "hint: the checkpoint looks like pvt_v2_b1" in msg and "the model is pvt_v2_b0" in msg
-    # different depths: missing/unexpected blocks, official layout too
+    assert "\n" not in msg and len(msg) < 400, msg  # one line naming the variant, not 177 keys
+    assert msg.startswith("load_weights: the state_dict looks like pvt_v2_b1, 10 classes, but the model is pvt_v2_b0")
+    assert "embed_dims (64, 128, 320, 512) vs (32, 64, 160, 256)" in msg and "177 keys do not fit" in msg
+    details = "\n".join(info.value.details)  # the full list, on request
+    assert "mis-shaped keys (177)" in details
+    assert "patch_embed.proj.weight: expected (32, 3, 7, 7), got (64, 3, 7, 7)" in details
+    # different depths, official layout, linear SRA
     b2 = W.timm_to_official(create_model("pvt_v2_b2_li", num_classes=NUM_CLASSES).state_dict())
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(W.WeightsMismatchError) as info:
         W.load_weights(create_model("pvt_v2_b0", num_classes=NUM_CLASSES), b2)
     msg = str(info.value)
-    assert "unexpected keys" in msg and "block3.5.norm1.weight (pvt_np: stages.2.blocks.5.norm1.weight)" in msg
-    assert "looks like pvt_v2_b2_li" in msg and "with linear SRA" in msg
-    # a pvt_np file names the model it was saved from
-    with pytest.raises(ValueError, match="the file was saved from pvt_v2_b0"):
+    assert "\n" not in msg and "looks like pvt_v2_b2_li" in msg and "linear True vs False" in msg
+    assert "block3.5.norm1.weight (pvt_np: stages.2.blocks.5.norm1.weight)" in "\n".join(info.value.details)
+    # a pvt_np file says what it holds, and how to get that model
+    with pytest.raises(W.WeightsMismatchError) as info:
         W.load_weights(create_model("pvt_v2_b1", num_classes=NUM_CLASSES), b0_npz)
+    msg = str(info.value)
+    assert "holds pvt_v2_b0, 10 classes, but the model is pvt_v2_b1" in msg
+    assert f"pvt_np.load_model({str(b0_npz)!r}) builds the model it holds" in msg
     # a different head size
-    with pytest.raises(ValueError, match="head has 10 classes, the model's 3: build the model with num_classes=10"):
+    with pytest.raises(W.WeightsMismatchError, match=r"holds pvt_v2_b0, 10 classes, but the model is pvt_v2_b0, 3 "):
         W.load_weights(create_model("pvt_v2_b0", num_classes=3), b0_npz)
+    # the CIFAR stem, from the shapes alone
+    cifar = create_model("pvt_v2_b0", num_classes=NUM_CLASSES, cifar=True).state_dict()
+    with pytest.raises(W.WeightsMismatchError) as info:
+        W.load_weights(create_model("pvt_v2_b0", num_classes=NUM_CLASSES), cifar)
+    msg = str(info.value)
+    assert "looks like pvt_v2_b0 with the CIFAR stem (3x3 stride 2), sr_ratios (4, 2, 1, 1), 10 classes" in msg
+    assert "patch_size 3 vs 7" in msg and "\n" not in msg
 
 
 def test_not_a_state_dict():
@@ -431,7 +451,7 @@ def test_not_a_state_dict():
         W.load_weights(model, {"epoch": 3, "weights": np.zeros(2)})
     with pytest.raises(ValueError, match="holds no tensors"):
         W.load_weights(model, {})
-    with pytest.raises(ValueError, match=r"PVT v2 stage keys .* found"):
+    with pytest.raises(ValueError, match=r"holds no PVT v2 weights: none of its 1 keys .* first keys: fc.weight"):
         W.load_weights(model, {"fc.weight": np.zeros((2, 2))})
 
 
@@ -439,9 +459,13 @@ def test_not_a_state_dict():
 def test_corrupt_and_odd_pth(tmp_path):
     model = create_model("pvt_v2_b0", num_classes=2)
     bad = tmp_path / "bad.pth"
-    bad.write_bytes(b"this is not a pickle" * 10)
+    bad.write_bytes(b"\x80\x02 this is not a pickle" * 10)
     with pytest.raises(ValueError, match=r"cannot read .*bad\.pth as a PyTorch checkpoint"):
         W.load_weights(model, bad)
+    text = tmp_path / "notes.pth"
+    text.write_text("this is not a pickle\n")
+    with pytest.raises(ValueError, match=r"notes\.pth' is not a checkpoint: it is a text file starting 'this is"):
+        W.load_weights(model, text)
     listed = tmp_path / "list.pt"
     torch.save([torch.zeros(2)], listed)
     with pytest.raises(ValueError, match="expected a mapping of parameter names to tensors, got list"):
@@ -455,26 +479,36 @@ def test_corrupt_and_truncated_npz(tmp_path, b0_npz):
         "truncated.npz": data[: len(data) // 2],
         "tail_cut.npz": data[:-10],
         "garbage.npz": b"PK\x03\x04 definitely not a zip archive",
-        "text.npz": b"hello",
     }
-    np.save(tmp_path / "single.npy", np.zeros(3))
-    cases["single.npz"] = (tmp_path / "single.npy").read_bytes()  # a .npy renamed
     for name, content in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=f"cannot read .*{name} as .npz"):
             W.load_weights(model, tmp_path / name)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "single.npz").write_bytes((tmp_path / "single.npy").read_bytes())  # a .npy renamed
+    with pytest.raises(ValueError, match=r"single\.npz' is not a checkpoint: it holds a single \.npy array"):
+        W.load_weights(model, tmp_path / "single.npz")
+    (tmp_path / "text.npz").write_bytes(b"hello")
+    with pytest.raises(ValueError, match=r"text\.npz' is not a checkpoint: it is a text file starting 'hello'"):
+        W.load_weights(model, tmp_path / "text.npz")
     record_broken = tmp_path / "record.npz"
     np.savez(record_broken, **{W.RECORD_KEY: np.array("{not json")})
     with pytest.raises(ValueError, match="record is not valid JSON"):
         W.load_model(record_broken)
 
 
-def test_unknown_extension_and_missing_file(tmp_path):
-    model = create_model("pvt_v2_b0", num_classes=2)
+def test_files_are_told_apart_by_content_and_missing_file(tmp_path, b0_npz):
+    model = create_model("pvt_v2_b0", num_classes=NUM_CLASSES)
     odd = tmp_path / "weights.h5"
-    odd.write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"unknown checkpoint extension '.h5'; expected one of"):
+    odd.write_bytes(b"\x00\x01\x02 binary")
+    with pytest.raises(ValueError, match=r"weights.h5' is not a checkpoint: its content is none of the checkpoint"):
         W.load_weights(model, odd)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.npz' is not a checkpoint: it is empty"):
+        W.load_weights(model, tmp_path / "empty.npz")
+    renamed = tmp_path / "weights.bin"  # an .npz under another name still loads
+    renamed.write_bytes(b0_npz.read_bytes())
+    _assert_same_weights(W.load_weights(model, renamed), W.load_model(b0_npz).state_dict())
     with pytest.raises(FileNotFoundError, match="does not exist"):
         W.load_weights(model, tmp_path / "nope.npz")
 
@@ -519,21 +553,28 @@ def test_cli_convert_errors(tmp_path, b0_npz, capsys):
     odd = tmp_path / "src.h5"
     odd.write_bytes(b"x")
     rc, err = convert(str(odd), str(dst), "--model", "pvt_v2_b0")
-    assert rc == 1 and "unknown checkpoint extension" in err
+    assert rc == 1 and "is not a checkpoint: it is a text file" in err
     rc, err = convert(str(b0_npz), str(dst), "--model", "pvt_v2_b1")
     assert rc == 1 and "holds a pvt_v2_b0 but --model is pvt_v2_b1" in err
     rc, err = convert(str(b0_npz), str(dst), "--num-classes", "3")
     assert rc == 1 and "10 classes but --num-classes is 3" in err
+    custom = tmp_path / "custom.npz"
+    np.savez(custom, **W.PyramidVisionTransformerV2(num_classes=3, depths=(1, 1, 1, 1)).state_dict())
+    rc, err = convert(str(custom), str(dst))
+    assert rc == 2 and "--model is required" in err and "depths (1, 1, 1, 1), embed_dims (64, 128, 256, 512)" in err
+    rc, err = convert(str(custom), str(dst), "--model", "pvt_v2_b0")
+    assert rc == 1 and "looks like an unregistered PVT v2" not in err  # no variant matches: the keys are listed
+    assert "mis-shaped keys" in err and "... and" in err
     plain = tmp_path / "plain.npz"
     np.savez(plain, **create_model("pvt_v2_b1", num_classes=NUM_CLASSES).state_dict())
-    rc, err = convert(str(plain), str(dst))
-    assert rc == 2 and "--model is required" in err
     rc, err = convert(str(plain), str(dst), "--model", "pvt_v2_b0")
-    assert rc == 1 and "mis-shaped keys (177)" in err and "looks like pvt_v2_b1" in err
+    assert rc == 1 and "looks like pvt_v2_b1" in err and len(err.splitlines()) == 1
+    rc, err = convert(str(plain), str(dst), "--model", "pvt_v2_b0", "--show-keys")
+    assert rc == 1 and "looks like pvt_v2_b1" in err and "mis-shaped keys (177)" in err
     truncated = tmp_path / "trunc.npz"
     truncated.write_bytes(b0_npz.read_bytes()[:1000])
     rc, err = convert(str(truncated), str(dst), "--model", "pvt_v2_b0")
-    assert rc == 1 and "truncated or corrupt" in err
+    assert rc == 1 and "corrupt or truncated" in err
     assert not dst.exists()
     with pytest.raises(SystemExit) as info:  # argparse rejects an unknown format / model
         cli.main(["convert", str(b0_npz), str(dst), "--to", "onnx"])
@@ -551,7 +592,7 @@ def test_cli_convert_never_overwrites_on_failure(tmp_path, b0_npz, capsys):
     b1_plain = tmp_path / "b1_plain.npz"
     np.savez(b1_plain, **create_model("pvt_v2_b1", num_classes=NUM_CLASSES).state_dict())
     assert cli.main(["convert", str(b1_plain), str(dst), "--model", "pvt_v2_b0", "--force"]) == 1
-    assert "mis-shaped" in capsys.readouterr().err and dst.read_bytes() == b"precious"
+    assert "looks like pvt_v2_b1" in capsys.readouterr().err and dst.read_bytes() == b"precious"
     assert _files(tmp_path) == ["b1.npz", "b1_plain.npz", "existing.npz"]
     assert cli.main(["convert", str(b0_npz), str(dst), "--force"]) == 0
     assert W.load_model(dst).model_name == "pvt_v2_b0"
@@ -559,10 +600,175 @@ def test_cli_convert_never_overwrites_on_failure(tmp_path, b0_npz, capsys):
 
 def test_cli_convert_without_torch(tmp_path, b0_npz, no_torch, capsys):
     src = tmp_path / "some.pth"
-    src.write_bytes(b"not read anyway")
+    src.write_bytes(b"\x80\x02 not read anyway")
     assert cli.main(["convert", str(src), str(tmp_path / "o.npz"), "--model", "pvt_v2_b0"]) == 1
     assert "pip install 'pvt_np[torch]'" in capsys.readouterr().err
     assert cli.main(["convert", str(b0_npz), str(tmp_path / "o.pth")]) == 1
     assert "needs PyTorch" in capsys.readouterr().err
     assert cli.main(["convert", str(b0_npz), str(tmp_path / "o.safetensors")]) == 0
     assert _files(tmp_path) == ["o.safetensors", "some.pth"]
+
+
+# ---------------------------------------------------------------------------
+# one checkpoint story: every file records its model, load_model rebuilds it
+# ---------------------------------------------------------------------------
+_META = ModelMeta(
+    classes=("cat", "dog", "fox", "owl", "eel", "yak", "emu"),
+    input_size=(32, 32),
+    mean=(0.49, 0.48, 0.45),
+    std=(0.25, 0.24, 0.26),
+)
+
+
+def _assert_same_model(loaded, model) -> None:
+    assert loaded.model_name == model.model_name and loaded.dtype == model.dtype
+    assert W.model_config(loaded) == W.model_config(model)
+    assert loaded.meta == model.meta
+    _assert_same_weights(loaded, model.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["npz", "safetensors", "safetensors-official"])
+def test_weights_files_record_the_cifar_model(tmp_path, kind):
+    model = create_model("pvt_v2_b0", num_classes=7, cifar=True, sr_ratios=(2, 1, 1, 1), seed=5, dtype=np.float64)
+    model.meta = _META
+    if kind == "npz":
+        path = W.save_npz(model, tmp_path / "m.npz")
+    else:
+        path = W.save_safetensors(
+            model, tmp_path / "m.safetensors", layout=kind.split("-")[-1].replace("safetensors", "timm")
+        )
+    record = W.read_checkpoint(path).record
+    assert record["model_name"] == "pvt_v2_b0" and record["dtype"] == "float64"
+    assert record["overrides"] == {"sr_ratios": [2, 1, 1, 1], "patch_size": 3, "stride": 2}
+    assert record["classes"] == list(_META.classes) and record["input_size"] == [32, 32]
+    assert record["mean"] == list(_META.mean) and record["std"] == list(_META.std)
+    _assert_same_model(W.load_model(path), model)
+
+
+@needs_torch
+@pytest.mark.parametrize("layout", ["timm", "official"])
+def test_pth_files_record_the_model_and_timm_still_loads_them(tmp_path, layout):
+    model = create_model("pvt_v2_b0", num_classes=7, sr_ratios=(4, 2, 1, 1), seed=6)
+    model.meta = _META
+    save = W.save_timm_checkpoint if layout == "timm" else W.save_official_checkpoint
+    path = save(model, tmp_path / "m.pth")
+    assert W.read_checkpoint(path).record["layout"] == layout
+    _assert_same_model(W.load_model(path), model)
+    state = torch.load(path, weights_only=True)  # a plain state_dict: the record rides in its _metadata
+    if layout == "official":
+        state = checkpoint_filter_fn(state, None)
+    timm.create_model("pvt_v2_b0", num_classes=7, sr_ratios=(4, 2, 1, 1)).load_state_dict(state, strict=True)
+    assert W.timm_constructor(model) == "timm.create_model('pvt_v2_b0', num_classes=7, sr_ratios=(4, 2, 1, 1))"
+
+
+@needs_torch
+def test_foreign_pth_is_recognised_from_its_shapes(tmp_path, timm_b0_sd, capsys):
+    torch.save({"state_dict": W.timm_to_official(timm_b0_sd), "epoch": 9}, tmp_path / "official.pth")
+    loaded = W.load_model(tmp_path / "official.pth")
+    assert loaded.model_name == "pvt_v2_b0" and loaded.num_classes == NUM_CLASSES
+    assert W.model_config(loaded) == W.model_config(create_model("pvt_v2_b0", num_classes=NUM_CLASSES))
+    assert loaded.meta == W.IMAGENET_META  # what timm's pretrained pvt_v2 expects
+    _assert_same_weights(loaded, timm_b0_sd)
+    # pvt-np convert needs no --model either; flags that disagree with the shapes are refused
+    assert cli.main(["convert", str(tmp_path / "official.pth"), str(tmp_path / "b0.npz")]) == 0
+    assert "pvt_v2_b0, 10 classes, recognised from its shapes" in capsys.readouterr().out
+    _assert_same_weights(W.load_model(tmp_path / "b0.npz"), timm_b0_sd)
+    for flags, message in ((["--num-classes", "3"], "10 classes but --num-classes is 3"),
+                           (["--cifar"], "a 7x7 stem, but --cifar was given")):  # fmt: skip
+        assert cli.main(["convert", str(tmp_path / "official.pth"), str(tmp_path / "x.npz"), *flags]) == 1
+        assert message in capsys.readouterr().err
+    li = _timm_model("pvt_v2_b2_li", num_classes=0).state_dict()
+    assert W.infer_architecture(li)[0] == "pvt_v2_b2_li"
+    assert W.load_model(W.read_checkpoint(li)).num_classes == 0
+    # a state_dict read back with torch.load keeps pvt_np's record
+    model = create_model("pvt_v2_b0", num_classes=3, sr_ratios=(4, 2, 1, 1), seed=1)
+    model.meta = ModelMeta(classes=("a", "b", "c"))
+    _assert_same_model(
+        W.load_model(W.read_checkpoint(torch.load(W.save_timm_checkpoint(model, tmp_path / "m.pth")))), model
+    )
+
+
+def test_timm_cannot_hold_the_cifar_stem(tmp_path, capsys):
+    model = create_model("pvt_v2_b0", num_classes=10, cifar=True)
+    assert W.timm_inexpressible(create_model("pvt_v2_b0", num_classes=10, sr_ratios=(4, 2, 1, 1))) is None
+    for save in (W.save_timm_checkpoint, W.save_official_checkpoint):
+        with pytest.raises(ValueError) as info:
+            save(model, tmp_path / "x.pth")
+        msg = str(info.value)
+        assert "\n" not in msg and "stages." not in msg  # a paragraph, not a list of keys
+        assert "the CIFAR stem (3x3 conv, stride 2)" in msg and "always builds the ImageNet stem (7x7 conv" in msg
+        assert "Save it as .npz or .safetensors instead" in msg
+    src = W.save_npz(model, tmp_path / "cifar.npz")
+    assert cli.main(["convert", str(src), str(tmp_path / "x.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "timm's pvt_v2, like the official whai362/PVT code, always builds the ImageNet stem" in err
+    assert len(err.splitlines()) == 1
+    assert _files(tmp_path) == ["cifar.npz"]
+
+
+def test_load_model_does_not_initialise_the_weights(tmp_path, b0_npz, monkeypatch):
+    def fail(self, seed=0):
+        raise AssertionError("load_model initialised weights it overwrites")
+
+    monkeypatch.setattr(W.PyramidVisionTransformerV2, "init_weights", fail)
+    assert W.load_model(b0_npz).num_classes == NUM_CLASSES
+    with pytest.raises(TypeError, match="load_model: unknown argument"):
+        W.load_model(b0_npz, num_classes=3)
+    model = W.load_model(b0_npz, drop_path_rate=0.1)
+    assert model.stages[-1].blocks[-1].drop_path1.p == pytest.approx(0.1)
+
+
+def test_record_from_a_newer_pvt_np_is_refused(tmp_path):
+    model = create_model("pvt_v2_b0", num_classes=2)
+    record = W.model_record(model)
+    record["format_version"] = W.RECORD_FORMAT_VERSION + 1
+    np.savez(tmp_path / "new.npz", **model.state_dict(), **{W.RECORD_KEY: np.array(json.dumps(record))})
+    with pytest.raises(ValueError, match="written by a newer pvt_np"):
+        W.load_model(tmp_path / "new.npz")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_classes": -1}, r"num_classes must be an int >= 0 \(0: no head\), got -1"),
+        ({"num_classes": 2.5}, "num_classes must be an int >= 0"),
+        ({"drop_path_rate": 1.5}, r"drop_path_rate must be a probability in \[0, 1\), got 1.5"),
+        ({"attn_drop_rate": -0.1}, "attn_drop_rate must be a probability"),
+        ({"embed_dims": (30, 64, 160, 256), "num_heads": (4, 2, 5, 8)}, "embed_dims.0. = 30 is not divisible by"),
+        ({"depths": (2, 0, 2, 2)}, r"depths must hold ints >= 1, got \(2, 0, 2, 2\)"),
+        ({"sr_ratios": (8, 4, 2)}, "sr_ratios needs 4 values"),
+        ({"patch_size": 2, "stride": 2}, r"patch_size \(2\) must be larger than stride \(2\)"),
+        ({"in_chans": 0}, "in_chans must be an int >= 1, got 0"),
+        ({"mlp_ratios": (8, 8, 4, 0)}, "mlp_ratios must hold positive numbers"),
+        ({"linear": "yes"}, "linear must be True or False"),
+        ({"colour": 3}, r"unknown override\(s\) \['colour'\]"),
+    ],
+)
+def test_create_model_rejects_arguments_that_make_no_model(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_model("pvt_v2_b0", **kwargs)
+
+
+def test_training_checkpoint_written_before_records_still_loads(tmp_path):
+    from pvt_np.training.checkpoint import save_checkpoint
+
+    model = create_model("pvt_v2_b0", num_classes=4, cifar=True, depths=(1, 1, 1, 1), seed=2)
+    payload = {  # what pvt_np's trainer wrote before checkpoints carried the model record
+        "config": {"model": "pvt_v2_b0", "model_overrides": {"depths": [1, 1, 1, 1], "drop_rate": 0.1},
+                   "cifar_stem": True, "dtype": "float32", "dataset": "cifar10", "data_path": "data"},
+        "num_classes": 4,
+        "classes": ["a", "b", "c", "d"],
+        "normalize": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
+        "model": model.state_dict(),
+        "optimizer": {"state": {0: {"exp_avg": np.ones(3)}}},
+    }  # fmt: skip
+    save_checkpoint(tmp_path / "last.npz", payload)
+    ckpt = W.read_checkpoint(tmp_path / "last.npz")
+    assert ckpt.kind == "training" and ckpt.training["config"]["dataset"] == "cifar10"
+    loaded = W.load_model(ckpt)
+    assert W.model_config(loaded) == W.model_config(model)
+    assert loaded.meta == ModelMeta(("a", "b", "c", "d"), (32, 32), (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    _assert_same_weights(loaded, model.state_dict())
+    _assert_same_weights(
+        W.load_weights(create_model("pvt_v2_b0", 4, cifar=True, depths=(1,) * 4), ckpt.source), model.state_dict()
+    )

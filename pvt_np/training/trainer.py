@@ -32,13 +32,14 @@ import numpy as np
 from pvt_np import backend, distributed
 from pvt_np.backend import Array
 from pvt_np.io_utils import atomic_write
-from pvt_np.models import create_model
+from pvt_np.models import ModelMeta, create_model
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
 from pvt_np.nn import CrossEntropyLoss, no_grad
 from pvt_np.optim import AdamW, CosineWarmupSchedule, clip_grad_norm_, param_groups_weight_decay
 from pvt_np.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pvt_np.training.steplog import read_step_log, write_step_log
 from pvt_np.training.validation import ConfigError, check_subset, check_train_config
+from pvt_np.weights import model_record
 
 
 class TrainingError(RuntimeError):
@@ -270,6 +271,10 @@ class Trainer:
             mean=mean, std=std, dtype=cfg.dtype,
         )  # fmt: skip
         self.model = build_model(cfg, self.num_classes, self.train_set.image_size)
+        # What predict needs to prepare an image as this run's were; saved with the weights.
+        self.model.meta = ModelMeta(
+            classes=self.train_set.classes, input_size=self.train_set.image_size, mean=mean, std=std
+        )
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.optimizer = AdamW(param_groups_weight_decay(self.model, cfg.weight_decay), lr=cfg.lr)
         steps_per_epoch = len(self.train_loader)
@@ -344,6 +349,7 @@ class Trainer:
             "num_classes": self.num_classes,
             "classes": list(self.train_set.classes),
             "normalize": self.normalize,
+            "model_record": model_record(self.model),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),

@@ -1,0 +1,263 @@
+"""Classify images with a trained model: ``pvt_np.predict`` and ``pvt-np predict``.
+
+Images are prepared as the run prepared its own (``model.meta``, filled by
+:func:`pvt_np.load_model` from the checkpoint): converted to RGB, resized so they
+cover the training size with the shorter side (bicubic) and centre-cropped to it,
+then normalised with the run's mean and std through the same
+:class:`~pvt_np.data.BatchLoader` that evaluation uses. An image already at the
+training size is not resampled, so it gets exactly the logits ``pvt-np evaluate``
+computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pvt_np import backend
+from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
+from pvt_np.models.registry import model_meta
+
+__all__ = ["Prediction", "add_arguments", "predict", "prepare_images", "run"]
+
+_BATCH_SIZE = 64  # images per forward pass: bounds memory whatever the number of images
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top classes of one image, most probable first.
+
+    source: the image's path, or '<image k>' for an in-memory image (k counts from 0).
+    indices, probabilities: class indices and their softmax probabilities.
+    labels: class names from the checkpoint (the indices as text when it has none).
+    """
+
+    source: str
+    indices: tuple[int, ...]
+    probabilities: tuple[float, ...]
+    labels: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: {'image': ..., 'top_k': [{'label', 'index', 'probability'}, ...]}."""
+        return {
+            "image": self.source,
+            "top_k": [
+                {"label": label, "index": index, "probability": probability}
+                for label, index, probability in zip(self.labels, self.indices, self.probabilities, strict=True)
+            ],
+        }
+
+
+def _as_images(images: Any) -> list[Any]:
+    """One image or a sequence of them as a list (a 4-D uint8 array is a batch)."""
+    if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+        return [images]
+    if hasattr(images, "shape") and hasattr(images, "dtype"):
+        return list(backend.to_numpy(images)) if np.ndim(images) == 4 else [images]
+    if isinstance(images, Iterable):
+        return list(images)
+    raise TypeError(
+        f"predict: images must be paths, PIL images or uint8 arrays (or a list of them), got {type(images).__name__}"
+    )
+
+
+def _is_pil(value: Any) -> bool:
+    module = type(value).__module__ or ""
+    return module.startswith("PIL.") and hasattr(value, "convert") and hasattr(value, "size")
+
+
+def _open(image: Any, index: int) -> tuple[Any, str]:
+    """(an RGB PIL image, its name) from a path, a PIL image or a uint8 array."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        try:
+            with Image.open(path) as opened:
+                return opened.convert("RGB"), str(path)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"predict: image {str(path)!r} does not exist") from err
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"predict: cannot read {str(path)!r} as an image ({err})") from err
+    name = f"<image {index}>"
+    if _is_pil(image):
+        return image.convert("RGB"), name
+    if hasattr(image, "shape") and hasattr(image, "dtype"):
+        array = backend.to_numpy(image)
+        if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+            raise ValueError(
+                f"predict: {name}: an array image must be uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+                f"got {array.dtype} {array.shape}"
+            )
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        return Image.fromarray(np.ascontiguousarray(array)).convert("RGB"), name
+    raise TypeError(f"predict: {name}: expected a path, a PIL image or a uint8 array, got {type(image).__name__}")
+
+
+def _fit(image: Any, size: tuple[int, int]) -> np.ndarray:
+    """Resize so the image covers ``size`` (height, width), keeping its aspect, then centre-crop."""
+    from PIL import Image
+
+    height, width = size
+    scale = max(height / image.height, width / image.width)
+    new_size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    if new_size != image.size:
+        image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left, top = (new_size[0] - width) // 2, (new_size[1] - height) // 2
+    return np.asarray(image.crop((left, top, left + width, top + height)), dtype=np.uint8)
+
+
+def prepare_images(images: Any, input_size: tuple[int, int], start: int = 0) -> tuple[np.ndarray, list[str]]:
+    """uint8 (N, H, W, 3) images at ``input_size`` and their names, from paths, PIL images or arrays."""
+    opened = [_open(image, start + k) for k, image in enumerate(_as_images(images))]
+    return np.stack([_fit(image, input_size) for image, _ in opened]), [name for _, name in opened]
+
+
+def _check_top_k(top_k: Any) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"predict: top_k must be an int >= 1, got {top_k!r}")
+    return int(top_k)
+
+
+def predict(
+    model: PyramidVisionTransformerV2,
+    images: Any,
+    top_k: int = 5,
+    *,
+    input_size: tuple[int, int] | None = None,
+    batch_size: int = _BATCH_SIZE,
+) -> list[Prediction]:
+    """The ``top_k`` most probable classes of each image (at most the model's number of classes).
+
+    images: a path, PIL image or uint8 array (H, W[, C]), or a list of them (any size and mode
+        Pillow opens: grey, RGBA, palette, ...), or a uint8 batch (N, H, W, C).
+    input_size: (height, width) to feed the model; default ``model.meta.input_size``, the
+        training images' size recorded in the checkpoint.
+
+    Normalisation uses ``model.meta``'s mean and std. The model runs in eval mode, without
+    keeping anything for a backward pass, on its own device and dtype; its mode is restored.
+    """
+    from pvt_np.data.loader import BatchLoader
+    from pvt_np.nn import no_grad
+
+    top_k = _check_top_k(top_k)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
+    meta = model_meta(model)
+    if model.num_classes < 1:
+        raise ValueError("predict: the model has no classifier head (num_classes=0)")
+    size = input_size if input_size is not None else meta.input_size
+    if size is None:
+        raise ValueError(
+            "predict: the model does not record its input size (model.meta.input_size, from the checkpoint): "
+            "pass input_size=(height, width) (pvt-np predict --input-size H W)"
+        )
+    if meta.mean is None or meta.std is None:
+        raise ValueError(
+            "predict: the model does not record the normalisation its run used (model.meta.mean / std): "
+            "set model.meta = pvt_np.models.ModelMeta(mean=..., std=..., ...) first"
+        )
+    size = (int(size[0]), int(size[1]))
+    model.feature_sizes(*size)  # a clear error now if this size does not fit the pyramid
+    items = _as_images(images)
+    k = min(top_k, model.num_classes)
+    was_training = model.training
+    model.eval()
+    results: list[Prediction] = []
+    try:
+        for start in range(0, len(items), batch_size):
+            pixels, names = prepare_images(items[start : start + batch_size], size, start)
+            loader = BatchLoader(
+                pixels, np.zeros(len(pixels), np.int64), len(pixels), shuffle=False, device=model.device,
+                mean=meta.mean, std=meta.std, dtype=model.dtype, num_classes=model.num_classes,
+            )  # fmt: skip
+            with no_grad():
+                logits = model(loader.batch(0, 0).x)
+            xp = backend.get_array_module(logits)
+            shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+            probs = xp.exp(shifted)
+            probs /= probs.sum(axis=1, keepdims=True)
+            order = xp.argsort(-probs, axis=1, kind="stable")[:, :k]
+            top = backend.to_numpy(xp.take_along_axis(probs, order, axis=1))
+            order = backend.to_numpy(order)
+            for name, indices, values in zip(names, order, top, strict=True):
+                labels = tuple(
+                    meta.classes[i] if meta.classes is not None and i < len(meta.classes) else str(i) for i in indices
+                )
+                results.append(
+                    Prediction(name, tuple(int(i) for i in indices), tuple(float(v) for v in values), labels)
+                )
+    finally:
+        model.train(was_training)
+    return results
+
+
+# ---------------------------------------------------------------------------
+# pvt-np predict
+# ---------------------------------------------------------------------------
+def _positive_int(flag: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 or str(value) != text.strip():
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``pvt-np predict``."""
+    parser.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="a run's best.npz / last.npz, or a weights file (.npz, .safetensors, .pth)",
+    )
+    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any size and mode Pillow opens)")
+    parser.add_argument(
+        "--top-k", type=_positive_int("--top-k"), default=5, metavar="K",
+        help="classes shown per image (at most the model's number of classes)",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one entry per image")
+    parser.add_argument("--device", choices=backend.DEVICES, default="cpu", help="where the model runs")
+    parser.add_argument(
+        "--input-size", type=_positive_int("--input-size"), nargs=2, metavar=("H", "W"), default=None,
+        help="feed images at H x W instead of the training size the checkpoint records",
+    )  # fmt: skip
+    parser.epilog = "exit status: 0 done, 1 unreadable checkpoint or image, 2 bad usage"
+
+
+def _format(predictions: Sequence[Prediction]) -> str:
+    lines = []
+    for p in predictions:
+        lines.append(p.source)
+        width = max(len(label) for label in p.labels)
+        lines += [f"  {prob:8.2%}  {label:<{width}}  (class {i})" for label, i, prob in
+                  zip(p.labels, p.indices, p.probabilities, strict=True)]  # fmt: skip
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``pvt-np predict``; returns the exit status."""
+    from pvt_np.weights import load_model
+
+    try:
+        model = load_model(args.checkpoint, device=args.device)
+        input_size = tuple(args.input_size) if args.input_size else None
+        predictions = predict(model, args.images, top_k=args.top_k, input_size=input_size)
+    except (ValueError, OSError, ImportError, RuntimeError) as err:
+        print(f"pvt-np predict: error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps([p.to_dict() for p in predictions], indent=2) if args.json else _format(predictions))
+    return 0
