@@ -560,11 +560,11 @@ BAD_FLAGS = [
     (["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
     (["--log-every", "0"], "--log-every: expected an integer >= 1, got 0"),
     (["--override", "depths=1,1"], "--override: expected create_model arguments that build a pvt_v2_b0 "
-     "(embed_dims needs 2 values (one per stage), got (8, 16, 16, 16)), got depths=1,1"),
+     "(embed_dims needs 2 values (one per stage, like depths), got (8, 16, 16, 16)), got depths=1,1"),
     (["--override", "colour=1"], "--override: expected create_model arguments that build a pvt_v2_b0 "
      "(unknown override(s) ['colour']"),
     (["--override", "num_heads=3,1,1,1"], "--override: expected create_model arguments that build a pvt_v2_b0 "
-     "(dim (8) must be divisible by num_heads (3)), got "),
+     "(stage 0: embed_dims[0] = 8 is not divisible by num_heads[0] = 3), got "),
 ]  # fmt: skip
 INTERNAL_NAMES = ("BatchLoader", "AdamW", "CosineWarmupSchedule", "TrainConfig", "PyramidVisionTransformerV2",
                   "Attention:", "create_model:", "Traceback")  # fmt: skip
