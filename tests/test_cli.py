@@ -137,3 +137,14 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     code = text[start : text.index("```", start)]
     assert "pvt_np.gradcheck" in code and "model.backward" in code
     exec(compile(code, "README.md", "exec"), {})
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "convert", "flops", "bench"])
+def test_help_shows_defaults_but_not_empty_ones(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text
+    if command == "train":
+        assert "epochs to train (default: 20)" in text and "images per step (default: 128)" in text

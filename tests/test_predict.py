@@ -8,6 +8,7 @@ normalisation, same logits) and on images of other sizes and modes.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -198,7 +199,8 @@ def test_cli_predict_errors(run_dir: Path, odd_images: list[Path], capsys: pytes
 def test_run_to_used_model(
     run_dir: Path, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """best.npz -> convert (no --model) -> a weights file that load_model, predict and evaluate use alike."""
+    """best.npz -> convert (no --model) -> a weights file that load_model, predict and evaluate use alike;
+    and the run continues from its directory alone."""
     best = run_dir / "best.npz"
     out = tmp_path / "x.safetensors"
     assert cli.main(["convert", str(best), str(out)]) == 0
@@ -213,6 +215,13 @@ def test_run_to_used_model(
     assert capsys.readouterr().out.splitlines()[1] == by_run  # the same loss and accuracy
     assert cli.main(["evaluate", str(out)]) == 1
     assert "is a weights file, which does not record the data" in capsys.readouterr().err
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = (copy / "last.npz").read_bytes()
+    # Every setting comes from the run's config.json.
+    assert cli.main(["train", "--resume", "--output", str(copy), "--no-progress"]) == 0
+    assert "done: test accuracy" in capsys.readouterr().out
+    assert (copy / "last.npz").read_bytes() == before  # the run had ended: nothing more to train
 
 
 def test_import_reaches_every_public_submodule_lazily() -> None:
