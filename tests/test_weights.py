@@ -772,3 +772,21 @@ def test_training_checkpoint_written_before_records_still_loads(tmp_path):
     _assert_same_weights(
         W.load_weights(create_model("pvt_v2_b0", 4, cifar=True, depths=(1,) * 4), ckpt.source), model.state_dict()
     )
+
+
+def test_load_model_draws_no_initial_weights(tmp_path: Path) -> None:
+    """load_model builds under nn.skip_init(): no random draw for weights it overwrites, and every weight loaded."""
+    from pvt_np import backend, load_model, nn
+
+    model = create_model("pvt_v2_b0", num_classes=10, cifar=True, seed=3)
+    path = W.save_npz(model, tmp_path / "b0.npz")
+    state = backend.get_rng(np).bit_generator.state
+    loaded = load_model(path)
+    assert backend.get_rng(np).bit_generator.state == state
+    expected = model.state_dict()
+    assert all(np.array_equal(v, expected[k]) for k, v in loaded.state_dict().items())
+    with nn.skip_init():
+        nn.Linear(4, 3)
+    assert backend.get_rng(np).bit_generator.state == state
+    nn.Linear(4, 3)  # outside the context the default init draws again
+    assert backend.get_rng(np).bit_generator.state != state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import numbers
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ import numpy as np
 
 from pvt_np import backend
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
+from pvt_np.nn import skip_init
 
 _COMMON = {"num_heads": (1, 2, 5, 8), "sr_ratios": (8, 4, 2, 1), "mlp_ratios": (8, 8, 4, 4)}
 _WIDE = (64, 128, 320, 512)
@@ -204,7 +206,9 @@ def build_model(
     dtype = backend.check_float_dtype(dtype)
     backend.check_device(device)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in ARCH_FIELDS}
-    model = PyramidVisionTransformerV2(num_classes=cfg["num_classes"], dtype=dtype, **kwargs, **rates)
+    # A loader overwrites every weight: skip the layers' default draws (``seed=None``).
+    with skip_init() if seed is None else contextlib.nullcontext():
+        model = PyramidVisionTransformerV2(num_classes=cfg["num_classes"], dtype=dtype, **kwargs, **rates)
     if seed is not None:
         model.init_weights(seed)
     model.model_name = name

@@ -12,6 +12,7 @@ from pvt_np.nn.layers import (
     Linear,
     ReLU,
     Softmax,
+    skip_init,
 )
 from pvt_np.nn.module import Module, ModuleList, Parameter, Sequential, is_grad_enabled, no_grad
 
@@ -33,4 +34,5 @@ __all__ = [
     "Softmax",
     "is_grad_enabled",
     "no_grad",
+    "skip_init",
 ]
