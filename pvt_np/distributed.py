@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -61,6 +62,8 @@ DEFAULT_BUCKET_BYTES = 64 << 20
 # Steps between weight checksums (and at every epoch end): an integer sum over the weights (measured
 # 4 ms for b0 on a busy 2-core machine, against ~0.5 s per step) and one tiny allgather.
 CHECK_WEIGHTS_EVERY = 200
+# Seconds an aborting rank waits after flushing, so mpiexec forwards its last message before the kill.
+ABORT_GRACE_SECONDS = 0.5
 
 T = TypeVar("T")
 
@@ -121,8 +124,17 @@ class World:
         return result  # type: ignore[return-value]
 
     def abort(self, code: int = 1) -> None:
-        """End every rank now (MPI_Abort); the only safe exit when one rank failed alone."""
+        """End every rank now (MPI_Abort); the only safe exit when one rank failed alone.
+
+        mpiexec kills every process as soon as one aborts, and what this rank wrote just
+        before may still sit in the pipe to mpiexec's output forwarder: a traceback cut
+        after its first line was seen under load. So flush, and give the forwarder a moment.
+        """
         if self.size > 1:
+            sys.stdout.flush()
+            print(f"rank {self.rank} of {self.size}: ending every rank (MPI_Abort, exit code {code})", file=sys.stderr)
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE_SECONDS)
             self.comm.Abort(code)
 
 
