@@ -1,7 +1,7 @@
 """Data-parallel training (pvt_np.distributed): N MPI ranks compute the 1-process run.
 
 The runs use the tiny image folder and model of tests/training_fixtures.py in float64, with
-every source of randomness switched on (crops, flips, mixup and cutmix, dropout, drop-path)
+every source of randomness switched on (crops, flips, TrivialAugment, mixup and cutmix, dropout, drop-path)
 and gradient clipping, so that any rank-dependent draw or a wrong gradient scale shows.
 Runs under ``mpiexec`` go through tests/distributed_fixtures.py (mpi4py and MPICH come
 with the test extra); each has a timeout, so a hang fails the test instead of the suite.
@@ -33,7 +33,8 @@ if not MPIEXEC.exists():
 EPOCHS = 2
 BATCH = 8  # 8 steps per epoch on the 64 training images
 PARITY_TOL = 1e-10
-EXTRA = ("--dtype", "float64", "--batch-size", str(BATCH), "--mixup", "0.4", "--cutmix", "1.0", "--no-progress")
+EXTRA = ("--dtype", "float64", "--batch-size", str(BATCH), "--mixup", "0.4", "--cutmix", "1.0", "--trivial-augment",
+         "--no-progress")  # fmt: skip
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -238,13 +239,17 @@ def reset_shard() -> Any:
     backend.set_batch_shard(0, 1)
 
 
-@pytest.mark.parametrize("mix", [(0.0, 0.0), (0.4, 0.0), (0.0, 1.0)], ids=["plain", "mixup", "cutmix"])
-def test_loader_shards_are_slices_of_the_whole_batch(mix: tuple[float, float]) -> None:
+@pytest.mark.parametrize(
+    "mix",
+    [(0.0, 0.0, False), (0.4, 0.0, False), (0.0, 1.0, False), (0.0, 1.0, True), (0.0, 0.0, True)],
+    ids=["plain", "mixup", "cutmix", "cutmix-trivial", "trivial"],
+)
+def test_loader_shards_are_slices_of_the_whole_batch(mix: tuple[float, float, bool]) -> None:
     """For 2 and 4 shards, the shards' batches stacked are the 1-process batch bit for bit (mixed targets too)."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 12, 10, 3), dtype=np.uint8)
     labels = rng.integers(0, 5, 40)
-    aug = Augment(crop_padding=3, hflip=True, mixup_alpha=mix[0], cutmix_alpha=mix[1])
+    aug = Augment(crop_padding=3, hflip=True, mixup_alpha=mix[0], cutmix_alpha=mix[1], trivial=mix[2])
 
     def make(shard: tuple[int, int]) -> BatchLoader:
         return BatchLoader(images, labels, 8, seed=3, drop_last=True, augment=aug, num_classes=5, shard=shard,

@@ -112,6 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the decoded images of an image folder are cached (none given: "
                    "$XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np)")  # fmt: skip
     d.add_argument("--no-augment", action=_GivenTrue, help="no random crop / flip")
+    d.add_argument("--trivial-augment", action=_GivenTrue,
+                   help="TrivialAugment after the crop and flip: one colour or geometric op per image")  # fmt: skip
     d.add_argument("--mixup", action=_Given, type=float, default=DEFAULTS.mixup, help="mixup alpha (0: off)")
     d.add_argument("--cutmix", action=_Given, type=float, default=DEFAULTS.cutmix, help="cutmix alpha (0: off)")
     d.add_argument("--train-subset", action=_Given, type=int, metavar="N",
@@ -182,6 +184,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         "hflip": not args.no_augment,
         "mixup": args.mixup,
         "cutmix": args.cutmix,
+        "trivial_augment": args.trivial_augment,
         "device": args.device,
         "dtype": args.dtype,
         "seed": args.seed,

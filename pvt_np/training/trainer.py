@@ -23,7 +23,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class TrainConfig:
     hflip: bool = True
     mixup: float = 0.0
     cutmix: float = 0.0
+    trivial_augment: bool = False  # TrivialAugment after the crop and flip (see pvt_np.data.trivial_augment)
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
@@ -97,7 +98,7 @@ class TrainConfig:
 # changed would not continue the same run (device, paths and logging may change freely).
 TRAJECTORY_FIELDS = (
     "dataset", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing",
-    "clip_grad", "drop_rate", "drop_path_rate", "crop_padding", "hflip", "mixup", "cutmix", "seed",
+    "clip_grad", "drop_rate", "drop_path_rate", "crop_padding", "hflip", "mixup", "cutmix", "trivial_augment", "seed",
     "train_subset", "test_subset",
 )  # fmt: skip
 
@@ -258,8 +259,9 @@ class Trainer:
         mean, std = self.train_set.mean_std()
         self.normalize = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
         augment = Augment(
-            crop_padding=cfg.crop_padding, hflip=cfg.hflip, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix
-        )
+            crop_padding=cfg.crop_padding, hflip=cfg.hflip, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+            trivial=cfg.trivial_augment,
+        )  # fmt: skip
         distributed.local_batch_size(cfg.batch_size, self.world)  # a clear error if the ranks cannot share it
         self.train_loader = self.train_set.loader(
             cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True, device=cfg.device,
@@ -328,7 +330,10 @@ class Trainer:
                 f"{ckpt.get('num_classes')} classes, this run asks for {mine} with {self.num_classes} classes"
             )
         current = _jsonable(asdict(self.config))
-        changed = [f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in TRAJECTORY_FIELDS if saved.get(k) != current[k]]
+        # A setting added after the run was started is absent from its checkpoint: the run had its default.
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        recorded = {k: saved.get(k, defaults[k]) for k in TRAJECTORY_FIELDS}
+        changed = [f"{k} {recorded[k]!r} -> {current[k]!r}" for k in TRAJECTORY_FIELDS if recorded[k] != current[k]]
         if changed:
             raise CheckpointError(
                 f"--resume continues {self.out} exactly, but these settings differ from its checkpoint: "

@@ -84,6 +84,8 @@ def check_train_config(config: Any) -> None:
     _int_at_least(config, "crop_padding", 0)
     _real_in(config, "mixup", 0.0, math.inf, high_open=True, what=" (0: off)")
     _real_in(config, "cutmix", 0.0, math.inf, high_open=True, what=" (0: off)")
+    if config.trivial_augment not in (True, False):
+        raise ConfigError("trivial_augment", "True or False", config.trivial_augment)
     if config.device not in ("cpu", "gpu"):
         raise ConfigError("device", "'cpu' or 'gpu'", config.device)
     if config.dtype not in ("float32", "float64"):
