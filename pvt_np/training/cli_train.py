@@ -132,6 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="AdamW weight decay (not on biases and norm weights)")  # fmt: skip
     o.add_argument("--label-smoothing", action=_Given, type=float, default=DEFAULTS.label_smoothing,
                    help="in [0, 1)")  # fmt: skip
+    o.add_argument("--ema-decay", action=_Given, type=float, default=DEFAULTS.ema_decay,
+                   help="keep an exponential moving average of the weights, this decay per step (e.g. 0.999), "
+                   "evaluated beside them; best.npz keeps whichever scored better (none given: off)")  # fmt: skip
     o.add_argument("--clip-grad", action=_Given, type=float, default=None,
                    help="clip the gradient norm to this value (none given: no clipping)")  # fmt: skip
     r = p.add_argument_group("run")
@@ -147,6 +150,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --output from last.npz, with the settings of its config.json "
                    "(options given as well must agree with them)")  # fmt: skip
+    r.add_argument("--eval-every", action=_Given, type=int, default=DEFAULTS.eval_every, metavar="K",
+                   help="evaluate on the test set every K epochs, and always after the last one")  # fmt: skip
     r.add_argument("--log-every", action=_Given, type=int, default=DEFAULTS.log_every,
                    help="steps between progress-bar updates (and, on a GPU, loss reads)")  # fmt: skip
     r.add_argument("--no-progress", action=_GivenTrue,
@@ -190,6 +195,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         "seed": args.seed,
         "train_subset": args.train_subset,
         "test_subset": args.test_subset,
+        "eval_every": args.eval_every,
+        "ema_decay": args.ema_decay,
         "log_every": args.log_every,
         "progress": not args.no_progress,
     }
@@ -260,5 +267,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result:
         best = trainer.best_accuracy
-        print(f"done: test accuracy {result['test_accuracy']:.4f} (best {best:.4f}); run in {args.output}")
+        ema = f", EMA {result['ema_test_accuracy']:.4f}" if result.get("ema_test_accuracy") is not None else ""
+        print(f"done: test accuracy {result['test_accuracy']:.4f}{ema} (best {best:.4f}); run in {args.output}")
     return 0

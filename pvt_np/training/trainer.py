@@ -76,6 +76,8 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     eval_batch_size: int = 500
+    eval_every: int = 1  # evaluate on the test set every K epochs, and always after the last one
+    ema_decay: float | None = None  # an exponential moving average of the weights, updated every step; None: off
     train_subset: int | None = None  # a seeded random subset of N training images (quick runs, tests)
     test_subset: int | None = None  # a fixed random subset of N test images
     log_every: int = 20  # steps between progress updates (and, on the GPU, loss checks)
@@ -98,8 +100,8 @@ class TrainConfig:
 # changed would not continue the same run (device, paths and logging may change freely).
 TRAJECTORY_FIELDS = (
     "dataset", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing",
-    "clip_grad", "drop_rate", "drop_path_rate", "crop_padding", "hflip", "mixup", "cutmix", "trivial_augment", "seed",
-    "train_subset", "test_subset",
+    "clip_grad", "drop_rate", "drop_path_rate", "crop_padding", "hflip", "mixup", "cutmix", "trivial_augment",
+    "ema_decay", "seed", "train_subset", "test_subset",
 )  # fmt: skip
 
 
@@ -287,6 +289,9 @@ class Trainer:
             warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
             min_lr=cfg.min_lr,
         )
+        # The EMA of the weights (config.ema_decay): device arrays beside the parameters, the same on every
+        # rank because the weights are; evaluated beside the raw weights and saved in the checkpoints.
+        self.ema = self.model.state_dict() if cfg.ema_decay is not None else None
         self.history: list[dict[str, Any]] = []
         # Training loss, accuracy and lr as they were read (every step on the CPU, every
         # log_every steps on the GPU), for plots; saved as steps.csv with each last.npz.
@@ -346,6 +351,9 @@ class Trainer:
         self.partial = ckpt["progress"]["partial"]
         self.history = ckpt["history"]
         self.best_accuracy = ckpt["best_accuracy"]
+        if self.ema is not None:
+            params = dict(self.model.named_parameters())
+            self.ema = {k: backend.to_device(v, backend.device_of(params[k].data)) for k, v in ckpt["ema"].items()}
         self.step_log = read_step_log(self.out / "steps.csv", self.epoch * len(self.train_loader) + self.batch)
 
     def _checkpoint(self) -> dict[str, Any]:
@@ -356,6 +364,8 @@ class Trainer:
             "normalize": self.normalize,
             "model_record": model_record(self.model),
             "model": self.model.state_dict(),
+            "weights": "raw",  # what "model" holds: the trained weights ("ema": their moving average)
+            "ema": self.ema,
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "progress": {"epoch": self.epoch, "batch": self.batch, "partial": dict(self.partial)},
@@ -428,6 +438,8 @@ class Trainer:
                     self.model, self.criterion, self.optimizer, x, y, cfg.clip_grad, self.allreduce
                 )
                 self.schedule.step()
+                if self.ema is not None:
+                    self._update_ema()
                 labels = y if y.ndim == 1 else y.argmax(axis=1)
                 losses[pending] = loss
                 correct += (logits.argmax(axis=1) == labels).sum()
@@ -494,53 +506,105 @@ class Trainer:
         kept = f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written"
         return f"training stopped, {kept}. Try a lower --lr or --clip-grad."
 
+    def _update_ema(self) -> None:
+        """ema = decay * ema + (1 - decay) * weights, in place, after each update."""
+        decay = self.config.ema_decay
+        for name, p in self.model.named_parameters():
+            average = self.ema[name]
+            average *= decay
+            average += (1.0 - decay) * p.data
+
+    def _evaluate_ema(self) -> dict[str, Any]:
+        """The test-set figures of the EMA weights, swapped into the model and back (the same arrays)."""
+        params = list(self.model.named_parameters())
+        trained = [p.data for _, p in params]
+        try:
+            for name, p in params:
+                p.data = self.ema[name]
+            return evaluate(self.model, self.test_loader, self.num_classes, progress=self.config.progress,
+                            world=self.world)  # fmt: skip
+        finally:
+            for (_, p), data in zip(params, trained, strict=True):
+                p.data = data
+
+    def _evaluates(self, epoch: int) -> bool:
+        """Whether the test set is scored after ``epoch`` (counted from 1): every eval_every-th, and the last."""
+        return epoch % self.config.eval_every == 0 or epoch == self.config.epochs
+
     def _end_epoch(self) -> None:
         cfg = self.config
         p = self.partial
-        test = evaluate(self.model, self.test_loader, self.num_classes, progress=cfg.progress, world=self.world)
         distributed.check_replicas(self.world, self.model.parameters(), f"end of epoch {self.epoch + 1}")
-        if not np.isfinite(test["loss"]):  # the last update of the epoch spoiled the weights: don't save them
+        if self._evaluates(self.epoch + 1):
+            test = evaluate(self.model, self.test_loader, self.num_classes, progress=cfg.progress, world=self.world)
+            spoiled = not np.isfinite(test["loss"])
+            ema = self._evaluate_ema() if self.ema is not None and not spoiled else None
+        else:  # no test loss to tell: look at the weights themselves (the same on every rank)
+            xp = backend.get_array_module(self.model.patch_embed.proj.weight.data)
+            test = ema = None
+            spoiled = not all(bool(xp.isfinite(q.data).all()) for q in self.model.parameters())
+        if spoiled:  # the last update of the epoch spoiled the weights: don't save them
+            found = f"non-finite test loss ({test['loss']})" if test is not None else "non-finite weights"
             raise TrainingError(
-                f"non-finite test loss ({test['loss']}) after epoch {self.epoch + 1}: the weights are no longer "
-                f"finite; {self._stopped()}"
+                f"{found} after epoch {self.epoch + 1}: the weights are no longer finite; {self._stopped()}"
             )
         row = {
             "epoch": self.epoch + 1,
             "train_loss": p["loss_sum"] / max(p["seen"], 1),
             "train_accuracy": p["correct"] / max(p["seen"], 1),
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"] if test is not None else None,  # None: not evaluated (eval_every)
+            "test_accuracy": test["accuracy"] if test is not None else None,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_seconds": p["seconds"],
             "img_per_s": p["seen"] / max(p["seconds"], 1e-9),
         }
+        if self.ema is not None:
+            row["ema_test_loss"] = ema["loss"] if ema is not None else None
+            row["ema_test_accuracy"] = ema["accuracy"] if ema is not None else None
         self.history.append(row)
         self.epoch, self.batch = self.epoch + 1, 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        improved = test["accuracy"] > self.best_accuracy
+        # best.npz holds the better of the raw and the EMA weights (the raw ones on a tie) of the best epoch.
+        scored = [(name, r) for name, r in (("raw", test), ("ema", ema)) if r is not None]
+        winner = max(scored, key=lambda item: item[1]["accuracy"], default=None)
+        improved = winner is not None and winner[1]["accuracy"] > self.best_accuracy
         if improved:
-            self.best_accuracy = test["accuracy"]
-        self._on_root(lambda: self._write_epoch(improved, test["confusion"]))
+            self.best_accuracy = winner[1]["accuracy"]
+        best_weights = winner[0] if improved else None
+        confusion = test["confusion"] if test is not None else None
+        self._on_root(lambda: self._write_epoch(best_weights, confusion))
         if cfg.progress:
+            if test is None:
+                scores = f"test not evaluated (every {cfg.eval_every} epochs)"
+            else:
+                scores = f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
+                if ema is not None:
+                    scores += f" | EMA test loss {ema['loss']:.4f} acc {ema['accuracy']:.4f}"
+            best = {None: "", "raw": " (best)", "ema": " (best: EMA)"}[best_weights]
             print(
                 f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | {row['img_per_s']:.0f} img/s"
-                + (" (best)" if improved else ""),
+                f"{scores} | {row['img_per_s']:.0f} img/s{best}",
                 flush=True,
             )
 
-    def _write_epoch(self, improved: bool, confusion: np.ndarray) -> None:
-        """Checkpoints, logs and plots of the epoch just ended (rank 0's job)."""
+    def _write_epoch(self, best_weights: str | None, confusion: np.ndarray | None) -> None:
+        """Checkpoints, logs and plots of the epoch just ended (rank 0's job).
+
+        ``best_weights``: None, or which weights ("raw" or "ema") set a new best test accuracy;
+        best.npz then holds those as its model, so ``load_model`` gets the weights that scored.
+        """
         ckpt = self._checkpoint()
         save_checkpoint(self.out / "last.npz", ckpt)
-        if improved:
+        if best_weights == "ema":
+            save_checkpoint(self.out / "best.npz", {**ckpt, "model": self.ema, "weights": "ema"})
+        elif best_weights == "raw":
             save_checkpoint(self.out / "best.npz", ckpt)
         self._write_logs()
         write_step_log(self.out / "steps.csv", self.step_log)
         from pvt_np.training.plots import plot_confusion, plot_curves
 
         plot_curves(self.history, self.out / "curves.png", self.step_log)
-        if self.epoch == self.config.epochs:
+        if self.epoch == self.config.epochs and confusion is not None:
             plot_confusion(confusion, list(self.train_set.classes), self.out / "confusion.png")
 
     def _write_logs(self) -> None:
