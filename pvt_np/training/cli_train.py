@@ -122,6 +122,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate on a fixed random subset of N test images (none given: all)")  # fmt: skip
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", action=_Given, type=int, default=DEFAULTS.epochs, help="epochs to train")
+    o.add_argument("--time-budget", action=_Given, type=float, metavar="MINUTES",
+                   help="instead of --epochs: fit the number of epochs, and so the cosine, to this many minutes "
+                   "from the command's start to its last evaluation, from a timed probe of a few steps")  # fmt: skip
     o.add_argument("--batch-size", action=_Given, type=int, default=DEFAULTS.batch_size, help="images per step")
     o.add_argument("--lr", action=_Given, type=float, default=DEFAULTS.lr, help="peak learning rate (AdamW)")
     o.add_argument("--min-lr", action=_Given, type=float, default=DEFAULTS.min_lr,
@@ -197,11 +200,17 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         "test_subset": args.test_subset,
         "eval_every": args.eval_every,
         "ema_decay": args.ema_decay,
+        "time_budget": args.time_budget,
         "log_every": args.log_every,
         "progress": not args.no_progress,
     }
+    given = getattr(args, GIVEN, set())
+    if {"epochs", "time_budget"} <= given:  # the budget chooses the epochs: one or the other
+        raise ConfigError(
+            "time_budget", "no --epochs beside it (the budget chooses the number of epochs)",
+            f"--time-budget {args.time_budget:g} and --epochs {args.epochs}",
+        )  # fmt: skip
     if base is not None:
-        given = getattr(args, GIVEN, set())
         values = {**asdict(base), **{k: v for k, v in values.items() if _field_dest(k) in given}}
     return TrainConfig(**values)
 
@@ -235,8 +244,11 @@ def flag_error(err: ConfigError) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     from pvt_np import distributed
 
+    started = time.monotonic()  # --time-budget counts from here
     if args.nprocs is not None:
         return distributed.launch(args.nprocs, sys.argv[1:])
     try:
@@ -247,7 +259,9 @@ def run(args: argparse.Namespace) -> int:
     distributed.set_threads(world, args.threads)
     try:
         base = saved_config(Path(args.output)) if args.resume else None
-        trainer = world.agree(lambda: Trainer(config_from_args(args, base), args.output, resume=args.resume))
+        trainer = world.agree(
+            lambda: Trainer(config_from_args(args, base), args.output, resume=args.resume, started=started)
+        )
         result = trainer.fit()
     except KeyboardInterrupt as stop:
         if world.size > 1 and not str(stop):  # a second Ctrl-C on one rank: the others cannot finish the step

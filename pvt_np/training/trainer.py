@@ -8,9 +8,10 @@ step). A checkpoint therefore needs no generator state: resuming from
 would have seen, and ends with the same weights.
 
 Checkpoints (``last.npz`` every epoch and on Ctrl-C, ``best.npz`` on a new best
-test accuracy) are written to a temporary file and renamed, so a run killed at
-any moment keeps its previous checkpoint intact; the next start in that directory
-removes the temporary files such a kill leaves behind.
+test accuracy, of the raw weights or of their EMA when the run keeps one) are
+written to a temporary file and renamed, so a run killed at any moment keeps its
+previous checkpoint intact; the next start in that directory removes the temporary
+files such a kill leaves behind.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import io
 import json
 import re
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -57,7 +59,7 @@ class TrainConfig:
     data_path: str = "data"
     download: bool = False
     cache_dir: str | None = None  # decoded image-folder cache; None: $XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np
-    epochs: int = 20
+    epochs: int = 20  # with time_budget: replaced by the number of epochs fitted to the budget
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-5
@@ -78,6 +80,12 @@ class TrainConfig:
     eval_batch_size: int = 500
     eval_every: int = 1  # evaluate on the test set every K epochs, and always after the last one
     ema_decay: float | None = None  # an exponential moving average of the weights, updated every step; None: off
+    # Minutes from the command's start to its last evaluation: the epochs (and so the cosine) are fitted to it
+    # from a timed probe before training (see Trainer._fit_budget); None: train ``epochs``.
+    time_budget: float | None = None
+    # What the fit measured and chose (epochs, seconds per step, per evaluation, used before training): recorded
+    # so that --resume continues the same schedule without measuring again. Set by the trainer.
+    budget_fit: dict[str, float] | None = None
     train_subset: int | None = None  # a seeded random subset of N training images (quick runs, tests)
     test_subset: int | None = None  # a fixed random subset of N test images
     log_every: int = 20  # steps between progress updates (and, on the GPU, loss checks)
@@ -101,8 +109,30 @@ class TrainConfig:
 TRAJECTORY_FIELDS = (
     "dataset", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing",
     "clip_grad", "drop_rate", "drop_path_rate", "crop_padding", "hflip", "mixup", "cutmix", "trivial_augment",
-    "ema_decay", "seed", "train_subset", "test_subset",
+    "ema_decay", "time_budget", "seed", "train_subset", "test_subset",
 )  # fmt: skip
+
+# The time-budget probe: PROBE_STEPS training steps of a throw-away copy of the model (the first, which
+# allocates, untimed) and PROBE_EVAL_BATCHES test batches; BUDGET_MARGIN of the budget is kept back for
+# what the probe does not time (checkpoints, plots, the EMA update) and for the machine's jitter.
+PROBE_STEPS = 12
+PROBE_EVAL_BATCHES = 2
+BUDGET_MARGIN = 0.03
+
+
+def fit_epochs(available: float, epoch_seconds: float, eval_seconds: float, eval_every: int) -> int:
+    """The most epochs E whose cost, E * epoch_seconds plus eval_seconds for each evaluation (after every
+    eval_every-th epoch and after the last), is at most ``available`` seconds (0 if not even one fits)."""
+
+    def cost(epochs: int) -> float:
+        evaluations = epochs // eval_every + (epochs % eval_every != 0)
+        return epochs * epoch_seconds + evaluations * eval_seconds
+
+    # cost(E) >= E * (epoch_seconds + eval_seconds / eval_every): a bound to count down from.
+    epochs = max(int(available / max(epoch_seconds + eval_seconds / eval_every, 1e-9)), 0)
+    while epochs > 0 and cost(epochs) > available:
+        epochs -= 1
+    return epochs
 
 
 def _jsonable(value: Any) -> Any:
@@ -218,7 +248,12 @@ def evaluate(
 class Trainer:
     """Runs a :class:`TrainConfig` into ``output_dir`` (created; an existing run needs ``resume``)."""
 
-    def __init__(self, config: TrainConfig, output_dir: str | Path, resume: bool = False) -> None:
+    def __init__(
+        self, config: TrainConfig, output_dir: str | Path, resume: bool = False, started: float | None = None
+    ) -> None:
+        """``started``: the ``time.monotonic()`` at which the command started (the time budget counts from
+        it); None: now."""
+        self.started = time.monotonic() if started is None else started
         self.config = config
         self.out = Path(output_dir)
         self.resume = resume
@@ -281,14 +316,7 @@ class Trainer:
         )
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.optimizer = AdamW(param_groups_weight_decay(self.model, cfg.weight_decay), lr=cfg.lr)
-        steps_per_epoch = len(self.train_loader)
-        self.total_steps = cfg.epochs * steps_per_epoch
-        self.schedule = CosineWarmupSchedule(
-            self.optimizer,
-            total_steps=self.total_steps,
-            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-            min_lr=cfg.min_lr,
-        )
+        self._build_schedule()
         # The EMA of the weights (config.ema_decay): device arrays beside the parameters, the same on every
         # rank because the weights are; evaluated beside the raw weights and saved in the checkpoints.
         self.ema = self.model.state_dict() if cfg.ema_decay is not None else None
@@ -301,7 +329,97 @@ class Trainer:
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         if self.resume:
             self._restore(load_checkpoint(self.out / "last.npz"))
-        self.summary = self._describe()
+
+    def _build_schedule(self) -> None:
+        cfg = self.config
+        steps_per_epoch = len(self.train_loader)
+        self.total_steps = cfg.epochs * steps_per_epoch
+        self.schedule = CosineWarmupSchedule(
+            self.optimizer,
+            total_steps=self.total_steps,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            min_lr=cfg.min_lr,
+        )
+
+    def _fit_budget(self) -> None:
+        """Choose the number of epochs that ends the run within config.time_budget minutes.
+
+        Times PROBE_STEPS steps (loading and augmenting the batches included) of a fresh copy of
+        the model with its own optimizer, and PROBE_EVAL_BATCHES test batches, then takes the most
+        epochs E whose training and evaluations (every eval_every epochs and the last, twice with an
+        EMA) fit in what is left of the budget less BUDGET_MARGIN. The probe leaves the run's model,
+        optimizer and random draws untouched (every step reseeds), so the run is the plain run of E
+        epochs: the cosine ends at min_lr. On several ranks rank 0's timings decide, for all.
+        """
+        cfg = self.config
+        steps_per_epoch = len(self.train_loader)
+        model = build_model(cfg, self.num_classes, self.train_set.image_size)
+        optimizer = AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
+        model.train()
+        done = [time.monotonic()]  # the probe's start, then the end of each step
+        for k in range(min(PROBE_STEPS, steps_per_epoch)):
+            x, y = self.train_loader.batch(0, k)
+            backend.manual_seed(backend.derive_seed(cfg.seed, 0, k, 1))
+            loss, _ = train_step(model, self.criterion, optimizer, x, y, cfg.clip_grad, self.allreduce)
+            float(loss)  # wait for the device
+            done.append(time.monotonic())
+        # The first step allocates and warms caches: time from the second on (when there is one).
+        timed = done[1:] if len(done) > 2 else done
+        step_seconds = (timed[-1] - timed[0]) / (len(timed) - 1)
+        now = time.monotonic()
+        model.eval()
+        eval_batches = min(PROBE_EVAL_BATCHES, len(self.test_loader))
+        with no_grad():
+            for k, (x, _) in enumerate(self.test_loader.epoch(0)):
+                if k == eval_batches:
+                    break
+                float(model(x).sum())
+        eval_seconds = (time.monotonic() - now) / eval_batches * len(self.test_loader)
+        eval_seconds *= 2 if cfg.ema_decay is not None else 1
+        write_seconds = 0.0
+        if self.world.is_root:  # what rank 0 writes after each epoch, into a scratch folder: timed the second time
+            with tempfile.TemporaryDirectory() as scratch:  # (the first imports matplotlib)
+                self._write_epoch_files(Path(scratch))
+                now = time.monotonic()
+                self._write_epoch_files(Path(scratch))
+                write_seconds = time.monotonic() - now
+        elapsed = time.monotonic() - self.started
+        if self.world.size > 1:  # rank 0's measurements, on every rank
+            root = self.world.is_root
+            step_seconds, eval_seconds, write_seconds, elapsed = (
+                self.world.allreduce_sum(v if root else 0.0)
+                for v in (step_seconds, eval_seconds, write_seconds, elapsed)
+            )
+        available = cfg.time_budget * 60.0 * (1.0 - BUDGET_MARGIN) - elapsed
+        epoch_seconds = steps_per_epoch * step_seconds + write_seconds
+        epochs = fit_epochs(available, epoch_seconds, eval_seconds, cfg.eval_every)
+        if epochs < max(cfg.warmup_epochs, 1):
+            raise TrainingError(
+                f"--time-budget {cfg.time_budget:g} minutes holds {epochs} epochs here, fewer than "
+                f"{'the ' + format(cfg.warmup_epochs, 'g') + ' of --warmup-epochs' if epochs else 'one'}: "
+                f"{elapsed:.0f} s went to the start and the timing, an epoch takes about "
+                f"{epoch_seconds + eval_seconds:.0f} s "
+                f"({steps_per_epoch} steps of {step_seconds:.3g} s, an evaluation of {eval_seconds:.3g} s and "
+                f"{write_seconds:.3g} s of checkpoints and plots), "
+                f"{100 * BUDGET_MARGIN:g} % is kept in reserve. Give a longer --time-budget (nothing was written)."
+            )
+        fit = {
+            "epochs": epochs, "step_seconds": step_seconds, "eval_seconds": eval_seconds,
+            "write_seconds": write_seconds, "start_seconds": elapsed,
+        }  # fmt: skip
+        self.config = replace(cfg, epochs=epochs, budget_fit=fit)
+        self._build_schedule()
+
+    def _write_epoch_files(self, folder: Path) -> None:
+        """Write what _write_epoch writes (two checkpoints, the logs, the plots) into ``folder``, to time it."""
+        from pvt_np.training.plots import plot_curves
+
+        ckpt = self._checkpoint()
+        save_checkpoint(folder / "last.npz", ckpt)
+        save_checkpoint(folder / "best.npz", ckpt)
+        row = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0, "test_accuracy": 0.5}
+        write_step_log(folder / "steps.csv", self.step_log)
+        plot_curves([row], folder / "curves.png", self.step_log)
 
     def _describe(self) -> str:
         """One line: what this run trains, on what, where (printed at its start)."""
@@ -316,13 +434,20 @@ class Trainer:
         where = f"resuming at epoch {self.epoch + 1}, batch {self.batch}" if self.resume else "starting"
         if self.epoch >= cfg.epochs:
             where = "resuming a complete run"
+        fitted = ""
+        if cfg.budget_fit is not None:
+            fit = cfg.budget_fit
+            fitted = (
+                f" (fitted to --time-budget {cfg.time_budget:g} minutes: {fit['step_seconds']:.3g} s/step, "
+                f"{fit['eval_seconds']:.3g} s/evaluation, {fit['start_seconds']:.0f} s to start)"
+            )
         return (
             f"{where}: {cfg.dataset} at {cfg.data_path} ({len(self.train_set)} training / {len(self.test_set)} test "
             f"images of {h}x{w}, {self.num_classes} classes) | {cfg.model} "
             f"({'CIFAR' if cfg.cifar_stem else 'ImageNet'} stem{overrides}): "
             f"{count_params(self.model) / 1e6:.3g} M parameters, {count_flops(self.model, (h, w)) / 1e6:.3g} "
             f"MFLOPs/image | {cfg.device} {cfg.dtype}{threads} | {cfg.epochs} epochs of {len(self.train_loader)} "
-            f"steps | output {self.out}"
+            f"steps{fitted} | output {self.out}"
         )
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -379,6 +504,9 @@ class Trainer:
         world = self.world
         world.agree(self._setup)  # a rank that cannot read the data stops every rank, before anything is written
         self.allreduce = distributed.GradientAllReduce(world, self.config.device) if world.size > 1 else None
+        if self.config.time_budget is not None and self.config.budget_fit is None:
+            self._fit_budget()
+        self.summary = self._describe()
         self._on_root(self._write_config)
         if self.config.progress:  # rank 0 only: the other ranks run with progress off
             print(self.summary, flush=True)
@@ -669,4 +797,13 @@ def _subset(dataset: Any, n: int | None, seed: int) -> Any:
     )
 
 
-__all__ = ["ConfigError", "TrainConfig", "Trainer", "TrainingError", "build_model", "evaluate", "train_step"]
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "Trainer",
+    "TrainingError",
+    "build_model",
+    "evaluate",
+    "fit_epochs",
+    "train_step",
+]
