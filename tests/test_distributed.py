@@ -116,6 +116,19 @@ def test_resume_with_a_different_number_of_ranks(runs: dict[str, Any]) -> None:
         assert diff <= PARITY_TOL, f"{first} ranks then {then}: final weights differ by {diff:.3g}"
 
 
+def test_time_budget_on_two_ranks(tmp_path: Path, runs: dict[str, Any]) -> None:
+    """Under --time-budget the ranks train the epochs fitted from rank 0's timings, together, to min_lr."""
+    out = tmp_path / "budget"
+    args = _args(runs["data"], out, "--time-budget", "0.1")
+    at = args.index("--epochs")
+    _ok(run_ranks(2, [], args[:at] + args[at + 2 :]))
+    fit = json.loads((out / "config.json").read_text())["budget_fit"]
+    last = load_checkpoint(out / "last.npz")
+    assert fit["epochs"] >= 1 and len(last["history"]) == fit["epochs"] == last["progress"]["epoch"]
+    assert last["schedule"]["last_step"] == last["schedule"]["total_steps"] == fit["epochs"] * 64 // BATCH
+    assert last["history"][-1]["lr"] == pytest.approx(1e-5)
+
+
 def test_batch_not_divisible_by_the_ranks(tmp_path: Path, runs: dict[str, Any]) -> None:
     """mpiexec -n 3 with --batch-size 8: one clear error naming both numbers, nothing written."""
     out = tmp_path / "run"
