@@ -1071,3 +1071,5 @@ def test_trivial_draws_and_loader_determinism() -> None:
     assert not np.array_equal(plain.batch(epoch, k).x, x1)
     with pytest.raises(ValueError, match="TrivialAugment needs RGB images \\(3 channels\\), got 1"):
         BatchLoader(images[..., :1], labels, 16, augment=aug)
+    with pytest.raises(ValueError, match="Augment: trivial must be True or False, got 'yes'"):
+        Augment(trivial="yes")  # type: ignore[arg-type]

@@ -90,6 +90,8 @@ class Augment:
         for name in ("mix_prob", "switch_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"Augment: {name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not isinstance(self.trivial, bool):
+            raise ValueError(f"Augment: trivial must be True or False, got {self.trivial!r}")
 
     @classmethod
     def cifar(cls, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, **kwargs: Any) -> Augment:
