@@ -28,6 +28,7 @@ from PIL import Image
 from pvt_np import backend
 from pvt_np.data import (
     CIFAR_SPECS,
+    TRIVIAL_OPS,
     Augment,
     BatchLoader,
     CorruptDatasetError,
@@ -43,6 +44,8 @@ from pvt_np.data import (
     mixup,
     sample_crop_flip,
     sample_mix,
+    sample_trivial,
+    trivial_augment,
 )
 from pvt_np.data import cifar as cifar_mod
 from pvt_np.data import imagefolder as imf_mod
@@ -949,3 +952,124 @@ def test_gpu_batches_match_cpu() -> None:
     for c, g in zip(cpu, gpu, strict=True):
         np.testing.assert_allclose(backend.to_numpy(g.x), c.x, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(backend.to_numpy(g.y), c.y, rtol=1e-6, atol=1e-7)
+
+
+# -- TrivialAugment -------------------------------------------------------------------------------
+
+
+def _torchvision_op(image: np.ndarray, name: str, m: float) -> np.ndarray:
+    """torchvision's functional on one uint8 HWC image, with trivial_augment's magnitude -> parameter maps."""
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("torchvision.transforms.functional")
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+    f = 1.0 + 0.99 * m
+    h, w = image.shape[:2]
+    if name == "identity":
+        return image
+    if name == "brightness":
+        out = tf.adjust_brightness(t, f)
+    elif name == "contrast":
+        out = tf.adjust_contrast(t, f)
+    elif name == "saturation":
+        out = tf.adjust_saturation(t, f)
+    elif name == "solarize":
+        threshold = round(256 * (1 - abs(m)))
+        if threshold == 256:  # torchvision refuses a threshold above the largest value: nothing is inverted
+            return image
+        out = tf.solarize(t, float(threshold))
+    elif name == "posterize":
+        out = tf.posterize(t, int(8 - round(6 * abs(m))))
+    elif name in ("translate_x", "translate_y"):
+        shift = round(m * ((w if name == "translate_x" else h) // 2))
+        move = [shift, 0] if name == "translate_x" else [0, shift]
+        out = tf.affine(t, angle=0.0, translate=move, scale=1.0, shear=[0.0, 0.0])
+    else:
+        raise AssertionError(name)
+    return out.permute(1, 2, 0).numpy()
+
+
+def _shear_reference(image: np.ndarray, name: str, m: float) -> np.ndarray:
+    """The documented whole-pixel shear, pixel by pixel."""
+    h, w, _ = image.shape
+    out = np.zeros_like(image)
+    for y in range(h):
+        for x in range(w):
+            if name == "shear_x":
+                sy, sx = y, x - int(np.rint(0.99 * m * (y - (h - 1) / 2)))
+            else:
+                sy, sx = y - int(np.rint(0.99 * m * (x - (w - 1) / 2))), x
+            if 0 <= sy < h and 0 <= sx < w:
+                out[y, x] = image[sy, sx]
+    return out
+
+
+def _trivial_images() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 12, 10, 3), dtype=np.uint8)
+    images[2:] = images[2:] // 3 + 60  # low contrast too: the contrast and saturation blends do not saturate
+    return images
+
+
+@pytest.mark.parametrize("name", TRIVIAL_OPS)
+def test_trivial_ops_match_torchvision_or_the_formula(name: str) -> None:
+    """Each op at every level equals torchvision's functional (the shears: the explicit formula) bit for bit."""
+    images = _trivial_images()
+    op = np.full(len(images), TRIVIAL_OPS.index(name))
+    for level in range(-30, 31):
+        out = trivial_augment(images, op, np.full(len(images), level))
+        assert out.dtype == np.uint8 and out.shape == images.shape
+        if level == 0:
+            np.testing.assert_array_equal(out, images)
+        for image, got in zip(images, out, strict=True):
+            if name.startswith("shear"):
+                want = _shear_reference(image, name, level / 30)
+            else:
+                want = _torchvision_op(image, name, level / 30)
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} at level {level}")
+
+
+def test_trivial_mixed_batch_equals_each_image_alone() -> None:
+    """Images that drew different ops in one batch get what each gets alone (the others' parameters are neutral)."""
+    images = np.concatenate([_trivial_images()] * 10)
+    op, level = sample_trivial(np.random.default_rng(4), len(images))
+    assert set(op.tolist()) == set(range(len(TRIVIAL_OPS)))
+    out = trivial_augment(images, op, level)
+    for i in range(len(images)):
+        alone = trivial_augment(images[i : i + 1], op[i : i + 1], level[i : i + 1])
+        np.testing.assert_array_equal(out[i : i + 1], alone)
+    np.testing.assert_array_equal(trivial_augment(images, op, np.zeros_like(level)), images)
+    with pytest.raises(ValueError, match=r"expected uint8 RGB images \(B, H, W, 3\), got uint8 \(2, 4, 4, 1\)"):
+        trivial_augment(np.zeros((2, 4, 4, 1), np.uint8), op[:2], level[:2])
+
+
+def test_trivial_draws_and_loader_determinism() -> None:
+    """Levels in range, signs only where the op has a direction; batches a function of (seed, epoch, batch)."""
+    op, level = sample_trivial(np.random.default_rng(0), 20000)
+    unsigned = np.isin(op, [TRIVIAL_OPS.index(n) for n in ("identity", "solarize", "posterize")])
+    assert level.min() == -30 and level.max() == 30 and (level[unsigned] >= 0).all()
+    assert set(np.unique(op)) == set(range(len(TRIVIAL_OPS)))
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(40, 10, 10, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, size=40)
+    aug = Augment(crop_padding=2, hflip=True, trivial=True)
+    a = BatchLoader(images, labels, 16, seed=11, augment=aug, dtype=np.float64)
+    b = BatchLoader(images, labels, 16, seed=11, augment=aug, dtype=np.float64)
+    plain = BatchLoader(images, labels, 16, seed=11, augment=Augment(crop_padding=2, hflip=True), dtype=np.float64)
+    x1 = a.batch(2, 1).x
+    assert x1.dtype == np.float64 and x1.shape == (16, 3, 10, 10)
+    np.testing.assert_array_equal(b.batch(2, 1).x, x1)  # a fresh loader: the same batch
+    np.testing.assert_array_equal(a.batch(2, 0).x, b.batch(2, 0).x)
+    assert not np.array_equal(a.batch(2, 0).x, x1) and not np.array_equal(a.batch(3, 1).x, x1)
+    # The documented draws: crop and flip as without TrivialAugment, then the ops, applied after the crop.
+    epoch, k = 2, 1
+    idx = np.random.default_rng(backend.derive_seed(11, epoch)).permutation(40)[16:32]
+    draws = np.random.default_rng(backend.derive_seed(11, epoch, k))
+    dy, dx, flip = sample_crop_flip(draws, 16, 2, True)
+    op, level = sample_trivial(draws, 16)
+    want = trivial_augment(crop_flip_gather(images, idx, dy, dx, flip, 2), op, level)
+    np.testing.assert_array_equal(x1, want.transpose(0, 3, 1, 2) * (1.0 / 255.0))  # the loader scales by 1 / 255
+    assert not np.array_equal(plain.batch(epoch, k).x, x1)
+    with pytest.raises(ValueError, match="TrivialAugment needs RGB images \\(3 channels\\), got 1"):
+        BatchLoader(images[..., :1], labels, 16, augment=aug)
+    with pytest.raises(ValueError, match="Augment: trivial must be True or False, got 'yes'"):
+        Augment(trivial="yes")  # type: ignore[arg-type]

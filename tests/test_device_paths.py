@@ -4,7 +4,7 @@
 * the counter-based device generator against an independent scalar SplitMix64, and its re-keying;
 * manual_seed re-keys the device generator instead of rebuilding it (with a stand-in CuPy module);
 * the cached adaptive-pooling matrices;
-* the loader's staged (packed, one-copy) uploads give the same batches as direct ones.
+* the loader's staged (packed, one-copy) uploads give the same batches as direct ones (TrivialAugment's too).
 """
 
 from __future__ import annotations
@@ -176,11 +176,19 @@ def _batches(images: np.ndarray, labels: np.ndarray, augment: Augment | None) ->
     return [(b.x, b.y) for e in (0, 1) for b in loader.epoch(e)]
 
 
-AUGMENTS = [None, Augment.cifar(), Augment.cifar(mixup_alpha=0.4, cutmix_alpha=1.0)]
+# Each augmentation and the number of host arrays uploaded per batch (indices, crop and flip, TrivialAugment's two).
+AUGMENTS = [
+    (None, 1),
+    (Augment.cifar(), 4),
+    (Augment.cifar(mixup_alpha=0.4, cutmix_alpha=1.0), 4),
+    (Augment.cifar(cutmix_alpha=1.0, trivial=True), 6),
+]
 
 
-@pytest.mark.parametrize("augment", AUGMENTS, ids=["none", "crop-flip", "mix"])
-def test_staged_loader_batches_equal_direct_ones(augment: Augment | None, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("augment", "arrays"), AUGMENTS, ids=["none", "crop-flip", "mix", "trivial-mix"])
+def test_staged_loader_batches_equal_direct_ones(
+    augment: Augment | None, arrays: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The GPU's packed one-copy upload, forced on NumPy, gives bit-identical batches over two epochs."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 12, 10, 3), dtype=np.uint8)
@@ -197,7 +205,7 @@ def test_staged_loader_batches_equal_direct_ones(augment: Augment | None, monkey
     monkeypatch.setattr(staging.HostStager, "upload", counted)
     staged = _batches(images, labels, augment)
     assert len(uploads) == len(direct), "one upload per batch"
-    assert set(uploads) == ({1} if augment is None else {4})
+    assert set(uploads) == {arrays}
     for k, ((x, y), (sx, sy)) in enumerate(zip(direct, staged, strict=True)):
         assert x.dtype == sx.dtype and y.dtype == sy.dtype, f"batch {k}"
         np.testing.assert_array_equal(sx, x, err_msg=f"batch {k} images")

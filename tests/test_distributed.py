@@ -1,8 +1,9 @@
 """Data-parallel training (pvt_np.distributed): N MPI ranks compute the 1-process run.
 
 The runs use the tiny image folder and model of tests/training_fixtures.py in float64, with
-every source of randomness switched on (crops, flips, mixup and cutmix, dropout, drop-path)
-and gradient clipping, so that any rank-dependent draw or a wrong gradient scale shows.
+every source of randomness switched on (crops, flips, TrivialAugment, mixup and cutmix, dropout,
+drop-path), an EMA of the weights and gradient clipping, so that any rank-dependent draw or a
+wrong gradient scale shows.
 Runs under ``mpiexec`` go through tests/distributed_fixtures.py (mpi4py and MPICH come
 with the test extra); each has a timeout, so a hang fails the test instead of the suite.
 """
@@ -33,7 +34,8 @@ if not MPIEXEC.exists():
 EPOCHS = 2
 BATCH = 8  # 8 steps per epoch on the 64 training images
 PARITY_TOL = 1e-10
-EXTRA = ("--dtype", "float64", "--batch-size", str(BATCH), "--mixup", "0.4", "--cutmix", "1.0", "--no-progress")
+EXTRA = ("--dtype", "float64", "--batch-size", str(BATCH), "--mixup", "0.4", "--cutmix", "1.0", "--trivial-augment",
+         "--ema-decay", "0.9", "--no-progress")  # fmt: skip
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -44,8 +46,9 @@ def _ok(proc: subprocess.CompletedProcess[str], code: int = 0) -> None:
     assert proc.returncode == code, f"exit {proc.returncode}, expected {code}\n{proc.stdout}\n{proc.stderr}"
 
 
-def _max_weight_diff(a: Path, b: Path) -> float:
-    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+def _max_weight_diff(a: Path, b: Path, entry: str = "model") -> float:
+    """The largest difference between the weights (``entry="ema"``: their moving averages) of two checkpoints."""
+    wa, wb = load_checkpoint(a)[entry], load_checkpoint(b)[entry]
     assert wa.keys() == wb.keys()
     return max(float(np.max(np.abs(wa[k] - wb[k]))) for k in wa)
 
@@ -72,12 +75,16 @@ def test_two_ranks_compute_the_one_process_run(runs: dict[str, Any]) -> None:
     weight_diff = _max_weight_diff(one["dir"] / "last.npz", two["dir"] / "last.npz")
     assert loss_diff <= PARITY_TOL, f"per-step losses differ by {loss_diff:.3g}"
     assert weight_diff <= PARITY_TOL, f"final weights differ by {weight_diff:.3g}"
+    ema_diff = _max_weight_diff(one["dir"] / "last.npz", two["dir"] / "last.npz", "ema")
+    assert ema_diff <= PARITY_TOL, f"final EMA weights differ by {ema_diff:.3g}"
     assert float(np.std(one["losses"])) > 1e-3  # the runs trained: the parity is not of constant losses
     h1, h2 = load_checkpoint(one["dir"] / "last.npz")["history"], load_checkpoint(two["dir"] / "last.npz")["history"]
     for r1, r2 in zip(h1, h2, strict=True):  # training and test figures are of the whole batch and test set
         assert r1["train_accuracy"] == r2["train_accuracy"] and r1["test_accuracy"] == r2["test_accuracy"]
         assert abs(r1["train_loss"] - r2["train_loss"]) <= PARITY_TOL
         assert abs(r1["test_loss"] - r2["test_loss"]) <= PARITY_TOL
+        assert r1["ema_test_accuracy"] == r2["ema_test_accuracy"]
+        assert abs(r1["ema_test_loss"] - r2["ema_test_loss"]) <= PARITY_TOL
 
 
 def test_rank_zero_alone_writes_and_prints(runs: dict[str, Any]) -> None:
@@ -107,6 +114,19 @@ def test_resume_with_a_different_number_of_ranks(runs: dict[str, Any]) -> None:
             _ok(proc)
         diff = _max_weight_diff(reference, out / "last.npz")
         assert diff <= PARITY_TOL, f"{first} ranks then {then}: final weights differ by {diff:.3g}"
+
+
+def test_time_budget_on_two_ranks(tmp_path: Path, runs: dict[str, Any]) -> None:
+    """Under --time-budget the ranks train the epochs fitted from rank 0's timings, together, to min_lr."""
+    out = tmp_path / "budget"
+    args = _args(runs["data"], out, "--time-budget", "0.1")
+    at = args.index("--epochs")
+    _ok(run_ranks(2, [], args[:at] + args[at + 2 :]))
+    fit = json.loads((out / "config.json").read_text())["budget_fit"]
+    last = load_checkpoint(out / "last.npz")
+    assert fit["epochs"] >= 1 and len(last["history"]) == fit["epochs"] == last["progress"]["epoch"]
+    assert last["schedule"]["last_step"] == last["schedule"]["total_steps"] == fit["epochs"] * 64 // BATCH
+    assert last["history"][-1]["lr"] == pytest.approx(1e-5)
 
 
 def test_batch_not_divisible_by_the_ranks(tmp_path: Path, runs: dict[str, Any]) -> None:
@@ -238,13 +258,17 @@ def reset_shard() -> Any:
     backend.set_batch_shard(0, 1)
 
 
-@pytest.mark.parametrize("mix", [(0.0, 0.0), (0.4, 0.0), (0.0, 1.0)], ids=["plain", "mixup", "cutmix"])
-def test_loader_shards_are_slices_of_the_whole_batch(mix: tuple[float, float]) -> None:
+@pytest.mark.parametrize(
+    "mix",
+    [(0.0, 0.0, False), (0.4, 0.0, False), (0.0, 1.0, False), (0.0, 1.0, True), (0.0, 0.0, True)],
+    ids=["plain", "mixup", "cutmix", "cutmix-trivial", "trivial"],
+)
+def test_loader_shards_are_slices_of_the_whole_batch(mix: tuple[float, float, bool]) -> None:
     """For 2 and 4 shards, the shards' batches stacked are the 1-process batch bit for bit (mixed targets too)."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 12, 10, 3), dtype=np.uint8)
     labels = rng.integers(0, 5, 40)
-    aug = Augment(crop_padding=3, hflip=True, mixup_alpha=mix[0], cutmix_alpha=mix[1])
+    aug = Augment(crop_padding=3, hflip=True, mixup_alpha=mix[0], cutmix_alpha=mix[1], trivial=mix[2])
 
     def make(shard: tuple[int, int]) -> BatchLoader:
         return BatchLoader(images, labels, 8, seed=3, drop_last=True, augment=aug, num_classes=5, shard=shard,

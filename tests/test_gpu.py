@@ -254,6 +254,24 @@ def test_counter_rng_on_target_is_the_host_stream(dtype: Any, target: Target) ->
             np.testing.assert_array_equal(backend.to_numpy(got), e)
 
 
+def test_augmented_batches_match_cpu(target: Target) -> None:
+    """Crops, flips, TrivialAugment and cutmix on the target give the CPU's batches bit for bit (uint8 gathers,
+    and float32 blends as separate multiplies and adds, each rounded as on the host)."""
+    from pvt_np.data import Augment, BatchLoader
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (48, 12, 10, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, 48)
+    aug = Augment(crop_padding=3, hflip=True, cutmix_alpha=1.0, trivial=True)
+    loaders = [BatchLoader(images, labels, 16, seed=5, augment=aug, num_classes=5, device=d)
+               for d in ("cpu", target.device)]  # fmt: skip
+    for k in range(len(loaders[0])):
+        (x, y), (tx, ty) = (loader.batch(1, k) for loader in loaders)
+        assert target.owns(tx) and target.owns(ty)
+        np.testing.assert_array_equal(backend.to_numpy(tx), x, err_msg=f"batch {k} images")
+        np.testing.assert_array_equal(backend.to_numpy(ty), y, err_msg=f"batch {k} targets")
+
+
 def test_manual_seed_reuses_the_device_generator(target: Target) -> None:
     """On the target manual_seed re-keys (GPU: the same CounterRng object) and restarts the same masks."""
     x = target.put(np.ones((64, 50), dtype=np.float32))

@@ -218,7 +218,8 @@ def test_training_parity_with_torch_float32() -> None:
 
 TIMING_FIELDS = ("train_seconds", "img_per_s")
 # The resume tests also mix images (mixup or cutmix, soft targets): every random draw must replay.
-MIXING = ("--mixup", "0.2", "--cutmix", "0.5")
+# The reference run and the resume tests: every random draw on, and an EMA of the weights (resumed exactly too).
+MIXING = ("--mixup", "0.2", "--cutmix", "0.5", "--trivial-augment", "--ema-decay", "0.9")
 METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", *TIMING_FIELDS]
 
 
@@ -289,6 +290,9 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
         for key in ("exp_avg", "exp_avg_sq"):
             assert np.array_equal(opt_a[k][key], opt_b[k][key]), f"optimizer state {k}.{key} differs"
     assert a["schedule"] == b["schedule"]
+    assert a["weights"] == b["weights"] and (a["ema"] is None) == (b["ema"] is None)
+    for name, value in (b["ema"] or {}).items():
+        assert np.array_equal(a["ema"][name], value), f"{name}: resumed EMA differs from the reference run"
     assert a["progress"]["epoch"] == b["progress"]["epoch"] and a["progress"]["batch"] == b["progress"]["batch"] == 0
 
     def strip(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -317,7 +321,11 @@ def test_reference_run_shows_progress(image_folder: Path, reference_run: tuple[P
         assert part in start, f"{part!r} not in the start line: {start}"
     for epoch in (1, 2, 3):
         assert f"epoch {epoch}/3" in proc.stderr, proc.stderr  # the tqdm bar of each epoch
-        assert re.search(rf"^epoch {epoch}: train loss [\d.]+ acc [\d.]+ \| test loss", proc.stdout, re.M)
+        assert re.search(
+            rf"^epoch {epoch}: train loss [\d.]+ acc [\d.]+ \| test loss [\d.]+ acc [\d.]+ \| EMA test loss",
+            proc.stdout,
+            re.M,
+        )
     assert f"{tf.STEPS_PER_EPOCH}/{tf.STEPS_PER_EPOCH}" in proc.stderr
     assert "done: test accuracy" in proc.stdout
 
@@ -559,6 +567,11 @@ BAD_FLAGS = [
     (["--mixup", "-1"], "--mixup: expected a number in [0, inf) (0: off), got -1.0"),
     (["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
     (["--log-every", "0"], "--log-every: expected an integer >= 1, got 0"),
+    (["--eval-every", "0"], "--eval-every: expected an integer >= 1, got 0"),
+    (["--time-budget", "1"], "--time-budget: expected no --epochs beside it (the budget chooses the number of "
+     "epochs), got --time-budget 1 and --epochs 3"),
+    (["--ema-decay", "1"], "--ema-decay: expected a number in (0, 1) (or None: no EMA), got 1.0"),
+    (["--ema-decay", "0"], "--ema-decay: expected a number in (0, 1) (or None: no EMA), got 0.0"),
     (["--override", "depths=1,1"], "--override: expected create_model arguments that build a pvt_v2_b0 "
      "(embed_dims needs 2 values (one per stage, like depths), got (8, 16, 16, 16)), got depths=1,1"),
     (["--override", "colour=1"], "--override: expected create_model arguments that build a pvt_v2_b0 "
@@ -1007,3 +1020,147 @@ def test_train_config_checks_its_fields() -> None:
     with pytest.raises(trainer_mod.ConfigError, match="model: expected one of pvt_v2_b0"):
         trainer_mod.TrainConfig(model="resnet50")
     assert trainer_mod.TrainConfig(epochs=2, warmup_epochs=2, train_subset=5).warmup_epochs == 2
+    with pytest.raises(trainer_mod.ConfigError, match=r"time_budget: expected a number of minutes > 0 .* got -1"):
+        trainer_mod.TrainConfig(time_budget=-1)
+    with pytest.raises(trainer_mod.ConfigError, match="budget_fit: expected None or the record of a time-budget fit"):
+        trainer_mod.TrainConfig(budget_fit=[3])  # type: ignore[arg-type]
+    with pytest.raises(trainer_mod.ConfigError, match="trivial_augment: expected True or False, got 'yes'"):
+        trainer_mod.TrainConfig(trivial_augment="yes")  # type: ignore[arg-type]
+    with pytest.raises(trainer_mod.ConfigError, match=r"ema_decay: expected a number in \(0, 1\)"):
+        trainer_mod.TrainConfig(ema_decay=float("nan"))
+
+
+def test_ema_and_eval_every(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ema-decay keeps decay * ema + (1 - decay) * weights after every step, from the initial weights;
+    --eval-every 2 scores epochs 2 and 3 (the last) only; best.npz holds the weights that scored best."""
+    out = tmp_path / "run"
+    decay = 0.8
+    args = tf.train_args(image_folder, out, "--no-progress", "--ema-decay", str(decay), "--eval-every", "2")
+    config = cli_train.config_from_args(cli.build_parser().parse_args(args))
+    trainer = trainer_mod.Trainer(config, out)
+    expected: dict[str, np.ndarray] = {}
+    real_step = trainer_mod.train_step
+
+    def step(model: Any, *rest: Any, **kwargs: Any) -> Any:
+        if not expected:  # the EMA starts from the initial weights
+            expected.update(model.state_dict())
+        result = real_step(model, *rest, **kwargs)
+        for name, p in model.named_parameters():  # the documented update, in the weights' dtype
+            expected[name] = expected[name] * np.float32(decay) + np.float32(1.0 - decay) * p.data
+        return result
+
+    monkeypatch.setattr(trainer_mod, "train_step", step)
+    trainer.fit()
+    last = load_checkpoint(out / "last.npz")
+    assert sorted(last["ema"]) == sorted(expected) and last["weights"] == "raw"
+    for name, value in expected.items():
+        np.testing.assert_array_equal(last["ema"][name], value, err_msg=name)
+    rows = last["history"]
+    assert [(r["test_accuracy"] is None, r["ema_test_accuracy"] is None) for r in rows] == [
+        (True, True), (False, False), (False, False),
+    ]  # fmt: skip
+    assert [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] == rows
+    with open(out / "metrics.csv", newline="") as f:
+        assert [r["test_loss"] for r in csv.DictReader(f)] == ["", str(rows[1]["test_loss"]), str(rows[2]["test_loss"])]
+    _assert_png(out / "curves.png")
+    scores = [(r[key], r["epoch"], kind) for r in rows[1:] for key, kind in
+              (("test_accuracy", "raw"), ("ema_test_accuracy", "ema"))]  # fmt: skip
+    best_accuracy = max(score for score, _, _ in scores)
+    _, best_epoch, kind = next(item for item in scores if item[0] == best_accuracy)  # the first to reach it; raw first
+    best = load_checkpoint(out / "best.npz")
+    assert last["best_accuracy"] == best["best_accuracy"] == best_accuracy
+    assert best["weights"] == kind and best["progress"]["epoch"] == best_epoch
+    # load_model and pvt-np evaluate get the weights that scored: their test figures are the row's.
+    row = rows[best_epoch - 1]
+    prefix = "ema_test" if kind == "ema" else "test"
+    results: list[dict[str, Any]] = []
+    real_evaluate = cli_evaluate.evaluate
+
+    def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        results.append(real_evaluate(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(cli_evaluate, "evaluate", recording)
+    code, _, stderr = _main(capsys, ["evaluate", str(out / "best.npz")])
+    assert code == 0, stderr
+    assert (results[-1]["accuracy"], results[-1]["loss"]) == (row[f"{prefix}_accuracy"], row[f"{prefix}_loss"])
+
+    # EMA weights kept apart: swapping them in for the evaluation leaves the trained weights as they were.
+    assert not all(np.array_equal(last["ema"][k], v) for k, v in last["model"].items())
+    resumed = trainer_mod.Trainer(config, out, resume=True)
+    resumed._setup()
+    for name, p in resumed.model.named_parameters():
+        np.testing.assert_array_equal(p.data, last["model"][name])
+        np.testing.assert_array_equal(resumed.ema[name], last["ema"][name])
+
+
+def test_fit_epochs() -> None:
+    """The most epochs whose training and evaluations (every K-th epoch and the last) fit in the time left."""
+    assert trainer_mod.fit_epochs(100.0, 10.0, 5.0, 1) == 6  # 15 s an epoch
+    assert trainer_mod.fit_epochs(90.0, 10.0, 5.0, 1) == 6  # exactly full
+    assert trainer_mod.fit_epochs(100.0, 10.0, 5.0, 3) == 8  # 80 s + 3 evaluations (3, 6, 8)
+    assert trainer_mod.fit_epochs(104.9, 10.0, 5.0, 3) == 8  # 9 epochs: 90 s + 3 evaluations = 105 s
+    assert trainer_mod.fit_epochs(105.0, 10.0, 5.0, 3) == 9
+    assert trainer_mod.fit_epochs(14.9, 10.0, 5.0, 1) == 0 and trainer_mod.fit_epochs(-3.0, 10.0, 5.0, 1) == 0
+
+
+def _budget_args(image_folder: Path, out: Path, *extra: str) -> list[str]:
+    """The tiny run without its --epochs (the budget chooses them)."""
+    args = tf.train_args(image_folder, out, "--no-progress", *extra)
+    at = args.index("--epochs")
+    return args[:at] + args[at + 2 :]
+
+
+def _config(args: list[str], base: Any = None) -> trainer_mod.TrainConfig:
+    return cli_train.config_from_args(cli.build_parser().parse_args(args), base)
+
+
+def test_time_budget_fits_the_schedule_and_resume_keeps_it(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--time-budget: a timed probe picks E epochs; the run is then the plain run of --epochs E (the probe
+    leaves the model, optimizer and draws alone; the cosine ends at min_lr), and --resume, stopped mid-run,
+    continues it from the recorded fit without timing again."""
+    out = tmp_path / "budget"
+    trainer = trainer_mod.Trainer(_config(_budget_args(image_folder, out, "--time-budget", "0.1")), out)
+    steps = _count_steps(monkeypatch, trainer, stop_at=trainer_mod.PROBE_STEPS + tf.STEPS_PER_EPOCH + 3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert steps[0] == trainer_mod.PROBE_STEPS + tf.STEPS_PER_EPOCH + 4  # the probe's steps, epoch 1, 4 of epoch 2
+    saved = json.loads((out / "config.json").read_text())
+    fit = saved["budget_fit"]
+    assert saved["time_budget"] == 0.1 and saved["epochs"] == fit["epochs"] >= 2
+    epoch_seconds = tf.STEPS_PER_EPOCH * fit["step_seconds"] + fit["write_seconds"]
+    available = 0.1 * 60 * (1 - trainer_mod.BUDGET_MARGIN) - fit["start_seconds"]
+    assert fit["epochs"] == trainer_mod.fit_epochs(available, epoch_seconds, fit["eval_seconds"], 1)
+    assert load_checkpoint(out / "last.npz")["schedule"]["total_steps"] == fit["epochs"] * tf.STEPS_PER_EPOCH
+
+    def no_second_probe(self: Any) -> None:
+        raise AssertionError("--resume timed the run again")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_fit_budget", no_second_probe)
+    monkeypatch.setattr(trainer_mod, "train_step", train_step)
+    resume = cli.build_parser().parse_args(["train", "--resume", "--output", str(out), "--no-progress"])
+    resumed = trainer_mod.Trainer(cli_train.config_from_args(resume, cli_train.saved_config(out)), out, resume=True)
+    resumed.fit()
+    assert json.loads((out / "config.json").read_text()) == saved
+
+    plain = tmp_path / "plain"
+    trainer_mod.Trainer(_config(tf.train_args(image_folder, plain, "--no-progress", epochs=fit["epochs"])), plain).fit()
+    _assert_same_run(out / "last.npz", plain / "last.npz")
+    _assert_same_run(out / "best.npz", plain / "best.npz")
+    last = load_checkpoint(out / "last.npz")
+    assert len(last["history"]) == fit["epochs"]
+    assert last["history"][-1]["lr"] == pytest.approx(trainer_mod.TrainConfig().min_lr)
+
+
+def test_time_budget_too_short(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A budget that cannot hold one epoch stops after the probe, says why, and writes nothing."""
+    out = tmp_path / "run"
+    code, stdout, stderr = _main(capsys, _budget_args(image_folder, out, "--time-budget", "0.0001"))
+    assert code == 1 and stdout == "", stderr
+    assert stderr.startswith("pvt-np train: error: --time-budget 0.0001 minutes holds 0 epochs here, fewer than one: ")
+    assert "Give a longer --time-budget (nothing was written)." in stderr
+    assert not out.exists()

@@ -16,6 +16,7 @@ from pvt_np.data.augment import (
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    TRIVIAL_OPS,
     Augment,
     MixParams,
     crop_flip_gather,
@@ -26,7 +27,9 @@ from pvt_np.data.augment import (
     rand_bbox,
     sample_crop_flip,
     sample_mix,
+    sample_trivial,
     to_float_nchw,
+    trivial_augment,
 )
 from pvt_np.data.cifar import CIFAR_SPECS, find_cifar, load_cifar
 from pvt_np.data.dataset import SPLITS, Dataset
@@ -44,6 +47,7 @@ __all__ = [
     "CIFAR_SPECS",
     "DATASETS",
     "SPLITS",
+    "TRIVIAL_OPS",
     "Augment",
     "Batch",
     "BatchLoader",
@@ -69,5 +73,7 @@ __all__ = [
     "rand_bbox",
     "sample_crop_flip",
     "sample_mix",
+    "sample_trivial",
     "to_float_nchw",
+    "trivial_augment",
 ]

@@ -1,4 +1,4 @@
-"""Batch augmentation on the array backend: crop + flip, normalisation, mixup and cutmix.
+"""Batch augmentation on the array backend: crop + flip, TrivialAugment, normalisation, mixup and cutmix.
 
 Every function here works on a whole batch at once with NumPy or CuPy (whichever
 owns the arrays), so the training loop has no per-image Python loop. The random
@@ -11,6 +11,8 @@ Semantics follow the usual PyTorch pipeline:
 
 * ``crop_flip_gather`` = torchvision ``RandomCrop(size, padding=p)`` (zero padding of
   the raw uint8 image) followed by ``RandomHorizontalFlip()``.
+* ``trivial_augment`` = TrivialAugment (Mueller & Hutter 2021) after the crop and flip,
+  on a set of ops that suit 32x32 images (see :data:`TRIVIAL_OPS`).
 * ``to_float_nchw`` = ``ToTensor()`` + ``Normalize(mean, std)``.
 * ``mixup`` / ``cutmix`` / ``mix_targets`` = timm's ``Mixup`` in its default
   ``mode='batch'``: one coefficient per batch, image ``i`` mixed with image
@@ -33,6 +35,7 @@ __all__ = [
     "CIFAR10_STD",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
+    "TRIVIAL_OPS",
     "Augment",
     "MixParams",
     "crop_flip_gather",
@@ -43,7 +46,9 @@ __all__ = [
     "rand_bbox",
     "sample_crop_flip",
     "sample_mix",
+    "sample_trivial",
     "to_float_nchw",
+    "trivial_augment",
 ]
 
 # Per-channel statistics of the training images on the 0-1 scale (per-pixel std,
@@ -64,6 +69,7 @@ class Augment:
     mixup_alpha, cutmix_alpha: Beta(alpha, alpha) parameters; 0 disables each.
         With both > 0, cutmix is chosen with probability ``switch_prob``.
     mix_prob: probability that a batch is mixed at all (else lam = 1).
+    trivial: TrivialAugment after the crop and flip (one op of :data:`TRIVIAL_OPS` per image).
     When mixing is enabled the loader returns soft targets (B, num_classes).
     """
 
@@ -73,6 +79,7 @@ class Augment:
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
     switch_prob: float = 0.5
+    trivial: bool = False
 
     def __post_init__(self) -> None:
         if int(self.crop_padding) != self.crop_padding or self.crop_padding < 0:
@@ -83,6 +90,8 @@ class Augment:
         for name in ("mix_prob", "switch_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"Augment: {name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not isinstance(self.trivial, bool):
+            raise ValueError(f"Augment: trivial must be True or False, got {self.trivial!r}")
 
     @classmethod
     def cifar(cls, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, **kwargs: Any) -> Augment:
@@ -161,6 +170,40 @@ def sample_mix(rng: np.random.Generator, augment: Augment, height: int, width: i
     return MixParams("cutmix", lam, bbox)
 
 
+# TrivialAugment: each image gets one op, chosen uniformly, at a level chosen uniformly from
+# 0..TRIVIAL_LEVELS (31 bins, as the paper's), signed with probability 0.5 where the op has a
+# direction. The set is TrivialAugmentWide's ops that are exact on a 32x32 uint8 grid, with
+# its magnitude ranges: colour ops (factor 1 +- 0.99), solarize, posterize (8 -> 2 bits),
+# translations by whole pixels and shears whose row/column shifts are rounded to whole pixels.
+# Left out: rotation by arbitrary angles (needs interpolation, which blurs a 32-px image),
+# rotations by 90 degrees (sideways or upside-down objects are not in CIFAR's distribution;
+# the horizontal flip already gives the one symmetry it has), and sharpness, autocontrast and
+# equalize (not implemented yet). Translations stop at half the side: TrivialAugmentWide's
+# 32 px would move a CIFAR image out of its frame.
+TRIVIAL_OPS = (
+    "identity", "brightness", "contrast", "saturation", "solarize", "posterize",
+    "translate_x", "translate_y", "shear_x", "shear_y",
+)  # fmt: skip
+TRIVIAL_LEVELS = 30
+_SIGNED_OPS = ("brightness", "contrast", "saturation", "translate_x", "translate_y", "shear_x", "shear_y")
+_COLOUR_RANGE = 0.99  # brightness, contrast, saturation factor 1 + 0.99 * magnitude
+_SHEAR_RANGE = 0.99  # shear factor (TrivialAugmentWide's; about 45 degrees at the edges)
+_POSTERIZE_BITS_DROPPED = 6  # 8 bits at magnitude 0, 2 at magnitude 1
+
+
+def sample_trivial(rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw TrivialAugment's op index and signed level (in [-TRIVIAL_LEVELS, TRIVIAL_LEVELS]) per image.
+
+    Three draws of ``batch`` values, always (so what follows is drawn the same whatever was
+    chosen): the op, the level, the sign; the sign is kept only for ops with a direction.
+    """
+    op = rng.integers(0, len(TRIVIAL_OPS), size=batch)
+    level = rng.integers(0, TRIVIAL_LEVELS + 1, size=batch)
+    negative = rng.random(batch) < 0.5
+    signed = np.isin(op, [TRIVIAL_OPS.index(name) for name in _SIGNED_OPS])
+    return op, np.where(signed & negative, -level, level)
+
+
 # Application (device, NumPy or CuPy) --------------------------------------------------
 
 
@@ -188,6 +231,73 @@ def crop_flip_gather(images: Array, index: Array, dy: Array, dx: Array, flip: Ar
     if padding > 0:
         inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
         out *= inside[..., None].astype(out.dtype)
+    return out
+
+
+def trivial_augment(images: Array, op: Array, level: Array) -> Array:
+    """TrivialAugment on uint8 NHWC RGB ``images``: image b gets op ``TRIVIAL_OPS[op[b]]`` at ``level[b]``.
+
+    ``level`` is an integer in [-TRIVIAL_LEVELS, TRIVIAL_LEVELS]; its magnitude
+    m = level / TRIVIAL_LEVELS and every op is the identity at m = 0. One pass over
+    the whole batch, each op applied through per-image parameters that are neutral
+    for the images that drew another op (a blend factor of 1, a threshold of 256,
+    all bits kept, a shift of 0), so there is no per-image Python loop. The colour
+    ops are torchvision's tensor functional on uint8 (same float32 arithmetic, then
+    clamped and truncated); the geometric ones move whole pixels:
+
+    * brightness / contrast / saturation: ``f * img + (1 - f) * ref`` with
+      f = 1 + 0.99 m and ref = 0, the mean of the grey image, the grey image
+      (grey = uint8(0.2989 r + 0.587 g + 0.114 b), as ``rgb_to_grayscale``);
+    * solarize: invert the pixels >= round(256 (1 - |m|));
+    * posterize: keep the top 8 - round(6 |m|) bits;
+    * translate_x / _y: shift by round(m * side / 2) pixels, zeros coming in;
+    * shear_x: out[y, x] = img[y, x - rint(0.99 m (y - (H - 1) / 2))], zeros outside
+      (shear_y likewise with the roles of x and y exchanged).
+    """
+    xp = get_array_module(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"trivial_augment: expected uint8 RGB images (B, H, W, 3), got {images.dtype} {images.shape}")
+    b, h, w, _ = images.shape
+    names = {name: i for i, name in enumerate(TRIVIAL_OPS)}
+    m = level.astype(np.float64) / TRIVIAL_LEVELS
+
+    # Colour: one blend for the batch, its factor 1 (exactly the identity) where the op is another.
+    colour = (op == names["brightness"]) | (op == names["contrast"]) | (op == names["saturation"])
+    factor = xp.where(colour, 1.0 + _COLOUR_RANGE * m, 1.0)
+    # f and 1 - f rounded to float32 from float64, as torch rounds the Python floats it is given.
+    ratio = factor.astype(np.float32).reshape(b, 1, 1, 1)
+    rest = (1.0 - factor).astype(np.float32).reshape(b, 1, 1, 1)
+    x = images.astype(np.float32)
+    grey = np.float32(0.2989) * x[..., 0] + np.float32(0.587) * x[..., 1] + np.float32(0.114) * x[..., 2]
+    grey = grey.astype(np.uint8).astype(np.float32)[..., None]  # (B, H, W, 1), truncated as torchvision's
+    # A sum of at most 65793 values <= 255 is exact in float32, so the mean does not depend on the summation order.
+    mean = grey.sum(axis=(1, 2), keepdims=True) / np.float32(h * w)
+    zero = xp.zeros((), dtype=np.float32)
+    ref = xp.where(
+        (op == names["contrast"]).reshape(b, 1, 1, 1),
+        mean,
+        xp.where((op == names["saturation"]).reshape(b, 1, 1, 1), grey, zero),
+    )
+    out = xp.clip(ratio * x + rest * ref, 0, 255).astype(np.uint8)
+
+    magnitude = xp.abs(m)
+    threshold = xp.where(op == names["solarize"], xp.rint(256.0 * (1.0 - magnitude)), 256.0).astype(np.int64)
+    out = xp.where(out >= threshold.reshape(b, 1, 1, 1), 255 - out, out)
+    bits = xp.where(op == names["posterize"], 8 - xp.rint(_POSTERIZE_BITS_DROPPED * magnitude), 8).astype(np.int64)
+    out &= ((0xFF << (8 - bits)) & 0xFF).astype(np.uint8).reshape(b, 1, 1, 1)
+
+    # Geometry: one gather, the source pixel of out[b, y, x] at (y - dy, x - dx), zero outside the image.
+    ys = xp.arange(h, dtype=np.float64).reshape(1, h, 1)
+    xs = xp.arange(w, dtype=np.float64).reshape(1, 1, w)
+    tx = xp.where(op == names["translate_x"], xp.rint(m * (w // 2)), 0.0).reshape(b, 1, 1)
+    ty = xp.where(op == names["translate_y"], xp.rint(m * (h // 2)), 0.0).reshape(b, 1, 1)
+    sx = xp.where(op == names["shear_x"], _SHEAR_RANGE * m, 0.0).reshape(b, 1, 1)
+    sy = xp.where(op == names["shear_y"], _SHEAR_RANGE * m, 0.0).reshape(b, 1, 1)
+    src_x = (xs - tx - xp.rint(sx * (ys - (h - 1) / 2))).astype(np.int64)  # (B, H, W)
+    src_y = (ys - ty - xp.rint(sy * (xs - (w - 1) / 2))).astype(np.int64)
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    out = out[xp.arange(b).reshape(b, 1, 1), xp.clip(src_y, 0, h - 1), xp.clip(src_x, 0, w - 1)]
+    out *= inside[..., None].astype(np.uint8)
     return out
 
 

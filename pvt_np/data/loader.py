@@ -4,7 +4,7 @@ A batch is a pure function of (seed, epoch, batch index):
 
 * epoch ``e``'s sample order is ``default_rng(derive_seed(seed, e)).permutation(N)``
   (``arange(N)`` without shuffling);
-* batch ``k``'s augmentation parameters come from
+* batch ``k``'s augmentation parameters (crop, flip, TrivialAugment, mixing, in this order) come from
   ``default_rng(derive_seed(seed, e, k))``, drawn on the host (they are a few
   hundred numbers) and applied on the device.
 
@@ -40,7 +40,9 @@ from pvt_np.data.augment import (
     mixup,
     sample_crop_flip,
     sample_mix,
+    sample_trivial,
     to_float_nchw,
+    trivial_augment,
 )
 
 __all__ = ["Batch", "BatchLoader"]
@@ -113,6 +115,8 @@ class BatchLoader:
         augment = augment if augment is not None else Augment()
         if augment.crop_padding > 0 and augment.crop_padding > min(h, w):
             raise ValueError(f"BatchLoader: crop_padding {augment.crop_padding} exceeds the image size {h}x{w}")
+        if augment.trivial and c != 3:
+            raise ValueError(f"BatchLoader: TrivialAugment needs RGB images (3 channels), got {c}")
         if num_classes is None:
             num_classes = int(labels.max()) + 1 if n else 0
         self.n = n
@@ -183,16 +187,17 @@ class BatchLoader:
         rng = np.random.default_rng(derive_seed(self.seed, epoch, index))
         # Every draw is made for the whole batch, in the same order, then this shard's rows are taken.
         crop_flip = sample_crop_flip(rng, b, aug.crop_padding, aug.hflip) if aug.crop_padding or aug.hflip else None
+        trivial = sample_trivial(rng, b) if aug.trivial else None
         rank, ranks = self.shard
         start, stop = b * rank // ranks, b * (rank + 1) // ranks
-        x, labels = self._images_at(idx, crop_flip, start, stop)
+        x, labels = self._images_at(idx, crop_flip, trivial, start, stop)
         if not aug.mixing:
             return Batch(x, labels)
         mix = sample_mix(rng, aug, h, w)
         if ranks == 1:
             partner_x, partner_labels = None, None  # the reversed batch itself
         else:  # row i is mixed with row b - 1 - i of the whole batch, which may be another shard's: build it here
-            partner_x, partner_labels = self._images_at(idx, crop_flip, b - stop, b - start)
+            partner_x, partner_labels = self._images_at(idx, crop_flip, trivial, b - stop, b - start)
             partner_x, partner_labels = partner_x[::-1], partner_labels[::-1]
         if mix.kind == "mixup":
             x = mixup(x, mix.lam, partner_x)
@@ -201,15 +206,23 @@ class BatchLoader:
         return Batch(x, mix_targets(labels, self.num_classes, mix.lam, self.dtype, partner_labels))
 
     def _images_at(
-        self, idx: np.ndarray, crop_flip: tuple[np.ndarray, np.ndarray, np.ndarray] | None, start: int, stop: int
+        self,
+        idx: np.ndarray,
+        crop_flip: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        trivial: tuple[np.ndarray, np.ndarray] | None,
+        start: int,
+        stop: int,
     ) -> tuple[Array, Array]:
-        """Rows [start, stop) of a batch: normalised images (cropped and flipped) and their labels."""
+        """Rows [start, stop) of a batch: normalised images (cropped, flipped, TrivialAugment-ed) and their labels."""
+        host = [idx, *(crop_flip or ()), *(trivial or ())]
+        dev_idx, *params = self._to_device(*(a[start:stop] for a in host))
         if crop_flip is not None:
-            dev_idx, dy, dx, flip = self._to_device(idx[start:stop], *(a[start:stop] for a in crop_flip))
+            dy, dx, flip = params[:3]
             u8 = crop_flip_gather(self._images, dev_idx, dy, dx, flip, self.augment.crop_padding)
         else:
-            (dev_idx,) = self._to_device(idx[start:stop])
             u8 = self._images[dev_idx]
+        if trivial is not None:
+            u8 = trivial_augment(u8, *params[-2:])
         return to_float_nchw(u8, self._scale, self._shift, self.dtype), self._labels[dev_idx]
 
     def _to_device(self, *host: np.ndarray) -> list[Array]:

@@ -112,6 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the decoded images of an image folder are cached (none given: "
                    "$XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np)")  # fmt: skip
     d.add_argument("--no-augment", action=_GivenTrue, help="no random crop / flip")
+    d.add_argument("--trivial-augment", action=_GivenTrue,
+                   help="TrivialAugment after the crop and flip: one colour or geometric op per image")  # fmt: skip
     d.add_argument("--mixup", action=_Given, type=float, default=DEFAULTS.mixup, help="mixup alpha (0: off)")
     d.add_argument("--cutmix", action=_Given, type=float, default=DEFAULTS.cutmix, help="cutmix alpha (0: off)")
     d.add_argument("--train-subset", action=_Given, type=int, metavar="N",
@@ -120,6 +122,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate on a fixed random subset of N test images (none given: all)")  # fmt: skip
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", action=_Given, type=int, default=DEFAULTS.epochs, help="epochs to train")
+    o.add_argument("--time-budget", action=_Given, type=float, metavar="MINUTES",
+                   help="instead of --epochs: fit the number of epochs, and so the cosine, to this many minutes "
+                   "from the command's start to its last evaluation, from a timed probe of a few steps")  # fmt: skip
     o.add_argument("--batch-size", action=_Given, type=int, default=DEFAULTS.batch_size, help="images per step")
     o.add_argument("--lr", action=_Given, type=float, default=DEFAULTS.lr, help="peak learning rate (AdamW)")
     o.add_argument("--min-lr", action=_Given, type=float, default=DEFAULTS.min_lr,
@@ -130,6 +135,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="AdamW weight decay (not on biases and norm weights)")  # fmt: skip
     o.add_argument("--label-smoothing", action=_Given, type=float, default=DEFAULTS.label_smoothing,
                    help="in [0, 1)")  # fmt: skip
+    o.add_argument("--ema-decay", action=_Given, type=float, default=DEFAULTS.ema_decay,
+                   help="keep an exponential moving average of the weights, this decay per step (e.g. 0.999), "
+                   "evaluated beside them; best.npz keeps whichever scored better (none given: off)")  # fmt: skip
     o.add_argument("--clip-grad", action=_Given, type=float, default=None,
                    help="clip the gradient norm to this value (none given: no clipping)")  # fmt: skip
     r = p.add_argument_group("run")
@@ -145,6 +153,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --output from last.npz, with the settings of its config.json "
                    "(options given as well must agree with them)")  # fmt: skip
+    r.add_argument("--eval-every", action=_Given, type=int, default=DEFAULTS.eval_every, metavar="K",
+                   help="evaluate on the test set every K epochs, and always after the last one")  # fmt: skip
     r.add_argument("--log-every", action=_Given, type=int, default=DEFAULTS.log_every,
                    help="steps between progress-bar updates (and, on a GPU, loss reads)")  # fmt: skip
     r.add_argument("--no-progress", action=_GivenTrue,
@@ -182,16 +192,25 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         "hflip": not args.no_augment,
         "mixup": args.mixup,
         "cutmix": args.cutmix,
+        "trivial_augment": args.trivial_augment,
         "device": args.device,
         "dtype": args.dtype,
         "seed": args.seed,
         "train_subset": args.train_subset,
         "test_subset": args.test_subset,
+        "eval_every": args.eval_every,
+        "ema_decay": args.ema_decay,
+        "time_budget": args.time_budget,
         "log_every": args.log_every,
         "progress": not args.no_progress,
     }
+    given = getattr(args, GIVEN, set())
+    if {"epochs", "time_budget"} <= given:  # the budget chooses the epochs: one or the other
+        raise ConfigError(
+            "time_budget", "no --epochs beside it (the budget chooses the number of epochs)",
+            f"--time-budget {args.time_budget:g} and --epochs {args.epochs}",
+        )  # fmt: skip
     if base is not None:
-        given = getattr(args, GIVEN, set())
         values = {**asdict(base), **{k: v for k, v in values.items() if _field_dest(k) in given}}
     return TrainConfig(**values)
 
@@ -225,8 +244,11 @@ def flag_error(err: ConfigError) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     from pvt_np import distributed
 
+    started = time.monotonic()  # --time-budget counts from here
     if args.nprocs is not None:
         return distributed.launch(args.nprocs, sys.argv[1:])
     try:
@@ -237,7 +259,9 @@ def run(args: argparse.Namespace) -> int:
     distributed.set_threads(world, args.threads)
     try:
         base = saved_config(Path(args.output)) if args.resume else None
-        trainer = world.agree(lambda: Trainer(config_from_args(args, base), args.output, resume=args.resume))
+        trainer = world.agree(
+            lambda: Trainer(config_from_args(args, base), args.output, resume=args.resume, started=started)
+        )
         result = trainer.fit()
     except KeyboardInterrupt as stop:
         if world.size > 1 and not str(stop):  # a second Ctrl-C on one rank: the others cannot finish the step
@@ -257,5 +281,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result:
         best = trainer.best_accuracy
-        print(f"done: test accuracy {result['test_accuracy']:.4f} (best {best:.4f}); run in {args.output}")
+        ema = f", EMA {result['ema_test_accuracy']:.4f}" if result.get("ema_test_accuracy") is not None else ""
+        print(f"done: test accuracy {result['test_accuracy']:.4f}{ema} (best {best:.4f}); run in {args.output}")
     return 0

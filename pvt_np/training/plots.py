@@ -38,7 +38,9 @@ def plot_curves(
 ) -> None:
     """Train/test loss and accuracy against the epoch, with the per-step training loss when ``steps`` is given.
 
-    history: one row per epoch (``epoch``, ``train_loss``, ``test_loss``, ``train_accuracy``, ``test_accuracy``).
+    history: one row per epoch (``epoch``, ``train_loss``, ``test_loss``, ``train_accuracy``, ``test_accuracy``;
+        the test figures None where the epoch was not evaluated; ``ema_test_loss`` and ``ema_test_accuracy`` too
+        when the run keeps an EMA of its weights).
     steps: the step log (``epoch`` as a fraction, ``loss``): drawn faintly as read and smoothed over
         about a twentieth of the run, so the noise of single batches does not hide the trend.
     """
@@ -54,10 +56,15 @@ def plot_curves(
             x, smooth(loss, max(1, len(loss) // 20)), color="tab:blue", lw=1.5, label="train (per step, smoothed)"
         )
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o", color="tab:blue", label="train (epoch mean)")
-    ax_loss.plot(epochs, [r["test_loss"] for r in history], "o-", color="tab:orange", label="test")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
-    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in history], "o-", label="test")
+    # Test figures exist only for the evaluated epochs (eval_every), the EMA's only when it is kept.
+    for prefix, label, colour in (("test", "test", "tab:orange"), ("ema_test", "test (EMA)", "tab:green")):
+        scored = [r for r in history if r.get(f"{prefix}_loss") is not None]
+        if scored:
+            at = [r["epoch"] for r in scored]
+            ax_loss.plot(at, [r[f"{prefix}_loss"] for r in scored], "o-", color=colour, label=label)
+            ax_acc.plot(at, [100 * r[f"{prefix}_accuracy"] for r in scored], "o-", color=colour, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no 0.5, 1.5 ticks

@@ -8,9 +8,10 @@ step). A checkpoint therefore needs no generator state: resuming from
 would have seen, and ends with the same weights.
 
 Checkpoints (``last.npz`` every epoch and on Ctrl-C, ``best.npz`` on a new best
-test accuracy) are written to a temporary file and renamed, so a run killed at
-any moment keeps its previous checkpoint intact; the next start in that directory
-removes the temporary files such a kill leaves behind.
+test accuracy, of the raw weights or of their EMA when the run keeps one) are
+written to a temporary file and renamed, so a run killed at any moment keeps its
+previous checkpoint intact; the next start in that directory removes the temporary
+files such a kill leaves behind.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import io
 import json
 import re
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,7 @@ class TrainConfig:
     data_path: str = "data"
     download: bool = False
     cache_dir: str | None = None  # decoded image-folder cache; None: $XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np
-    epochs: int = 20
+    epochs: int = 20  # with time_budget: replaced by the number of epochs fitted to the budget
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-5
@@ -71,10 +73,19 @@ class TrainConfig:
     hflip: bool = True
     mixup: float = 0.0
     cutmix: float = 0.0
+    trivial_augment: bool = False  # TrivialAugment after the crop and flip (see pvt_np.data.trivial_augment)
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
     eval_batch_size: int = 500
+    eval_every: int = 1  # evaluate on the test set every K epochs, and always after the last one
+    ema_decay: float | None = None  # an exponential moving average of the weights, updated every step; None: off
+    # Minutes from the command's start to its last evaluation: the epochs (and so the cosine) are fitted to it
+    # from a timed probe before training (see Trainer._fit_budget); None: train ``epochs``.
+    time_budget: float | None = None
+    # What the fit measured and chose (epochs, seconds per step, per evaluation, used before training): recorded
+    # so that --resume continues the same schedule without measuring again. Set by the trainer.
+    budget_fit: dict[str, float] | None = None
     train_subset: int | None = None  # a seeded random subset of N training images (quick runs, tests)
     test_subset: int | None = None  # a fixed random subset of N test images
     log_every: int = 20  # steps between progress updates (and, on the GPU, loss checks)
@@ -97,9 +108,31 @@ class TrainConfig:
 # changed would not continue the same run (device, paths and logging may change freely).
 TRAJECTORY_FIELDS = (
     "dataset", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing",
-    "clip_grad", "drop_rate", "drop_path_rate", "crop_padding", "hflip", "mixup", "cutmix", "seed",
-    "train_subset", "test_subset",
+    "clip_grad", "drop_rate", "drop_path_rate", "crop_padding", "hflip", "mixup", "cutmix", "trivial_augment",
+    "ema_decay", "time_budget", "seed", "train_subset", "test_subset",
 )  # fmt: skip
+
+# The time-budget probe: PROBE_STEPS training steps of a throw-away copy of the model (the first, which
+# allocates, untimed) and PROBE_EVAL_BATCHES test batches; BUDGET_MARGIN of the budget is kept back for
+# what the probe does not time (checkpoints, plots, the EMA update) and for the machine's jitter.
+PROBE_STEPS = 12
+PROBE_EVAL_BATCHES = 2
+BUDGET_MARGIN = 0.03
+
+
+def fit_epochs(available: float, epoch_seconds: float, eval_seconds: float, eval_every: int) -> int:
+    """The most epochs E whose cost, E * epoch_seconds plus eval_seconds for each evaluation (after every
+    eval_every-th epoch and after the last), is at most ``available`` seconds (0 if not even one fits)."""
+
+    def cost(epochs: int) -> float:
+        evaluations = epochs // eval_every + (epochs % eval_every != 0)
+        return epochs * epoch_seconds + evaluations * eval_seconds
+
+    # cost(E) >= E * (epoch_seconds + eval_seconds / eval_every): a bound to count down from.
+    epochs = max(int(available / max(epoch_seconds + eval_seconds / eval_every, 1e-9)), 0)
+    while epochs > 0 and cost(epochs) > available:
+        epochs -= 1
+    return epochs
 
 
 def _jsonable(value: Any) -> Any:
@@ -215,7 +248,12 @@ def evaluate(
 class Trainer:
     """Runs a :class:`TrainConfig` into ``output_dir`` (created; an existing run needs ``resume``)."""
 
-    def __init__(self, config: TrainConfig, output_dir: str | Path, resume: bool = False) -> None:
+    def __init__(
+        self, config: TrainConfig, output_dir: str | Path, resume: bool = False, started: float | None = None
+    ) -> None:
+        """``started``: the ``time.monotonic()`` at which the command started (the time budget counts from
+        it); None: now."""
+        self.started = time.monotonic() if started is None else started
         self.config = config
         self.out = Path(output_dir)
         self.resume = resume
@@ -258,8 +296,9 @@ class Trainer:
         mean, std = self.train_set.mean_std()
         self.normalize = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
         augment = Augment(
-            crop_padding=cfg.crop_padding, hflip=cfg.hflip, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix
-        )
+            crop_padding=cfg.crop_padding, hflip=cfg.hflip, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+            trivial=cfg.trivial_augment,
+        )  # fmt: skip
         distributed.local_batch_size(cfg.batch_size, self.world)  # a clear error if the ranks cannot share it
         self.train_loader = self.train_set.loader(
             cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True, device=cfg.device,
@@ -277,14 +316,10 @@ class Trainer:
         )
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.optimizer = AdamW(param_groups_weight_decay(self.model, cfg.weight_decay), lr=cfg.lr)
-        steps_per_epoch = len(self.train_loader)
-        self.total_steps = cfg.epochs * steps_per_epoch
-        self.schedule = CosineWarmupSchedule(
-            self.optimizer,
-            total_steps=self.total_steps,
-            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-            min_lr=cfg.min_lr,
-        )
+        self._build_schedule()
+        # The EMA of the weights (config.ema_decay): device arrays beside the parameters, the same on every
+        # rank because the weights are; evaluated beside the raw weights and saved in the checkpoints.
+        self.ema = self.model.state_dict() if cfg.ema_decay is not None else None
         self.history: list[dict[str, Any]] = []
         # Training loss, accuracy and lr as they were read (every step on the CPU, every
         # log_every steps on the GPU), for plots; saved as steps.csv with each last.npz.
@@ -294,7 +329,97 @@ class Trainer:
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         if self.resume:
             self._restore(load_checkpoint(self.out / "last.npz"))
-        self.summary = self._describe()
+
+    def _build_schedule(self) -> None:
+        cfg = self.config
+        steps_per_epoch = len(self.train_loader)
+        self.total_steps = cfg.epochs * steps_per_epoch
+        self.schedule = CosineWarmupSchedule(
+            self.optimizer,
+            total_steps=self.total_steps,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            min_lr=cfg.min_lr,
+        )
+
+    def _fit_budget(self) -> None:
+        """Choose the number of epochs that ends the run within config.time_budget minutes.
+
+        Times PROBE_STEPS steps (loading and augmenting the batches included) of a fresh copy of
+        the model with its own optimizer, and PROBE_EVAL_BATCHES test batches, then takes the most
+        epochs E whose training and evaluations (every eval_every epochs and the last, twice with an
+        EMA) fit in what is left of the budget less BUDGET_MARGIN. The probe leaves the run's model,
+        optimizer and random draws untouched (every step reseeds), so the run is the plain run of E
+        epochs: the cosine ends at min_lr. On several ranks rank 0's timings decide, for all.
+        """
+        cfg = self.config
+        steps_per_epoch = len(self.train_loader)
+        model = build_model(cfg, self.num_classes, self.train_set.image_size)
+        optimizer = AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
+        model.train()
+        done = [time.monotonic()]  # the probe's start, then the end of each step
+        for k in range(min(PROBE_STEPS, steps_per_epoch)):
+            x, y = self.train_loader.batch(0, k)
+            backend.manual_seed(backend.derive_seed(cfg.seed, 0, k, 1))
+            loss, _ = train_step(model, self.criterion, optimizer, x, y, cfg.clip_grad, self.allreduce)
+            float(loss)  # wait for the device
+            done.append(time.monotonic())
+        # The first step allocates and warms caches: time from the second on (when there is one).
+        timed = done[1:] if len(done) > 2 else done
+        step_seconds = (timed[-1] - timed[0]) / (len(timed) - 1)
+        now = time.monotonic()
+        model.eval()
+        eval_batches = min(PROBE_EVAL_BATCHES, len(self.test_loader))
+        with no_grad():
+            for k, (x, _) in enumerate(self.test_loader.epoch(0)):
+                if k == eval_batches:
+                    break
+                float(model(x).sum())
+        eval_seconds = (time.monotonic() - now) / eval_batches * len(self.test_loader)
+        eval_seconds *= 2 if cfg.ema_decay is not None else 1
+        write_seconds = 0.0
+        if self.world.is_root:  # what rank 0 writes after each epoch, into a scratch folder: timed the second time
+            with tempfile.TemporaryDirectory() as scratch:  # (the first imports matplotlib)
+                self._write_epoch_files(Path(scratch))
+                now = time.monotonic()
+                self._write_epoch_files(Path(scratch))
+                write_seconds = time.monotonic() - now
+        elapsed = time.monotonic() - self.started
+        if self.world.size > 1:  # rank 0's measurements, on every rank
+            root = self.world.is_root
+            step_seconds, eval_seconds, write_seconds, elapsed = (
+                self.world.allreduce_sum(v if root else 0.0)
+                for v in (step_seconds, eval_seconds, write_seconds, elapsed)
+            )
+        available = cfg.time_budget * 60.0 * (1.0 - BUDGET_MARGIN) - elapsed
+        epoch_seconds = steps_per_epoch * step_seconds + write_seconds
+        epochs = fit_epochs(available, epoch_seconds, eval_seconds, cfg.eval_every)
+        if epochs < max(cfg.warmup_epochs, 1):
+            raise TrainingError(
+                f"--time-budget {cfg.time_budget:g} minutes holds {epochs} epochs here, fewer than "
+                f"{'the ' + format(cfg.warmup_epochs, 'g') + ' of --warmup-epochs' if epochs else 'one'}: "
+                f"{elapsed:.0f} s went to the start and the timing, an epoch takes about "
+                f"{epoch_seconds + eval_seconds:.0f} s "
+                f"({steps_per_epoch} steps of {step_seconds:.3g} s, an evaluation of {eval_seconds:.3g} s and "
+                f"{write_seconds:.3g} s of checkpoints and plots), "
+                f"{100 * BUDGET_MARGIN:g} % is kept in reserve. Give a longer --time-budget (nothing was written)."
+            )
+        fit = {
+            "epochs": epochs, "step_seconds": step_seconds, "eval_seconds": eval_seconds,
+            "write_seconds": write_seconds, "start_seconds": elapsed,
+        }  # fmt: skip
+        self.config = replace(cfg, epochs=epochs, budget_fit=fit)
+        self._build_schedule()
+
+    def _write_epoch_files(self, folder: Path) -> None:
+        """Write what _write_epoch writes (two checkpoints, the logs, the plots) into ``folder``, to time it."""
+        from pvt_np.training.plots import plot_curves
+
+        ckpt = self._checkpoint()
+        save_checkpoint(folder / "last.npz", ckpt)
+        save_checkpoint(folder / "best.npz", ckpt)
+        row = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0, "test_accuracy": 0.5}
+        write_step_log(folder / "steps.csv", self.step_log)
+        plot_curves([row], folder / "curves.png", self.step_log)
 
     def _describe(self) -> str:
         """One line: what this run trains, on what, where (printed at its start)."""
@@ -309,13 +434,20 @@ class Trainer:
         where = f"resuming at epoch {self.epoch + 1}, batch {self.batch}" if self.resume else "starting"
         if self.epoch >= cfg.epochs:
             where = "resuming a complete run"
+        fitted = ""
+        if cfg.budget_fit is not None:
+            fit = cfg.budget_fit
+            fitted = (
+                f" (fitted to --time-budget {cfg.time_budget:g} minutes: {fit['step_seconds']:.3g} s/step, "
+                f"{fit['eval_seconds']:.3g} s/evaluation, {fit['start_seconds']:.0f} s to start)"
+            )
         return (
             f"{where}: {cfg.dataset} at {cfg.data_path} ({len(self.train_set)} training / {len(self.test_set)} test "
             f"images of {h}x{w}, {self.num_classes} classes) | {cfg.model} "
             f"({'CIFAR' if cfg.cifar_stem else 'ImageNet'} stem{overrides}): "
             f"{count_params(self.model) / 1e6:.3g} M parameters, {count_flops(self.model, (h, w)) / 1e6:.3g} "
             f"MFLOPs/image | {cfg.device} {cfg.dtype}{threads} | {cfg.epochs} epochs of {len(self.train_loader)} "
-            f"steps | output {self.out}"
+            f"steps{fitted} | output {self.out}"
         )
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -328,7 +460,10 @@ class Trainer:
                 f"{ckpt.get('num_classes')} classes, this run asks for {mine} with {self.num_classes} classes"
             )
         current = _jsonable(asdict(self.config))
-        changed = [f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in TRAJECTORY_FIELDS if saved.get(k) != current[k]]
+        # A setting added after the run was started is absent from its checkpoint: the run had its default.
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        recorded = {k: saved.get(k, defaults[k]) for k in TRAJECTORY_FIELDS}
+        changed = [f"{k} {recorded[k]!r} -> {current[k]!r}" for k in TRAJECTORY_FIELDS if recorded[k] != current[k]]
         if changed:
             raise CheckpointError(
                 f"--resume continues {self.out} exactly, but these settings differ from its checkpoint: "
@@ -341,6 +476,9 @@ class Trainer:
         self.partial = ckpt["progress"]["partial"]
         self.history = ckpt["history"]
         self.best_accuracy = ckpt["best_accuracy"]
+        if self.ema is not None:
+            params = dict(self.model.named_parameters())
+            self.ema = {k: backend.to_device(v, backend.device_of(params[k].data)) for k, v in ckpt["ema"].items()}
         self.step_log = read_step_log(self.out / "steps.csv", self.epoch * len(self.train_loader) + self.batch)
 
     def _checkpoint(self) -> dict[str, Any]:
@@ -351,6 +489,8 @@ class Trainer:
             "normalize": self.normalize,
             "model_record": model_record(self.model),
             "model": self.model.state_dict(),
+            "weights": "raw",  # what "model" holds: the trained weights ("ema": their moving average)
+            "ema": self.ema,
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "progress": {"epoch": self.epoch, "batch": self.batch, "partial": dict(self.partial)},
@@ -364,6 +504,9 @@ class Trainer:
         world = self.world
         world.agree(self._setup)  # a rank that cannot read the data stops every rank, before anything is written
         self.allreduce = distributed.GradientAllReduce(world, self.config.device) if world.size > 1 else None
+        if self.config.time_budget is not None and self.config.budget_fit is None:
+            self._fit_budget()
+        self.summary = self._describe()
         self._on_root(self._write_config)
         if self.config.progress:  # rank 0 only: the other ranks run with progress off
             print(self.summary, flush=True)
@@ -423,6 +566,8 @@ class Trainer:
                     self.model, self.criterion, self.optimizer, x, y, cfg.clip_grad, self.allreduce
                 )
                 self.schedule.step()
+                if self.ema is not None:
+                    self._update_ema()
                 labels = y if y.ndim == 1 else y.argmax(axis=1)
                 losses[pending] = loss
                 correct += (logits.argmax(axis=1) == labels).sum()
@@ -489,53 +634,105 @@ class Trainer:
         kept = f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written"
         return f"training stopped, {kept}. Try a lower --lr or --clip-grad."
 
+    def _update_ema(self) -> None:
+        """ema = decay * ema + (1 - decay) * weights, in place, after each update."""
+        decay = self.config.ema_decay
+        for name, p in self.model.named_parameters():
+            average = self.ema[name]
+            average *= decay
+            average += (1.0 - decay) * p.data
+
+    def _evaluate_ema(self) -> dict[str, Any]:
+        """The test-set figures of the EMA weights, swapped into the model and back (the same arrays)."""
+        params = list(self.model.named_parameters())
+        trained = [p.data for _, p in params]
+        try:
+            for name, p in params:
+                p.data = self.ema[name]
+            return evaluate(self.model, self.test_loader, self.num_classes, progress=self.config.progress,
+                            world=self.world)  # fmt: skip
+        finally:
+            for (_, p), data in zip(params, trained, strict=True):
+                p.data = data
+
+    def _evaluates(self, epoch: int) -> bool:
+        """Whether the test set is scored after ``epoch`` (counted from 1): every eval_every-th, and the last."""
+        return epoch % self.config.eval_every == 0 or epoch == self.config.epochs
+
     def _end_epoch(self) -> None:
         cfg = self.config
         p = self.partial
-        test = evaluate(self.model, self.test_loader, self.num_classes, progress=cfg.progress, world=self.world)
         distributed.check_replicas(self.world, self.model.parameters(), f"end of epoch {self.epoch + 1}")
-        if not np.isfinite(test["loss"]):  # the last update of the epoch spoiled the weights: don't save them
+        if self._evaluates(self.epoch + 1):
+            test = evaluate(self.model, self.test_loader, self.num_classes, progress=cfg.progress, world=self.world)
+            spoiled = not np.isfinite(test["loss"])
+            ema = self._evaluate_ema() if self.ema is not None and not spoiled else None
+        else:  # no test loss to tell: look at the weights themselves (the same on every rank)
+            xp = backend.get_array_module(self.model.patch_embed.proj.weight.data)
+            test = ema = None
+            spoiled = not all(bool(xp.isfinite(q.data).all()) for q in self.model.parameters())
+        if spoiled:  # the last update of the epoch spoiled the weights: don't save them
+            found = f"non-finite test loss ({test['loss']})" if test is not None else "non-finite weights"
             raise TrainingError(
-                f"non-finite test loss ({test['loss']}) after epoch {self.epoch + 1}: the weights are no longer "
-                f"finite; {self._stopped()}"
+                f"{found} after epoch {self.epoch + 1}: the weights are no longer finite; {self._stopped()}"
             )
         row = {
             "epoch": self.epoch + 1,
             "train_loss": p["loss_sum"] / max(p["seen"], 1),
             "train_accuracy": p["correct"] / max(p["seen"], 1),
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"] if test is not None else None,  # None: not evaluated (eval_every)
+            "test_accuracy": test["accuracy"] if test is not None else None,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_seconds": p["seconds"],
             "img_per_s": p["seen"] / max(p["seconds"], 1e-9),
         }
+        if self.ema is not None:
+            row["ema_test_loss"] = ema["loss"] if ema is not None else None
+            row["ema_test_accuracy"] = ema["accuracy"] if ema is not None else None
         self.history.append(row)
         self.epoch, self.batch = self.epoch + 1, 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        improved = test["accuracy"] > self.best_accuracy
+        # best.npz holds the better of the raw and the EMA weights (the raw ones on a tie) of the best epoch.
+        scored = [(name, r) for name, r in (("raw", test), ("ema", ema)) if r is not None]
+        winner = max(scored, key=lambda item: item[1]["accuracy"], default=None)
+        improved = winner is not None and winner[1]["accuracy"] > self.best_accuracy
         if improved:
-            self.best_accuracy = test["accuracy"]
-        self._on_root(lambda: self._write_epoch(improved, test["confusion"]))
+            self.best_accuracy = winner[1]["accuracy"]
+        best_weights = winner[0] if improved else None
+        confusion = test["confusion"] if test is not None else None
+        self._on_root(lambda: self._write_epoch(best_weights, confusion))
         if cfg.progress:
+            if test is None:
+                scores = f"test not evaluated (every {cfg.eval_every} epochs)"
+            else:
+                scores = f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
+                if ema is not None:
+                    scores += f" | EMA test loss {ema['loss']:.4f} acc {ema['accuracy']:.4f}"
+            best = {None: "", "raw": " (best)", "ema": " (best: EMA)"}[best_weights]
             print(
                 f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | {row['img_per_s']:.0f} img/s"
-                + (" (best)" if improved else ""),
+                f"{scores} | {row['img_per_s']:.0f} img/s{best}",
                 flush=True,
             )
 
-    def _write_epoch(self, improved: bool, confusion: np.ndarray) -> None:
-        """Checkpoints, logs and plots of the epoch just ended (rank 0's job)."""
+    def _write_epoch(self, best_weights: str | None, confusion: np.ndarray | None) -> None:
+        """Checkpoints, logs and plots of the epoch just ended (rank 0's job).
+
+        ``best_weights``: None, or which weights ("raw" or "ema") set a new best test accuracy;
+        best.npz then holds those as its model, so ``load_model`` gets the weights that scored.
+        """
         ckpt = self._checkpoint()
         save_checkpoint(self.out / "last.npz", ckpt)
-        if improved:
+        if best_weights == "ema":
+            save_checkpoint(self.out / "best.npz", {**ckpt, "model": self.ema, "weights": "ema"})
+        elif best_weights == "raw":
             save_checkpoint(self.out / "best.npz", ckpt)
         self._write_logs()
         write_step_log(self.out / "steps.csv", self.step_log)
         from pvt_np.training.plots import plot_confusion, plot_curves
 
         plot_curves(self.history, self.out / "curves.png", self.step_log)
-        if self.epoch == self.config.epochs:
+        if self.epoch == self.config.epochs and confusion is not None:
             plot_confusion(confusion, list(self.train_set.classes), self.out / "confusion.png")
 
     def _write_logs(self) -> None:
@@ -600,4 +797,13 @@ def _subset(dataset: Any, n: int | None, seed: int) -> Any:
     )
 
 
-__all__ = ["ConfigError", "TrainConfig", "Trainer", "TrainingError", "build_model", "evaluate", "train_step"]
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "Trainer",
+    "TrainingError",
+    "build_model",
+    "evaluate",
+    "fit_epochs",
+    "train_step",
+]

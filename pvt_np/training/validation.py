@@ -70,6 +70,7 @@ def check_train_config(config: Any) -> None:
     _int_at_least(config, "epochs", 1)
     _int_at_least(config, "batch_size", 1)
     _int_at_least(config, "eval_batch_size", 1)
+    _int_at_least(config, "eval_every", 1)
     # Learning rates above 0 only: a zero peak rate trains nothing, and AdamW refuses a negative one.
     if not _is_real(config.lr) or config.lr <= 0:
         raise ConfigError("lr", "a finite number > 0", config.lr)
@@ -84,6 +85,14 @@ def check_train_config(config: Any) -> None:
     _int_at_least(config, "crop_padding", 0)
     _real_in(config, "mixup", 0.0, math.inf, high_open=True, what=" (0: off)")
     _real_in(config, "cutmix", 0.0, math.inf, high_open=True, what=" (0: off)")
+    if config.ema_decay is not None and (not _is_real(config.ema_decay) or not 0 < config.ema_decay < 1):
+        raise ConfigError("ema_decay", "a number in (0, 1) (or None: no EMA)", config.ema_decay)
+    if config.time_budget is not None and (not _is_real(config.time_budget) or config.time_budget <= 0):
+        raise ConfigError("time_budget", "a number of minutes > 0 (or None: train --epochs)", config.time_budget)
+    if config.budget_fit is not None and not isinstance(config.budget_fit, dict):
+        raise ConfigError("budget_fit", "None or the record of a time-budget fit (a dict)", config.budget_fit)
+    if config.trivial_augment not in (True, False):
+        raise ConfigError("trivial_augment", "True or False", config.trivial_augment)
     if config.device not in ("cpu", "gpu"):
         raise ConfigError("device", "'cpu' or 'gpu'", config.device)
     if config.dtype not in ("float32", "float64"):
