@@ -58,8 +58,16 @@ def adaptive_avg_pool2d_forward(
     h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
     a_h = adaptive_pool_matrix(xp, h, ph, x.dtype)
     a_w = adaptive_pool_matrix(xp, w, pw, x.dtype)
-    spec = "ih,nhwc,jw->nijc" if channels_last else "ih,nchw,jw->ncij"
-    out = xp.einsum(spec, a_h, x, a_w, optimize=True)
+    # Two matmuls, each broadcasting a small averaging matrix over a stack of small GEMMs; W first,
+    # so the second one's rows are only Pw*C long. einsum(optimize=True) over the three operands
+    # was 3-6x slower at b2_li's sizes, and H first 60x slower there (NumPy's stacked matmul with
+    # 3,584-long rows took a slow path).
+    if channels_last:
+        n, _, _, c = x.shape
+        cols = xp.matmul(a_w, x.reshape(n * h, w, c))  # pool over W: (N*H, Pw, C)
+        out = xp.matmul(a_h, cols.reshape(n, h, pw * c)).reshape(n, ph, pw, c)  # then over H
+    else:
+        out = xp.matmul(xp.matmul(a_h, x), a_w.T)  # (Ph, H) @ (N, C, H, W) @ (W, Pw)
     return out, (a_h, a_w, channels_last)
 
 
@@ -68,8 +76,12 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: Any) -> Array:
     (and summed where windows overlap)."""
     a_h, a_w, channels_last = cache
     xp = get_array_module(dout)
-    spec = "ih,nijc,jw->nhwc" if channels_last else "ih,ncij,jw->nchw"
-    return xp.einsum(spec, a_h, dout, a_w, optimize=True)
+    (ph, h), (pw, w) = a_h.shape, a_w.shape
+    if channels_last:
+        n, _, _, c = dout.shape
+        rows = xp.matmul(a_h.T, dout.reshape(n, ph, pw * c))  # spread over H first (short rows, as forward)
+        return xp.matmul(a_w.T, rows.reshape(n * h, pw, c)).reshape(n, h, w, c)  # then over W
+    return xp.matmul(xp.matmul(a_h.T, dout), a_w)
 
 
 def token_mean_forward(x: Array, *, who: str = "token_mean") -> tuple[Array, Any]:
