@@ -185,7 +185,7 @@ def _worker(framework: str, config: str, device: str, threads: int, repeats: int
     x_host = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
     y_host = rng.integers(0, overrides["num_classes"], size=batch)
     if framework == "pvt_np":
-        steps, sync, mem = _pvt_np_steps(name, overrides, x_host, y_host, device)
+        steps, sync, mem = _pvt_np_steps(name, overrides, x_host, y_host, device, threads)
     else:
         steps, sync, mem = _torch_steps(name, overrides, x_host, y_host, device, threads)
     result: dict[str, Any] = {"framework": framework, "config": config, "batch": batch, "size": size}
@@ -201,11 +201,15 @@ def _worker(framework: str, config: str, device: str, threads: int, repeats: int
     return result
 
 
-def _pvt_np_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str):
+def _pvt_np_steps(
+    name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str, threads: int
+):
     from pvt_np import backend, create_model
     from pvt_np.nn import CrossEntropyLoss
+    from pvt_np.ops import parallel
     from pvt_np.optim import AdamW, param_groups_weight_decay
 
+    parallel.configure_threads(threads)
     model = create_model(name, device=device, **overrides)
     crit = CrossEntropyLoss()
     opt = AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3)
