@@ -17,6 +17,7 @@ import numpy as np
 from pvt_np.backend import Array, get_array_module
 from pvt_np.ops import parallel
 from pvt_np.ops.checks import check_conv2d
+from pvt_np.ops.linear import weight_grad_tasks
 
 
 class ConvCache(NamedTuple):
@@ -340,8 +341,8 @@ def _dense_backward(
 
     First the im2col matrix X is filled in chunks of output rows and, in chunks of whole
     images (their windows overlap only within an image), dX = G W and its col2im into
-    that image's rows of dxpad. Then dW = G^T X and db in chunks of output channels:
-    every entry a full sum over M, no partial sums, the same bits with any thread count.
+    that image's rows of dxpad. Then dW = G^T X and db as linear's weight gradient
+    (pvt_np.ops.linear.weight_grad_tasks).
     """
     xp = get_array_module(g)
     n, ho, wo, o = g.shape
@@ -375,16 +376,9 @@ def _dense_backward(
 
         tasks += parallel.row_tasks(n, images, dx_task)
     parallel.run_tasks(tasks)
-    dw_mat = np.empty((o, k), dtype=dtype)
-    db = np.empty(o, dtype=dtype) if has_bias else None
-    ones = np.ones(m, dtype=g.dtype)
-
-    def dw_task(s: int, e: int) -> None:
-        np.matmul(g_mat[:, s:e].T, cols, out=dw_mat[s:e])
-        if db is not None:
-            np.matmul(ones, g_mat[:, s:e], out=db[s:e])
-
-    parallel.run_tasks(parallel.row_tasks(o, parallel.gemm_rows(m * k, min_rows=8), dw_task))
+    dw_tasks, finish = weight_grad_tasks(g_mat, cols, has_bias)
+    parallel.run_tasks(dw_tasks)
+    dw_mat, db = finish()
     return dxpad, _weight_from_matrix(dw_mat, weight.shape), db
 
 

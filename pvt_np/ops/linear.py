@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,9 +45,8 @@ def linear_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None
     dW = G^T x          (out, in)
     db = sum_m G[m]     (out,)
     Returns (dx, dW, db); db is None when there was no bias.
-    On NumPy dx runs in row chunks of M, and dW and db in chunks of output features
-    (rows of dW, each a full sum over M: no partial sums to add, the same bits with
-    any thread count), all taken from one shared counter.
+    On NumPy dx runs in row chunks of M and dW, db as :func:`weight_grad_tasks`,
+    all taken from one shared counter.
     """
     x2, weight, has_bias, x_shape = cache
     xp = get_array_module(dout, weight)
@@ -54,21 +55,60 @@ def linear_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None
     if xp is not np:
         return (g @ weight).reshape(x_shape), g.T @ x2, g.sum(axis=0) if has_bias else None
     m = g.shape[0]
-    dtype = np.result_type(g, weight)
-    dx = np.empty((m, in_features), dtype=dtype)
-    dw = np.empty((out_features, in_features), dtype=dtype)
-    db = np.empty(out_features, dtype=dtype) if has_bias else None
-    ones = np.ones(m, dtype=g.dtype)
+    dx = np.empty((m, in_features), dtype=np.result_type(g, weight))
 
     def dx_task(start: int, stop: int) -> None:
         np.matmul(g[start:stop], weight, out=dx[start:stop])
 
-    def dw_task(start: int, stop: int) -> None:
-        np.matmul(g[:, start:stop].T, x2, out=dw[start:stop])
-        if db is not None:
-            np.matmul(ones, g[:, start:stop], out=db[start:stop])
-
-    tasks = parallel.row_tasks(m, parallel.gemm_rows(out_features * in_features), dx_task)
-    tasks += parallel.row_tasks(out_features, parallel.gemm_rows(m * in_features), dw_task)
-    parallel.run_tasks(tasks)
+    dw_tasks, finish = weight_grad_tasks(g, x2, has_bias)
+    parallel.run_tasks(parallel.row_tasks(m, parallel.gemm_rows(out_features * in_features), dx_task) + dw_tasks)
+    dw, db = finish()
     return dx.reshape(x_shape), dw, db
+
+
+PARTIAL_ELEMENTS = 1 << 21  # at most this many elements of weight-gradient partial sums (8 MB in float32)
+
+
+def weight_grad_tasks(
+    g: np.ndarray, x: np.ndarray, with_bias: bool
+) -> tuple[list[Callable[[], None]], Callable[[], tuple[np.ndarray, np.ndarray | None]]]:
+    """Tasks computing dW = G^T X (G: (M, out), X: (M, in)) and db = sum_m G[m], and a ``finish()`` returning them.
+
+    The work is cut both ways: blocks of at least 32 output rows (a GEMM with fewer rows
+    runs far below its peak), and where that leaves too few tasks, P blocks of the M rows
+    whose partial products are added in block order at the end (P bounded so that the
+    partials stay within PARTIAL_ELEMENTS). The cut follows the shapes alone, so the sum
+    is the same with any thread count.
+    """
+    m, out_features = g.shape
+    in_features = x.shape[1]
+    dtype = np.result_type(g, x)
+    wanted = max(1, min(16, m * out_features * in_features // parallel.GEMM_CHUNK_MACS))
+    out_rows = max(32, -(-out_features // wanted))
+    col_blocks = -(-out_features // out_rows)
+    blocks = max(1, min(wanted // col_blocks, PARTIAL_ELEMENTS // (out_features * in_features), m // 256))
+    m_rows = -(-m // blocks)
+    blocks = -(-m // m_rows)
+    dw = np.empty((blocks, out_features, in_features), dtype=dtype)
+    db = np.empty((blocks, out_features), dtype=dtype) if with_bias else None
+    ones = np.ones(m_rows, dtype=g.dtype)
+
+    def task(i: int, o0: int, o1: int) -> None:
+        rows = slice(i * m_rows, min(m, (i + 1) * m_rows))
+        gb = g[rows, o0:o1]
+        np.matmul(gb.T, x[rows], out=dw[i, o0:o1])
+        if db is not None:
+            np.matmul(ones[: gb.shape[0]], gb, out=db[i, o0:o1])
+
+    tasks: list[Callable[[], None]] = [
+        functools.partial(task, i, o0, min(o0 + out_rows, out_features))
+        for i in range(blocks)
+        for o0 in range(0, out_features, out_rows)
+    ]
+
+    def finish() -> tuple[np.ndarray, np.ndarray | None]:
+        if blocks == 1:
+            return dw[0], None if db is None else db[0]
+        return dw.sum(axis=0), None if db is None else db.sum(axis=0)
+
+    return tasks, finish

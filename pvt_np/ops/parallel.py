@@ -34,7 +34,9 @@ import numpy as np
 CHUNK_ELEMENTS = 131072  # elements per chunk: large enough to amortise Python's per-call cost, small enough for L2
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, the thread hand-off costs more than it saves
 GEMM_CHUNK_MACS = 1 << 21  # multiply-adds per GEMM chunk: ~0.1 ms on one core, 10x Python's cost per chunk
-GEMM_MIN_ROWS = 32  # fewer rows per call and a single-threaded GEMM loses its register blocking
+# Every GEMM call packs the whole weight; a core does ~32 multiply-adds in the time it copies one element, so
+# with R rows per call packing costs ~32/R of the arithmetic: R >= 256 keeps it near 10%.
+GEMM_MIN_ROWS = 256
 MAX_THREADS = 8  # beyond this the per-op hand-off outweighs the gain at PVT v2's sizes
 
 _num_threads: int | None = None  # None until configure_threads runs (explicitly or on the first chunked op)
@@ -97,13 +99,9 @@ def chunk_rows(row_elements: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, row_elements))
 
 
-def gemm_rows(row_macs: int, min_rows: int = GEMM_MIN_ROWS) -> int:
-    """Rows per chunk of a GEMM whose every row costs ``row_macs`` multiply-adds (a shape's property only).
-
-    ``min_rows``: fewer where the other GEMM dimensions are long (a weight gradient's
-    rows each sum over every token), so that small weights still split.
-    """
-    return max(min_rows, -(-GEMM_CHUNK_MACS // max(1, row_macs)))
+def gemm_rows(row_macs: int) -> int:
+    """Rows per chunk of a GEMM whose every row costs ``row_macs`` multiply-adds (a shape's property only)."""
+    return max(GEMM_MIN_ROWS, -(-GEMM_CHUNK_MACS // max(1, row_macs)))
 
 
 def row_tasks(num_rows: int, rows: int, task: Callable[[int, int], None]) -> list[Callable[[], None]]:
