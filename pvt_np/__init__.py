@@ -6,15 +6,7 @@ from ``import pvt_np`` alone, imported on first use (PEP 562), so importing stay
 """
 
 import importlib
-import os
 from typing import TYPE_CHECKING, Any
-
-# OpenBLAS keeps its idle threads spinning for about 2^28 cycles after each GEMM, which
-# starves pvt_np's elementwise worker threads (pvt_np.ops.parallel) between GEMMs: at the
-# CIFAR config a training step ran 20% slower. 2^4 cycles lets them sleep at once. It only
-# takes effect when pvt_np is imported before NumPy (as in the pvt-np command); a value the
-# user already set is kept.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
 

@@ -17,6 +17,12 @@ training step spent per op type: an observer on the op dispatchers
 timed around its call; nothing is patched, so a new layer's ops are profiled as
 they run.
 
+``--neighbour loop|gemm|pvt_np|torch`` also times each pair's training step while a
+neighbour process shares the machine (a single-threaded busy loop, a NumPy GEMM loop on
+``--threads`` BLAS threads, or a second training of b0 at the CIFAR config with that
+framework's defaults) and reports the slowdown against the quiet step: how the
+framework behaves when its cores are not its own.
+
 ``--device gpu`` times CuPy against torch CUDA eager, both in float32 without
 TF32 (CuPy does not use it unless ``CUPY_TF32=1``; torch's cuDNN does by default,
 so the worker turns it off), each timed iteration ending with a device
@@ -26,6 +32,7 @@ synchronise. It runs the CPU table's configs and the GPU ones (:data:`GPU_CONFIG
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -36,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -53,6 +60,7 @@ CPU_CONFIGS = ("b0-cifar", "b0-224", "b2_li-224")
 GPU_CONFIGS = ("b0-cifar", "b0-224", "b2_li-224", "b0-224-bs32", "b2_li-224-bs16")
 FRAMEWORKS = ("pvt_np", "torch")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+NEIGHBOURS = ("loop", "gemm", "pvt_np", "torch")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,14 +72,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed iterations per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    p.add_argument("--neighbour", nargs="+", choices=NEIGHBOURS, default=[],
+                   help="also time each training step beside this process: loop (a single-threaded busy loop), "
+                   "gemm (a NumPy GEMM loop on --threads BLAS threads), pvt_np or torch (a second b0 CIFAR "
+                   "training with its defaults); reports the slowdown against the quiet step")  # fmt: skip
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS)
+    p.add_argument("--step-only", action="store_true", help=argparse.SUPPRESS)  # worker: the training step alone
+    p.add_argument("--neighbour-run", choices=NEIGHBOURS, help=argparse.SUPPRESS)  # be the neighbour until killed
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.neighbour_run:
+        _be_neighbour(args.neighbour_run, args.threads)
+        return 0
     if args.worker:
         framework, config = args.worker
-        result = _worker(framework, config, args.device, args.threads, args.repeats, args.warmup)
+        result = _worker(framework, config, args.device, args.threads, args.repeats, args.warmup, args.step_only)
         print("BENCH-RESULT " + json.dumps(result))
         return 0
     if args.device == "gpu":
@@ -92,6 +109,23 @@ def run(args: argparse.Namespace) -> int:
                 failed = True
             if args.json:  # after every pair, so a run stopped early keeps what it measured
                 _write_json(args.json, report)
+            quiet = report["results"][-1]
+            for kind in args.neighbour if "error" not in quiet else []:
+                print(f"timing {framework} {config} beside {kind} ...", file=sys.stderr, flush=True)
+                try:
+                    with _neighbour(kind, args.threads):
+                        beside = _spawn(framework, config, args, step_only=True)
+                except RuntimeError as err:
+                    print(f"pvt-np bench: {err}", file=sys.stderr, flush=True)
+                    failed = True
+                    continue
+                report.setdefault("beside", []).append({
+                    "config": config, "framework": framework, "neighbour": kind,
+                    "quiet_ms": quiet["train_step_ms"], "beside_ms": beside["train_step_ms"],
+                    "slowdown": beside["train_step_ms"] / quiet["train_step_ms"],
+                })  # fmt: skip
+                if args.json:
+                    _write_json(args.json, report)
     print(format_report(report))
     return 1 if failed else 0
 
@@ -103,18 +137,69 @@ def _write_json(path: str, report: dict[str, Any]) -> None:
         json.dump(report, f, indent=2)
 
 
-def _spawn(framework: str, config: str, args: argparse.Namespace) -> dict[str, Any]:
+def _spawn(framework: str, config: str, args: argparse.Namespace, step_only: bool = False) -> dict[str, Any]:
     env = dict(os.environ, **{v: str(args.threads) for v in THREAD_VARS})
     cmd = [
         sys.executable, "-m", "pvt_np", "bench", "--worker", framework, config,
         "--device", args.device, "--threads", str(args.threads),
         "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-    ]  # fmt: skip
+    ] + (["--step-only"] if step_only else [])  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH-RESULT "):
             return json.loads(line[len("BENCH-RESULT ") :])
     raise RuntimeError(f"bench worker {framework}/{config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+@contextlib.contextmanager
+def _neighbour(kind: str, threads: int) -> Iterator[None]:
+    """Run the neighbour process ``kind`` (see --neighbour) from its first busy moment until the context ends."""
+    env = dict(os.environ)
+    if kind == "gemm":
+        env.update({v: str(threads) for v in THREAD_VARS})
+    cmd = [sys.executable, "-m", "pvt_np", "bench", "--neighbour-run", kind, "--threads", str(threads)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if line.strip() != "READY":
+            proc.kill()
+            err = proc.communicate()[1]
+            raise RuntimeError(f"bench neighbour {kind} failed to start (exit {proc.returncode}):\n{err[-3000:]}")
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _be_neighbour(kind: str, threads: int) -> None:
+    """Loop until killed, printing READY once the busy part begins (the parent times against it)."""
+    if kind == "loop":
+        print("READY", flush=True)
+        while True:
+            pass
+    if kind == "gemm":  # NumPy's BLAS with its own threads (the environment set by _neighbour)
+        a = np.ones((1024, 1024), dtype=np.float32)
+        print("READY", flush=True)
+        while True:
+            a @ a
+    name, overrides, size, batch = CONFIGS["b0-cifar"]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+    y = rng.integers(0, overrides["num_classes"], size=batch)
+    if kind == "pvt_np":  # its defaults: no thread count given
+        steps = _pvt_np_steps(name, overrides, x, y, "cpu", None)[0]
+    else:
+        import torch
+
+        steps = _torch_steps(name, overrides, x, y, "cpu", torch.get_num_threads())[0]
+    print("READY", flush=True)
+    while True:
+        steps["train_step"]()
 
 
 def machine_info(device: str, threads: int) -> dict[str, Any]:
@@ -179,19 +264,23 @@ def _median_ms(fn: Callable[[], None], sync: Callable[[], None], repeats: int, w
     return statistics.median(times) * 1000.0
 
 
-def _worker(framework: str, config: str, device: str, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
+def _worker(
+    framework: str, config: str, device: str, threads: int, repeats: int, warmup: int, step_only: bool = False
+) -> dict[str, Any]:
     name, overrides, size, batch = CONFIGS[config]
     rng = np.random.default_rng(0)
     x_host = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
     y_host = rng.integers(0, overrides["num_classes"], size=batch)
     if framework == "pvt_np":
-        steps, sync, mem = _pvt_np_steps(name, overrides, x_host, y_host, device)
+        steps, sync, mem = _pvt_np_steps(name, overrides, x_host, y_host, device, threads)
     else:
         steps, sync, mem = _torch_steps(name, overrides, x_host, y_host, device, threads)
     result: dict[str, Any] = {"framework": framework, "config": config, "batch": batch, "size": size}
     mem["start"]()
-    for key in ("forward", "forward_backward", "train_step"):
+    for key in ("train_step",) if step_only else ("forward", "forward_backward", "train_step"):
         result[key + "_ms"] = _median_ms(steps[key], sync, repeats, warmup)
+    if step_only:
+        return result
     result["peak_memory_mb"] = mem["peak"]() / 2**20
     if "held" in mem:  # GPU: what the allocator keeps reserved (CuPy's pool total, torch's max reserved)
         result["pool_held_mb"] = mem["held"]() / 2**20
@@ -201,11 +290,16 @@ def _worker(framework: str, config: str, device: str, threads: int, repeats: int
     return result
 
 
-def _pvt_np_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str):
+def _pvt_np_steps(
+    name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str, threads: int | None
+):
     from pvt_np import backend, create_model
     from pvt_np.nn import CrossEntropyLoss
+    from pvt_np.ops import parallel
     from pvt_np.optim import AdamW, param_groups_weight_decay
 
+    if threads is not None:  # None: the defaults (the first op configures them), as a user's script gets
+        parallel.configure_threads(threads)
     model = create_model(name, device=device, **overrides)
     crit = CrossEntropyLoss()
     opt = AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3)
@@ -421,6 +515,17 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{r['config']:<14} {r['framework']:<7} {r['forward_ms']:8.1f} {r['forward_backward_ms']:11.1f} "
             f"{r['train_step_ms']:8.1f} {r['img_per_s']:7.0f} {r['peak_memory_mb']:8.0f} {ratio:>10} {mem_ratio:>9}"
+        )
+    if report.get("beside"):
+        lines += [
+            "",
+            "beside a neighbour process: training step ms (median), slowdown = beside / quiet",
+            f"{'config':<14} {'framework':<9} {'neighbour':<9} {'quiet ms':>9} {'beside ms':>10} {'slowdown':>8}",
+        ]
+        lines.extend(
+            f"{b['config']:<14} {b['framework']:<9} {b['neighbour']:<9} {b['quiet_ms']:9.1f} {b['beside_ms']:10.1f} "
+            f"{b['slowdown']:7.2f}x"
+            for b in report["beside"]
         )
     for r in by_key.values():
         if "op_share" in r:

@@ -224,31 +224,22 @@ def shard_dataset(dataset: Any, world: World) -> Any:
 
 def default_threads(world: World, requested: int | None) -> int:
     """Threads for this rank: ``requested`` (--threads), else this node's cores shared among its ranks."""
+    from pvt_np.ops import parallel
+
     if requested is not None:
         return int(requested)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, cores // world.local_size)
+    return max(1, min(parallel.available_cores(), parallel.MAX_THREADS * world.local_size) // world.local_size)
 
 
 def set_threads(world: World, requested: int | None) -> None:
-    """Threads of this rank: pvt_np's elementwise pool and, under mpiexec, BLAS (through threadpoolctl).
+    """Threads of this rank, set through pvt_np.ops.parallel.configure_threads (which also limits BLAS).
 
-    One process keeps its defaults unless ``requested``; N ranks on a node share its cores,
-    so two ranks on two cores do not run four threads.
+    One process takes configure_threads' default unless ``requested``; N ranks on a
+    node share its cores, so two ranks on two cores do not run four threads.
     """
-    if world.size == 1 and requested is None:
-        return
-    threads = default_threads(world, requested)
     from pvt_np.ops import parallel
 
-    parallel.set_num_threads(threads)
-    if world.size > 1:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=threads, user_api="blas")  # stays in force for the process's life
+    parallel.configure_threads(default_threads(world, requested))
 
 
 def use_local_gpu(world: World) -> None:

@@ -39,11 +39,11 @@ BIG = parallel.PARALLEL_MIN_ELEMENTS  # arrays of several times this many elemen
 @pytest.fixture(params=[1, 2, 4], ids=["1thread", "2threads", "4threads"])
 def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     before = parallel.get_num_threads()
-    parallel.set_num_threads(request.param)
+    parallel.configure_threads(request.param)
     try:
         yield request.param
     finally:
-        parallel.set_num_threads(before)
+        parallel.configure_threads(before)
 
 
 # -- the plain ops are the ground truth: test_ops' gradchecks and torch comparisons, run on them --------
@@ -161,7 +161,12 @@ LARGE_PAIRS = [
     _conv("depthwise-s1-large", (6, 40, 40, 48), 48, (3, 3), 1, 1, 48),  # 6 chunks of one image
     _conv("depthwise-s2-large", (24, 40, 40, 32), 32, (3, 3), 2, 1, 32),  # output 24x20x20x32: 3 chunks
     _conv("dense-s2-large", (2, 64, 64, 16), 32, (3, 3), 2, 1, 1),
+    _conv("stem-c3-large", (16, 32, 32, 3), 32, (3, 3), 2, 1, 1),  # C = 3: the CIFAR stem
+    _conv("sr-kernel-eq-stride-large", (32, 16, 16, 32), 32, (4, 4), 4, 0, 1),  # windows tile the map: col2im copy
+    _conv("sr-stride-gt-kernel-large", (16, 23, 21, 32), 24, (2, 2), 3, 0, 1, bias=False),  # pixels in no window
+    _conv("dense-large-no-input-grad", (8, 32, 32, 16), 32, (3, 3), 1, 1, 1, input_grad=False),
     Pair("linear-large", "linear", _arrays((4, 1024, 64), (128, 64), (128,))),
+    Pair("linear-large-nobias", "linear", _arrays((3000, 96), (200, 96))),
     Pair("layer_norm-large", "layer_norm", lambda rng: [randn(rng, 8, 2048, 32), 1 + randn(rng, 32), randn(rng, 32)]),
     Pair("gelu-none-large", "gelu", _arrays((4 * BIG + 7,), scale=3.0)),
     Pair("gelu-tanh-large", "gelu", _arrays((4 * BIG + 7,), scale=3.0), {"approximate": "tanh"}),
@@ -169,6 +174,8 @@ LARGE_PAIRS = [
     Pair("softmax-large", "softmax", _arrays((4096, 160), scale=3.0)),
     Pair("attention-large-dropout", "attention", _arrays((2, 2, 1024, 32), (2, 2, 256, 32), (2, 2, 256, 32)),
          {"dropout_p": 0.1}, rng_seed=7),
+    Pair("attention-large-batch", "attention", _arrays((64, 1, 256, 32), (64, 1, 16, 32), (64, 1, 16, 32)),
+         {"scale": 0.4}),
     Pair("pool-large", "adaptive_avg_pool2d", _arrays((4, 64, 64, 40)), {"output_size": 7, "channels_last": True}),
     Pair("dropout-large", "dropout", _arrays((4 * BIG + 7,)), {"p": 0.2}, rng_seed=8),
     Pair("drop_path-large", "drop_path", _arrays((64, 128, 64)), {"p": 0.3}, rng_seed=9),
@@ -246,6 +253,50 @@ def test_large_cases_are_chunked() -> None:
     for num_rows, row_elements in calls:
         assert num_rows * row_elements >= parallel.PARALLEL_MIN_ELEMENTS
         assert math.ceil(num_rows / parallel.chunk_rows(row_elements)) >= 3, (num_rows, row_elements)
+
+
+GEMM_PAIRS = [p for p in LARGE_PAIRS if p.op in ("linear", "attention", "layer_norm") or p.id.startswith(
+    ("conv2d-dense", "conv2d-stem", "conv2d-sr"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("pair", GEMM_PAIRS, ids=lambda p: p.id)
+def test_gemm_ops_run_in_several_chunks(pair: Pair) -> None:
+    """The GEMM-heavy fast paths (BLAS on one thread, chunks on pvt_np's threads) really split at these sizes."""
+    chunks: list[int] = []
+    real = parallel.for_each_chunk
+
+    def counting(num_rows: int, row_elements: int, kernel: Callable[[int, int], None], xp: Any = np,
+                 *, rows_per_chunk: int | None = None) -> None:  # fmt: skip
+        rows = parallel.chunk_rows(row_elements) if rows_per_chunk is None else rows_per_chunk
+        chunks.append(math.ceil(num_rows / rows))
+        real(num_rows, row_elements, kernel, xp, rows_per_chunk=rows_per_chunk)
+
+    parallel.for_each_chunk = counting
+    try:
+        _run(pair, reading_plain=False)
+    finally:
+        parallel.for_each_chunk = real
+    assert chunks and max(chunks) >= 2, (pair.id, chunks)
+
+
+@pytest.mark.parametrize("pair", GEMM_PAIRS, ids=lambda p: p.id)
+def test_fast_results_do_not_depend_on_the_thread_count(pair: Pair) -> None:
+    """Chunks follow the shapes alone (weight gradients split by output rows or summed in chunk order),
+    so 1 and 4 threads give the same bits, in float32 as in float64."""
+    before = parallel.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 4):
+            parallel.configure_threads(n)
+            runs.append(_run(pair, reading_plain=False, dtype=np.float32)[:2])
+    finally:
+        parallel.configure_threads(before)
+    (out1, grads1), (out4, grads4) = runs
+    np.testing.assert_array_equal(out1, out4)
+    for g1, g4 in zip(grads1, grads4, strict=True):
+        assert (g1 is None) == (g4 is None)
+        if g1 is not None:
+            np.testing.assert_array_equal(g1, g4)
 
 
 def test_gelu_need_grad_false_keeps_nothing_in_both_readings() -> None:

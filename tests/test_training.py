@@ -239,7 +239,7 @@ def _keep_thread_count() -> Any:
     n = parallel.get_num_threads()
     yield
     if parallel.get_num_threads() != n:
-        parallel.set_num_threads(n)
+        parallel.configure_threads(n)
 
 
 @pytest.fixture(scope="module")

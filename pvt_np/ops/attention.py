@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from pvt_np.backend import Array, get_array_module, get_rng
+from pvt_np.ops import parallel
 from pvt_np.ops.activation import softmax
 from pvt_np.ops.checks import check_attention
 from pvt_np.ops.dropout import keep_mask
@@ -19,6 +20,12 @@ class AttentionCache(NamedTuple):
     probs: Array
     keep: Array | None
     scale: float
+
+
+def _batch_rows(q: Array, m: int) -> int:
+    """Batch entries per chunk: each costs heads * N * M * d multiply-adds in each of the two products."""
+    _, h, n, d = q.shape
+    return max(1, -(-parallel.GEMM_CHUNK_MACS // max(1, 2 * h * n * m * d)))
 
 
 def attention_forward(
@@ -37,21 +44,29 @@ def attention_forward(
     makes M < N); out: (B, heads, N, d). scale defaults to d**-0.5. With
     dropout_p > 0 the attention weights are zeroed with probability p and the
     rest scaled by 1/(1-p), as torch's scaled_dot_product_attention;
-    the mask is drawn from ``rng`` (default: pvt_np's shared generator).
+    the mask is drawn from ``rng`` (default: pvt_np's shared generator), whole,
+    before the work is split. On NumPy the batch is split into chunks run on the
+    worker threads, each chunk's two products, softmax and dropout in one go.
     """
     p = check_attention(q, k, v, dropout_p, who)
     xp = get_array_module(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    scores = q @ k.transpose(0, 1, 3, 2)
-    scores *= scale
-    probs = softmax(scores, axis=-1, in_place=True)  # (B, h, N, M); the scores are not needed again
-    keep = None
-    if p > 0.0:
-        keep = keep_mask(get_rng(xp) if rng is None else rng, probs.shape, p, probs.dtype)
-        dropped = probs * keep
-    else:
-        dropped = probs
-    out = dropped @ v
+    b, h, n, _ = q.shape
+    m = k.shape[2]
+    dtype = xp.result_type(q, k, v)
+    keep = keep_mask(get_rng(xp) if rng is None else rng, (b, h, n, m), p, dtype) if p > 0.0 else None
+    probs = xp.empty((b, h, n, m), dtype=dtype)
+    out = xp.empty((b, h, n, v.shape[3]), dtype=dtype)
+
+    def kernel(start: int, stop: int) -> None:
+        scores = probs[start:stop]
+        xp.matmul(q[start:stop], k[start:stop].transpose(0, 1, 3, 2), out=scores)
+        scores *= scale
+        softmax(scores, axis=-1, in_place=True)  # the scores are not needed again
+        dropped = scores if keep is None else scores * keep[start:stop]
+        xp.matmul(dropped, v[start:stop], out=out[start:stop])
+
+    parallel.for_each_chunk(b, 1, kernel, xp, rows_per_chunk=_batch_rows(q, m))
     return out, AttentionCache(q, k, v, probs, keep, scale)
 
 
@@ -62,18 +77,26 @@ def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Array
     dP = (G v^T) * keep                      (through the dropout mask)
     dS = P * (dP - rowsum(dP * P))           (softmax backward, fused in place)
     dq = dS k * scale,   dk = dS^T q * scale
-    Returns (dq, dk, dv).
+    Returns (dq, dk, dv). On NumPy the batch runs in chunks on the worker threads.
     """
     q, k, v, probs, keep, scale = cache
-    dropped = probs if keep is None else probs * keep
-    dv = dropped.transpose(0, 1, 3, 2) @ dout
-    ds = dout @ v.transpose(0, 1, 3, 2)
-    if keep is not None:
-        ds *= keep
-    row = (ds * probs).sum(axis=-1, keepdims=True)
-    ds -= row
-    ds *= probs
-    ds *= scale
-    dq = ds @ k
-    dk = ds.transpose(0, 1, 3, 2) @ q
+    xp = get_array_module(dout, probs)
+    dq, dk, dv = xp.empty(q.shape, probs.dtype), xp.empty(k.shape, probs.dtype), xp.empty(v.shape, probs.dtype)
+
+    def kernel(start: int, stop: int) -> None:
+        pc, g = probs[start:stop], dout[start:stop]
+        kc = None if keep is None else keep[start:stop]
+        dropped = pc if kc is None else pc * kc
+        xp.matmul(dropped.transpose(0, 1, 3, 2), g, out=dv[start:stop])
+        ds = g @ v[start:stop].transpose(0, 1, 3, 2)
+        if kc is not None:
+            ds *= kc
+        row = (ds * pc).sum(axis=-1, keepdims=True)
+        ds -= row
+        ds *= pc
+        ds *= scale
+        xp.matmul(ds, k[start:stop], out=dq[start:stop])
+        xp.matmul(ds.transpose(0, 1, 3, 2), q[start:stop], out=dk[start:stop])
+
+    parallel.for_each_chunk(q.shape[0], 1, kernel, xp, rows_per_chunk=_batch_rows(q, k.shape[2]))
     return dq, dk, dv

@@ -17,6 +17,7 @@ import numpy as np
 from pvt_np.backend import Array, get_array_module
 from pvt_np.ops import parallel
 from pvt_np.ops.checks import check_conv2d
+from pvt_np.ops.linear import weight_grad_tasks
 
 
 class ConvCache(NamedTuple):
@@ -90,12 +91,61 @@ def conv2d_forward(
     xpad = _pad_nhwc(x_nhwc, ph, pw)
     if groups == c == o:
         out = _depthwise(xpad, _taps(weight), bias, sh, sw, ho, wo)
+    elif groups == 1:
+        out = _dense_forward(xpad, weight, bias, sh, sw, ho, wo)
     else:
         out = _grouped_forward(xpad, weight, groups, sh, sw, ho, wo)
         if bias is not None:
             out += bias
     cache = ConvCache(xpad, weight, bias is not None, (sh, sw), (ph, pw), groups, channels_last)
     return (out if channels_last else out.transpose(0, 3, 1, 2)), cache
+
+
+def _dense_forward(xpad: Array, weight: Array, bias: Array | None, sh: int, sw: int, ho: int, wo: int) -> Array:
+    """groups == 1: out = X W^T + b in chunks of output rows (an image's row of Wo output pixels is the unit).
+
+    Each chunk copies its windows into a per-thread im2col buffer (cache-sized, reused)
+    and runs one single-threaded GEMM into its rows of the output, on the worker threads.
+    """
+    xp = get_array_module(xpad)
+    n, c = xpad.shape[0], xpad.shape[3]
+    o, _, kh, kw = weight.shape
+    k = kh * kw * c
+    w_t = _weight_matrix(weight, 1)[0].T  # (K, O)
+    out = xp.empty((n, ho, wo, o), dtype=xp.result_type(xpad, weight))
+    out_rows = out.reshape(n * ho * wo, o)
+    win = _windows(xpad, kh, kw, sh, sw, ho, wo)
+
+    def kernel(start: int, stop: int) -> None:
+        cols = _cols(win, start, stop, k)
+        rows = out_rows[start * wo : stop * wo]
+        xp.matmul(cols, w_t, out=rows)
+        if bias is not None:
+            rows += bias
+
+    parallel.for_each_chunk(n * ho, 1, kernel, xp, rows_per_chunk=-(-parallel.gemm_rows(k * o) // wo))
+    return out
+
+
+def _cols(win: Array, start: int, stop: int, k: int, out: Array | None = None) -> Array:
+    """im2col rows of output-row units [start, stop) (unit u: image u // Ho, output row u % Ho), as (rows, K).
+
+    Written into ``out`` where given, else (NumPy) into a per-thread scratch buffer.
+    """
+    xp = get_array_module(win)
+    n, ho, wo = win.shape[:3]
+    if xp is not np and out is None and start == 0 and stop == n * ho:
+        return win.reshape(n * ho * wo, k)
+    if out is None:
+        out = parallel.scratch("conv_cols", ((stop - start) * wo, k), win.dtype)
+    units = out.reshape(stop - start, wo, *win.shape[3:])
+    u = start
+    while u < stop:  # one strided copy per image the range touches
+        image, row = divmod(u, ho)
+        end = min(stop, (image + 1) * ho)
+        units[u - start : end - start] = win[image, row : row + end - u]
+        u = end
+    return out
 
 
 def _grouped_forward(xpad: Array, weight: Array, groups: int, sh: int, sw: int, ho: int, wo: int) -> Array:
@@ -269,9 +319,12 @@ def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> t
     g = dout if channels_last else dout.transpose(0, 2, 3, 1)
     _n, _ho, _wo, o = g.shape
     c = xpad.shape[3]
-    db = g.reshape(-1, o).sum(axis=0) if has_bias else None
-    if groups == c == o:
+    depthwise, dense = groups == c == o, groups == 1 and not groups == c == o
+    db = g.reshape(-1, o).sum(axis=0) if has_bias and not dense else None  # the dense path sums it in its tasks
+    if depthwise:
         dxpad, dw = _depthwise_backward(g, xpad, weight, sh, sw, input_grad)
+    elif dense:
+        dxpad, dw, db = _dense_backward(g, xpad, weight, has_bias, sh, sw, input_grad)
     else:
         dxpad, dw = _grouped_backward(g, xpad, weight, groups, sh, sw, input_grad)
     if dxpad is None:
@@ -279,6 +332,82 @@ def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> t
     hp, wp = xpad.shape[1:3]
     dx = dxpad[:, ph : hp - ph, pw : wp - pw, :]
     return (dx if channels_last else dx.transpose(0, 3, 1, 2)), dw, db
+
+
+def _dense_backward(
+    g: Array, xpad: Array, weight: Array, has_bias: bool, sh: int, sw: int, input_grad: bool
+) -> tuple[Array | None, Array, Array | None]:
+    """groups == 1: (dxpad, dW, db), in two hand-offs to the worker threads.
+
+    First the im2col matrix X is filled in chunks of output rows and, in chunks of whole
+    images (their windows overlap only within an image), dX = G W and its col2im into
+    that image's rows of dxpad. Then dW = G^T X and db as linear's weight gradient
+    (pvt_np.ops.linear.weight_grad_tasks).
+    """
+    xp = get_array_module(g)
+    n, ho, wo, o = g.shape
+    c = xpad.shape[3]
+    kh, kw = weight.shape[2:]
+    k = kh * kw * c
+    m = n * ho * wo
+    dtype = xp.result_type(g, weight)
+    g_mat = g.reshape(m, o)
+    win = _windows(xpad, kh, kw, sh, sw, ho, wo)
+    if xp is not np:
+        cols = win.reshape(m, k)
+        dw_mat, db = g_mat.T @ cols, (g_mat.sum(axis=0) if has_bias else None)
+        dxpad = None
+        if input_grad:
+            dxpad = xp.empty(xpad.shape, dtype=dtype)
+            _col2im(g_mat @ _weight_matrix(weight, 1)[0], dxpad, kh, kw, sh, sw, ho, wo)
+        return dxpad, _weight_from_matrix(dw_mat, weight.shape), db
+    cols = np.empty((m, k), dtype=xpad.dtype)
+    unit_rows = -(-parallel.gemm_rows(k) // wo)
+    tasks = parallel.row_tasks(n * ho, unit_rows, lambda s, e: _cols(win, s, e, k, out=cols[s * wo : e * wo]))
+    dxpad = np.empty(xpad.shape, dtype=dtype) if input_grad else None
+    if dxpad is not None:
+        w_mat = _weight_matrix(weight, 1)[0]  # (O, K)
+        images = -(-parallel.gemm_rows(o * k) // (ho * wo))
+
+        def dx_task(s: int, e: int) -> None:
+            dcols = parallel.scratch("conv_dcols", ((e - s) * ho * wo, k), dtype)
+            np.matmul(g_mat[s * ho * wo : e * ho * wo], w_mat, out=dcols)
+            _col2im(dcols, dxpad[s:e], kh, kw, sh, sw, ho, wo)
+
+        tasks += parallel.row_tasks(n, images, dx_task)
+    parallel.run_tasks(tasks)
+    dw_tasks, finish = weight_grad_tasks(g_mat, cols, has_bias)
+    parallel.run_tasks(dw_tasks)
+    dw_mat, db = finish()
+    return dxpad, _weight_from_matrix(dw_mat, weight.shape), db
+
+
+def _weight_from_matrix(dw_mat: Array, shape: tuple[int, ...]) -> Array:
+    """(O, kh*kw*C) ordered like _im2col back to torch's (O, C, kh, kw)."""
+    xp = get_array_module(dw_mat)
+    o, c, kh, kw = shape
+    return xp.ascontiguousarray(dw_mat.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
+
+
+def _col2im(dcols: Array, dxpad: Array, kh: int, kw: int, sh: int, sw: int, ho: int, wo: int) -> None:
+    """Fill ``dxpad`` (the padded input's gradient) from the im2col matrix's: each window adds its row back.
+
+    On NumPy, windows that do not overlap (stride >= kernel, as the SR conv's kernel ==
+    stride) are written through the window view in one strided copy; overlapping ones,
+    and every case on CuPy, by kh*kw strided slice-adds, one per tap. Pixels no window
+    reads get zero.
+    """
+    n, hp, wp, c = dxpad.shape
+    windows = dcols.reshape(n, ho, wo, kh, kw, c)
+    if sh >= kh and sw >= kw and get_array_module(dxpad) is np:  # CuPy keeps the slice-adds its tests cover
+        if (sh, sw) != (kh, kw) or (hp, wp) != (ho * kh, wo * kw):  # some pixels lie in no window
+            dxpad[...] = 0
+        _windows(dxpad, kh, kw, sh, sw, ho, wo)[...] = windows
+        return
+    dxpad[...] = 0
+    for p in range(kh):
+        for q in range(kw):
+            _tap(dxpad, p, q, sh, sw, ho, wo)[...] += windows[:, :, :, p, q, :]
 
 
 def _grouped_backward(

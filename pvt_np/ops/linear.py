@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
-from pvt_np.backend import Array
+import numpy as np
+
+from pvt_np.backend import Array, get_array_module
+from pvt_np.ops import parallel
 from pvt_np.ops.checks import check_linear
 
 
@@ -12,15 +17,25 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None, *, who: s
     """y = x W^T + b over any leading dimensions.
 
     x: (..., in), W: (out, in), b: (out,) -> y: (..., out).
-    All leading dimensions are flattened into one, so the product is a single
-    GEMM of shape (M, in) x (in, out) with M = prod(leading dims).
+    All leading dimensions are flattened into one, so the product is a GEMM of
+    shape (M, in) x (in, out) with M = prod(leading dims), run in row chunks of M on
+    the worker threads (pvt_np.ops.parallel; one call on CuPy).
     """
     check_linear(x, weight, bias, who)
+    xp = get_array_module(x, weight)
     x2 = x.reshape(-1, x.shape[-1])
-    y = x2 @ weight.T
-    if bias is not None:
-        y += bias
-    return y.reshape(*x.shape[:-1], weight.shape[0]), (x2, weight, bias is not None, x.shape)
+    out_features = weight.shape[0]
+    y = xp.empty((x2.shape[0], out_features), dtype=xp.result_type(x2, weight))
+    w_t = weight.T
+
+    def kernel(start: int, stop: int) -> None:
+        xp.matmul(x2[start:stop], w_t, out=y[start:stop])
+        if bias is not None:
+            y[start:stop] += bias
+
+    rows = parallel.gemm_rows(x2.shape[1] * out_features)
+    parallel.for_each_chunk(x2.shape[0], 1, kernel, xp, rows_per_chunk=rows)
+    return y.reshape(*x.shape[:-1], out_features), (x2, weight, bias is not None, x.shape)
 
 
 def linear_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None]:
@@ -30,10 +45,70 @@ def linear_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None
     dW = G^T x          (out, in)
     db = sum_m G[m]     (out,)
     Returns (dx, dW, db); db is None when there was no bias.
+    On NumPy dx runs in row chunks of M and dW, db as :func:`weight_grad_tasks`,
+    all taken from one shared counter.
     """
     x2, weight, has_bias, x_shape = cache
-    g = dout.reshape(-1, weight.shape[0])
-    dx = (g @ weight).reshape(x_shape)
-    dw = g.T @ x2
-    db = g.sum(axis=0) if has_bias else None
-    return dx, dw, db
+    xp = get_array_module(dout, weight)
+    out_features, in_features = weight.shape
+    g = dout.reshape(-1, out_features)
+    if xp is not np:
+        return (g @ weight).reshape(x_shape), g.T @ x2, g.sum(axis=0) if has_bias else None
+    m = g.shape[0]
+    dx = np.empty((m, in_features), dtype=np.result_type(g, weight))
+
+    def dx_task(start: int, stop: int) -> None:
+        np.matmul(g[start:stop], weight, out=dx[start:stop])
+
+    dw_tasks, finish = weight_grad_tasks(g, x2, has_bias)
+    parallel.run_tasks(parallel.row_tasks(m, parallel.gemm_rows(out_features * in_features), dx_task) + dw_tasks)
+    dw, db = finish()
+    return dx.reshape(x_shape), dw, db
+
+
+PARTIAL_ELEMENTS = 1 << 21  # at most this many elements of weight-gradient partial sums (8 MB in float32)
+
+
+def weight_grad_tasks(
+    g: np.ndarray, x: np.ndarray, with_bias: bool
+) -> tuple[list[Callable[[], None]], Callable[[], tuple[np.ndarray, np.ndarray | None]]]:
+    """Tasks computing dW = G^T X (G: (M, out), X: (M, in)) and db = sum_m G[m], and a ``finish()`` returning them.
+
+    The work is cut both ways: blocks of at least 32 output rows (a GEMM with fewer rows
+    runs far below its peak), and where that leaves too few tasks, P blocks of the M rows
+    whose partial products are added in block order at the end (P bounded so that the
+    partials stay within PARTIAL_ELEMENTS). The cut follows the shapes alone, so the sum
+    is the same with any thread count.
+    """
+    m, out_features = g.shape
+    in_features = x.shape[1]
+    dtype = np.result_type(g, x)
+    wanted = max(1, min(16, m * out_features * in_features // parallel.GEMM_CHUNK_MACS))
+    out_rows = max(32, -(-out_features // wanted))
+    col_blocks = -(-out_features // out_rows)
+    blocks = max(1, min(wanted // col_blocks, PARTIAL_ELEMENTS // (out_features * in_features), m // 256))
+    m_rows = -(-m // blocks)
+    blocks = -(-m // m_rows)
+    dw = np.empty((blocks, out_features, in_features), dtype=dtype)
+    db = np.empty((blocks, out_features), dtype=dtype) if with_bias else None
+    ones = np.ones(m_rows, dtype=g.dtype)
+
+    def task(i: int, o0: int, o1: int) -> None:
+        rows = slice(i * m_rows, min(m, (i + 1) * m_rows))
+        gb = g[rows, o0:o1]
+        np.matmul(gb.T, x[rows], out=dw[i, o0:o1])
+        if db is not None:
+            np.matmul(ones[: gb.shape[0]], gb, out=db[i, o0:o1])
+
+    tasks: list[Callable[[], None]] = [
+        functools.partial(task, i, o0, min(o0 + out_rows, out_features))
+        for i in range(blocks)
+        for o0 in range(0, out_features, out_rows)
+    ]
+
+    def finish() -> tuple[np.ndarray, np.ndarray | None]:
+        if blocks == 1:
+            return dw[0], None if db is None else db[0]
+        return dw.sum(axis=0), None if db is None else db.sum(axis=0)
+
+    return tasks, finish

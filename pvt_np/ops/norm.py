@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from pvt_np.backend import Array, get_array_module
+from pvt_np.ops import parallel
 from pvt_np.ops.checks import check_layer_norm
 
 
@@ -16,20 +19,32 @@ def layer_norm_forward(
     var is the biased variance (mean of squared deviations), as torch.
     The cache keeps xhat = (x - mean) * rstd and rstd = 1 / sqrt(var + eps).
     Row means are matrix-vector products with a 1/C vector (BLAS), which beat
-    NumPy's per-row reductions when rows are short (C = 32 at PVT v2's first stage).
+    NumPy's per-row reductions when rows are short (C = 32 at PVT v2's first stage);
+    on NumPy the rows run in cache-sized chunks on the worker threads.
     """
     check_layer_norm(x, weight, bias, who)
     xp = get_array_module(x)
     c = weight.shape[0]
     x2 = x.reshape(-1, c)
     inv_c = xp.full(c, 1.0 / c, dtype=x.dtype)
-    xhat = x2 - (x2 @ inv_c)[:, None]
-    sq = xhat * xhat
-    var = sq @ inv_c
-    rstd = (1.0 / xp.sqrt(var + eps))[:, None]
-    xhat *= rstd
-    y = xp.multiply(xhat, weight, out=sq)
-    y += bias
+    xhat = xp.empty_like(x2)
+    y = xp.empty_like(x2)
+    rstd = xp.empty((x2.shape[0], 1), dtype=x.dtype)
+
+    def kernel(start: int, stop: int) -> None:
+        xh, yc = xhat[start:stop], y[start:stop]
+        xp.subtract(x2[start:stop], (x2[start:stop] @ inv_c)[:, None], out=xh)
+        xp.multiply(xh, xh, out=yc)
+        r = rstd[start:stop]
+        r[:, 0] = yc @ inv_c
+        r += eps
+        xp.sqrt(r, out=r)
+        xp.divide(1.0, r, out=r)
+        xh *= r
+        xp.multiply(xh, weight, out=yc)
+        yc += bias
+
+    parallel.for_each_chunk(x2.shape[0], c, kernel, xp)
     return y.reshape(x.shape), (xhat, rstd, weight)
 
 
@@ -41,21 +56,35 @@ def layer_norm_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array]:
     The two mean terms are the gradient flowing through the mean and the variance.
     With P = G * xhat, mean(g) = G @ weight / C and mean(g * xhat) = P @ weight / C,
     so all four reductions are matrix-vector products on arrays already at hand.
+    On NumPy the rows run in cache-sized chunks on the worker threads; dweight and
+    dbias are per-chunk partial sums added in chunk order (the chunks follow the
+    shape alone, so the sum is the same with any thread count).
     Returns (dx, dweight, dbias).
     """
     xhat, rstd, weight = cache
     xp = get_array_module(xhat)
     c = weight.shape[0]
     g2 = dout.reshape(-1, c)
-    ones = xp.ones(g2.shape[0], dtype=g2.dtype)
-    p = g2 * xhat
-    dweight = ones @ p
-    dbias = ones @ g2
     w_over_c = weight / c
-    mean_g = (g2 @ w_over_c)[:, None]
-    mean_gx = (p @ w_over_c)[:, None]
-    dx = xp.multiply(xhat, mean_gx, out=p)
-    dx += mean_g
-    xp.subtract(g2 * weight, dx, out=dx)
-    dx *= rstd
+    m = g2.shape[0]
+    rows = parallel.chunk_rows(c) if xp is np else m
+    partial = xp.empty((2, -(-m // rows), c), dtype=g2.dtype)  # [dweight, dbias] per chunk
+    dx = xp.empty_like(g2)
+
+    def kernel(start: int, stop: int) -> None:
+        gc, xh, dxc = g2[start:stop], xhat[start:stop], dx[start:stop]
+        ones = xp.ones(stop - start, dtype=g2.dtype)
+        p = gc * xh
+        partial[0, start // rows] = ones @ p
+        partial[1, start // rows] = ones @ gc
+        mean_g = (gc @ w_over_c)[:, None]
+        mean_gx = (p @ w_over_c)[:, None]
+        xp.multiply(xh, mean_gx, out=p)
+        p += mean_g
+        xp.multiply(gc, weight, out=dxc)
+        dxc -= p
+        dxc *= rstd[start:stop]
+
+    parallel.for_each_chunk(m, c, kernel, xp)  # chunks of chunk_rows(c) = rows rows
+    dweight, dbias = partial.sum(axis=1)
     return dx.reshape(dout.shape), dweight, dbias

@@ -1,16 +1,24 @@
-"""Cache-sized, multi-threaded chunks for NumPy's elementwise work.
+"""Threads: the one place pvt_np's CPU parallelism is configured, and the chunks its worker threads run.
 
-At CIFAR sizes PVT v2 is dominated by elementwise passes (GELU, depthwise
-conv, LayerNorm), not by GEMMs. Two things make such passes fast in NumPy:
+Every multi-threaded fast op splits its work into chunks (row ranges of a GEMM's M
+dimension, images, batch slices, cache-sized elementwise blocks) that pvt_np's worker
+threads and the calling thread take from a shared counter. NumPy's ufuncs and BLAS
+calls release the GIL, so the chunks run on every core. BLAS itself is limited to one
+thread (threadpoolctl, at run time, when threads are first configured): a BLAS library
+splits each GEMM statically among its own threads, so one descheduled thread stalls the
+whole call, and its idle threads spin between calls, starving the elementwise workers.
+Chunks from a shared counter instead let a thread the OS runs late simply do less.
 
 * chunking: a fused kernel of a dozen passes over a chunk that fits in the
   L2 cache runs from cache, where the same passes over a whole 30 MB array
   would each stream through main memory;
-* threads: NumPy's ufuncs release the GIL, so worker threads running the
-  kernel on disjoint chunks use every core.
+* the chunking depends only on the shapes, never on the thread count, so the
+  results are the same bits with 1 or 8 threads.
 
-Only NumPy arrays large enough to amortise the thread hand-off are split;
-small arrays and CuPy arrays (the GPU is parallel already) run in one call.
+:func:`configure_threads` sets the thread count (default: the cores this process may
+run on, at most 8); the first chunked op calls it if nobody has. Only NumPy arrays
+large enough to amortise the thread hand-off are split; CuPy arrays (the GPU is
+parallel already) run in one call.
 """
 
 from __future__ import annotations
@@ -25,25 +33,52 @@ import numpy as np
 
 CHUNK_ELEMENTS = 131072  # elements per chunk: large enough to amortise Python's per-call cost, small enough for L2
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, the thread hand-off costs more than it saves
+GEMM_CHUNK_MACS = 1 << 21  # multiply-adds per GEMM chunk: ~0.1 ms on one core, 10x Python's cost per chunk
+# Every GEMM call packs the whole weight; a core does ~32 multiply-adds in the time it copies one element, so
+# with R rows per call packing costs ~32/R of the arithmetic: R >= 256 keeps it near 10%.
+GEMM_MIN_ROWS = 256
+MAX_THREADS = 8  # beyond this the per-op hand-off outweighs the gain at PVT v2's sizes
 
-_num_threads = max(1, min(os.cpu_count() or 1, 8))
+_num_threads: int | None = None  # None until configure_threads runs (explicitly or on the first chunked op)
 _pool: ThreadPoolExecutor | None = None
 _local = threading.local()
 
 
-def set_num_threads(n: int) -> None:
-    """Threads used for chunked elementwise work (BLAS has its own setting, OMP_NUM_THREADS)."""
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's share), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set pvt_np's thread count (default ``min(available_cores(), 8)``) and limit BLAS to one thread.
+
+    The one place threading is configured: the trainer, ``pvt-np bench``, the CLI and
+    the MPI ranks all call it, and the first chunked op calls it with the default.
+    BLAS is limited through threadpoolctl for the whole process (NumPy's own ``@``
+    outside pvt_np included), because pvt_np runs its GEMMs in chunks on its own
+    threads. Returns the thread count.
+    """
     global _num_threads, _pool
-    if int(n) < 1:
-        raise ValueError(f"set_num_threads: expected a positive thread count, got {n}")
-    _num_threads = int(n)
+    if threads is None:
+        threads = max(1, min(available_cores(), MAX_THREADS))
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"configure_threads: threads must be a positive integer, got {threads!r}")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
     if _pool is not None:
         _pool.shutdown(wait=True)
         _pool = None
+    _num_threads = int(threads)
+    return _num_threads
 
 
 def get_num_threads() -> int:
-    return _num_threads
+    """pvt_np's thread count (configuring the default first if nothing has yet)."""
+    return configure_threads() if _num_threads is None else _num_threads
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -64,33 +99,58 @@ def chunk_rows(row_elements: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, row_elements))
 
 
-def for_each_chunk(num_rows: int, row_elements: int, kernel: Callable[[int, int], None], xp: Any = np) -> None:
+def gemm_rows(row_macs: int) -> int:
+    """Rows per chunk of a GEMM whose every row costs ``row_macs`` multiply-adds (a shape's property only)."""
+    return max(GEMM_MIN_ROWS, -(-GEMM_CHUNK_MACS // max(1, row_macs)))
+
+
+def row_tasks(num_rows: int, rows: int, task: Callable[[int, int], None]) -> list[Callable[[], None]]:
+    """``task(start, stop)`` on consecutive ranges of ``rows`` rows covering [0, num_rows), as run_tasks closures."""
+    return [lambda s=s: task(s, min(s + rows, num_rows)) for s in range(0, num_rows, rows)]
+
+
+def for_each_chunk(
+    num_rows: int,
+    row_elements: int,
+    kernel: Callable[[int, int], None],
+    xp: Any = np,
+    *,
+    rows_per_chunk: int | None = None,
+) -> None:
     """Call ``kernel(start, stop)`` on consecutive row ranges covering [0, num_rows).
 
-    Each range holds about CHUNK_ELEMENTS elements (:func:`chunk_rows` rows). The
-    calling thread and the workers take ranges from a shared counter, so a worker
-    that the OS schedules late (a busy machine) simply finds less left to do and the
-    caller never waits for a thread that has not started. Kernels must only write
-    to their own rows. For CuPy, one call covers all rows.
+    Each range holds about CHUNK_ELEMENTS elements (:func:`chunk_rows` rows), or
+    ``rows_per_chunk`` rows where given (GEMMs: :func:`gemm_rows`). The calling thread
+    and the workers take ranges from a shared counter, so a worker that the OS
+    schedules late (a busy machine) simply finds less left to do and the caller never
+    waits for a thread that has not started. Kernels must only write to their own
+    rows. A kernel that itself calls for_each_chunk runs that call's chunks serially
+    (its siblings already keep every thread busy). For CuPy, one call covers all rows.
     """
     if xp is not np:
         kernel(0, num_rows)
         return
-    rows_per_chunk = chunk_rows(row_elements)
-    starts = range(0, num_rows, rows_per_chunk)
-    threads = min(_num_threads, len(starts))
-    if threads <= 1 or num_rows * row_elements < PARALLEL_MIN_ELEMENTS:
+    rows = chunk_rows(row_elements) if rows_per_chunk is None else max(1, int(rows_per_chunk))
+    starts = range(0, num_rows, rows)
+    threads = min(get_num_threads(), len(starts))
+    small = rows_per_chunk is None and num_rows * row_elements < PARALLEL_MIN_ELEMENTS
+    if threads <= 1 or small or getattr(_local, "inside", False):
         for s in starts:
-            kernel(s, min(s + rows_per_chunk, num_rows))
+            kernel(s, min(s + rows, num_rows))
         return
-    job = _Job(starts, rows_per_chunk, num_rows, kernel)
+    job = _Job(starts, rows, num_rows, kernel)
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_num_threads, thread_name_prefix="pvt_np")
+        _pool = ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="pvt_np")
     for _ in range(threads - 1):
         _pool.submit(job.work)
     job.work()
     job.wait()
+
+
+def run_tasks(tasks: list[Callable[[], None]]) -> None:
+    """Run independent tasks (each writing only its own outputs) on the worker threads, in one hand-off."""
+    for_each_chunk(len(tasks), 1, lambda start, stop: [tasks[i]() for i in range(start, stop)], rows_per_chunk=1)
 
 
 class _Job:
@@ -111,12 +171,15 @@ class _Job:
                 start = self.starts[self.next]
                 self.next += 1
                 self.running += 1
+            outer = getattr(_local, "inside", False)
+            _local.inside = True
             try:
                 self.kernel(start, min(start + self.rows, self.num_rows))
             except BaseException as err:  # re-raised in the calling thread by wait()
                 with self.cond:
                     self.error = err
             finally:
+                _local.inside = outer
                 with self.cond:
                     self.running -= 1
                     self.cond.notify_all()

@@ -146,8 +146,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="floating-point type of weights and activations")  # fmt: skip
     r.add_argument("--seed", action=_Given, type=int, default=DEFAULTS.seed,
                    help="determines the initial weights, the sample order and every random draw")  # fmt: skip
-    r.add_argument("--threads", type=positive_int, help="threads for pvt_np's elementwise kernels (none given: all "
-                   "cores; under mpiexec, the node's cores shared among its ranks, BLAS too)")  # fmt: skip
+    r.add_argument("--threads", type=positive_int, help="pvt_np's worker threads, which also run the GEMMs (BLAS: one "
+                   "thread each); none given: this process's cores, at most 8, under mpiexec shared among the node's "
+                   "ranks")  # fmt: skip
     r.add_argument("--nprocs", type=positive_int, help="data-parallel: run N processes through mpiexec (see README)")
     r.add_argument("--output", default="runs/pvt", help="run directory (checkpoints, logs, plots)")
     r.add_argument("--resume", action="store_true",
