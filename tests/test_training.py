@@ -177,6 +177,19 @@ def _worst(errors: dict[str, float]) -> str:
     return f"{name}: {errors[name]:.3e}"
 
 
+def _record_evaluations(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The results of every evaluation pvt-np evaluate runs from now on, in order."""
+    results: list[dict[str, Any]] = []
+    real_evaluate = cli_evaluate.evaluate
+
+    def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        results.append(real_evaluate(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(cli_evaluate, "evaluate", recording)
+    return results
+
+
 def test_training_parity_with_torch_float64() -> None:
     run = _run_parity(np.float64)
     _check_schedule_and_clipping(run)
@@ -447,14 +460,7 @@ def test_outputs_metrics_plots_best_and_evaluate(
         assert all(np.array_equal(best["model"][k], v) for k, v in last["model"].items())
 
     # pvt-np evaluate reproduces the recorded test loss and accuracy exactly.
-    results: list[dict[str, Any]] = []
-    real_evaluate = cli_evaluate.evaluate
-
-    def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        results.append(real_evaluate(*args, **kwargs))
-        return results[-1]
-
-    monkeypatch.setattr(cli_evaluate, "evaluate", recording)
+    results = _record_evaluations(monkeypatch)
     for name, row in (("last.npz", rows[-1]), ("best.npz", rows[best_epoch - 1])):
         code, stdout, stderr = _main(capsys, ["evaluate", str(out / name), "--confusion", str(tmp_path / "c.png")])
         assert code == 0, stderr
@@ -1075,14 +1081,7 @@ def test_ema_and_eval_every(
     # load_model and pvt-np evaluate get the weights that scored: their test figures are the row's.
     row = rows[best_epoch - 1]
     prefix = "ema_test" if kind == "ema" else "test"
-    results: list[dict[str, Any]] = []
-    real_evaluate = cli_evaluate.evaluate
-
-    def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        results.append(real_evaluate(*args, **kwargs))
-        return results[-1]
-
-    monkeypatch.setattr(cli_evaluate, "evaluate", recording)
+    results = _record_evaluations(monkeypatch)
     code, _, stderr = _main(capsys, ["evaluate", str(out / "best.npz")])
     assert code == 0, stderr
     assert (results[-1]["accuracy"], results[-1]["loss"]) == (row[f"{prefix}_accuracy"], row[f"{prefix}_loss"])
