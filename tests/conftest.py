@@ -1,6 +1,7 @@
 """Shared test set-up: one BLAS/torch thread per pytest-xdist worker, seeded generators, GPU marker."""
 
 import os
+from typing import Any
 
 # Two xdist workers on two cores: each worker gets one thread, set before NumPy/torch load BLAS.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -34,3 +35,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Decoded-image caches of every test (and of its child processes) go to a temporary
+    XDG_CACHE_HOME, never the user's ~/.cache/pvt_np."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pvt-np train`` called in-process trains in this process: without this, on 2 or more cores
+    with mpi4py installed its default would start mpiexec (tests of that default call
+    ``distributed.auto_nprocs`` through a reference taken at import, before this patch)."""
+    from pvt_np import distributed
+
+    monkeypatch.setattr(distributed, "auto_nprocs", lambda *args: 1)

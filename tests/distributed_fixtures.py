@@ -12,6 +12,9 @@ Run as a script (directly or as every rank of ``mpiexec -n N``), this module is
                      in this process): the run stops as after a Ctrl-C, saving a checkpoint
 --fail-load-rank R   rank R cannot read the data (its load_dataset raises a DataError)
 --crash-rank R       rank R raises an uncaught exception during training step --crash-step
+--serve-cifar FILE   FILE stands for the official CIFAR-10 archive: its md5 is registered and every
+                     download (urllib.request.urlopen) reads it, each rank appending its number to
+                     FILE.fetches
 """
 
 from __future__ import annotations
@@ -40,6 +43,27 @@ def run_ranks(ranks: int, hooks: Sequence[str], args: Sequence[str], timeout: fl
     )
 
 
+def _serve_cifar(archive: Path, rank: int) -> None:
+    import dataclasses
+    import io
+    import urllib.request
+
+    from pvt_np.data import cifar
+    from pvt_np.data.download import file_md5
+
+    cifar.CIFAR_SPECS["cifar10"] = dataclasses.replace(cifar.CIFAR_SPECS["cifar10"], md5=file_md5(archive))
+    payload = archive.read_bytes()
+
+    def urlopen(url: str, timeout: float = 0.0) -> io.BytesIO:
+        with open(f"{archive}.fetches", "a") as log:
+            log.write(f"{rank}\n")
+        response = io.BytesIO(payload)
+        response.headers = {"Content-Length": str(len(payload))}  # type: ignore[attr-defined]
+        return response
+
+    urllib.request.urlopen = urlopen
+
+
 def _main(argv: list[str]) -> int:
     split = argv.index("--")
     parser = argparse.ArgumentParser()
@@ -48,12 +72,15 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--fail-load-rank", type=int)
     parser.add_argument("--crash-rank", type=int)
     parser.add_argument("--crash-step", type=int, default=0)
+    parser.add_argument("--serve-cifar", type=Path)
     hooks = parser.parse_args(argv[:split])
 
     from pvt_np import cli, data, distributed
     from pvt_np.training import trainer
 
     world = distributed.get_world()
+    if hooks.serve_cifar is not None:
+        _serve_cifar(hooks.serve_cifar, world.rank)
     if hooks.fail_load_rank == world.rank:
 
         def unreadable(*args: Any, **kwargs: Any) -> Any:

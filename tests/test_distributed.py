@@ -31,6 +31,8 @@ pytest.importorskip("mpi4py")
 if not MPIEXEC.exists():
     pytest.skip(f"no mpiexec beside {sys.executable} (pip install mpich)", allow_module_level=True)
 
+# The default process count, taken before conftest's autouse patch replaces it for in-process runs.
+AUTO_NPROCS = distributed.auto_nprocs
 EPOCHS = 2
 BATCH = 8  # 8 steps per epoch on the 64 training images
 PARITY_TOL = 1e-10
@@ -136,6 +138,15 @@ def test_batch_not_divisible_by_the_ranks(tmp_path: Path, runs: dict[str, Any]) 
     _ok(proc, 1)
     assert proc.stderr.count("--batch-size 8 is not divisible by the 3 ranks") == 1, proc.stderr
     assert "use a multiple of 3 (e.g. 6 or 9)" in proc.stderr
+    assert not out.exists()
+
+
+def test_a_bad_option_under_mpiexec_is_refused_once_with_exit_2(tmp_path: Path, runs: dict[str, Any]) -> None:
+    """mpiexec -n 2 pvt-np train --lr -1: argparse's form and exit code, as in one process; nothing written."""
+    out = tmp_path / "run"
+    proc = run_ranks(2, [], _args(runs["data"], out, "--lr", "-1"))
+    _ok(proc, 2)
+    assert proc.stderr.count("pvt-np train: error: argument --lr: expected") == 1, proc.stderr
     assert not out.exists()
 
 
@@ -353,14 +364,14 @@ def test_missing_mpi4py_is_a_clear_error(
     monkeypatch.delenv("PMI_SIZE")
     with pytest.raises(distributed.DistributedError, match=r"--nprocs 2: mpi4py cannot be imported"):
         distributed.launch_command(2, ["train", "--nprocs", "2"])
-    with pytest.raises(distributed.DistributedError, match="--nprocs: not found on the command line"):
-        distributed.launch_command(2, ["train"])
+    assert AUTO_NPROCS("cpu", None, 128) == 1  # the default falls back to one process, silently
 
 
 def test_launch_command_drops_nprocs(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in distributed.LAUNCHER_SIZE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    for argv in (["train", "--nprocs", "3", "--epochs", "1"], ["train", "--nprocs=3", "--epochs", "1"]):
+    for argv in (["train", "--nprocs", "3", "--epochs", "1"], ["train", "--nprocs=3", "--epochs", "1"],
+                 ["train", "--epochs", "1"]):  # fmt: skip
         command = distributed.launch_command(3, argv)
         assert command[1:] == ["-n", "3", sys.executable, "-m", "pvt_np", "train", "--epochs", "1"]
     with pytest.raises(distributed.DistributedError, match="expected a positive number of processes, got 0"):
@@ -368,3 +379,82 @@ def test_launch_command_drops_nprocs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
     with pytest.raises(distributed.DistributedError, match="already started by mpiexec"):
         distributed.launch_command(2, ["train", "--nprocs", "2"])
+
+
+def test_default_is_one_rank_per_core_when_mpi_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto_nprocs: one single-threaded rank per core on the CPU, else one process, whatever is missing."""
+    from pvt_np.ops import parallel
+
+    for name in distributed.LAUNCHER_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    cases = ((2, 128, 2), (3, 128, 2), (6, 128, 4), (64, 128, parallel.MAX_THREADS), (4, 3, 3), (2, 5, 1), (1, 128, 1))
+    for cores, batch, expected in cases:
+        monkeypatch.setattr(parallel, "available_cores", lambda cores=cores: cores)
+        assert AUTO_NPROCS("cpu", None, batch) == expected, (cores, batch)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    assert AUTO_NPROCS("gpu", None, 128) == 1  # one process per GPU is the user's choice (--nprocs)
+    assert AUTO_NPROCS("cpu", 2, 128) == 1  # --threads typed: the user chose one process's threads
+    monkeypatch.setattr(distributed, "_find_mpiexec", lambda: None)
+    assert AUTO_NPROCS("cpu", None, 128) == 1
+    monkeypatch.undo()
+    monkeypatch.setenv("PMI_SIZE", "1")  # under mpiexec -n 1: train here, never launch again
+    assert AUTO_NPROCS("cpu", None, 128) == 1
+
+
+def test_train_launches_the_default_ranks_after_checking_the_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pvt-np train with no --nprocs checks its options in one process (exit 2, nothing launched), then
+    starts auto_nprocs ranks with the command line as typed; --nprocs 1 trains in this process."""
+    from pvt_np import cli
+
+    for name in distributed.LAUNCHER_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    launched: list[tuple[int, list[str]]] = []
+    monkeypatch.setattr(distributed, "launch", lambda n, argv, started: launched.append((n, list(argv))) or 0)
+    monkeypatch.setattr(distributed, "auto_nprocs", lambda device, threads, batch: 2 if threads is None else 1)
+    monkeypatch.setattr(sys, "argv", ["pvt-np", "train", "--lr", "-1"])
+    assert cli.main(["train", "--lr", "-1", "--output", str(tmp_path / "bad")]) == 2
+    assert "argument --lr: expected" in capsys.readouterr().err
+    assert launched == [] and not (tmp_path / "bad").exists()
+    data = write_image_folder(tmp_path / "data")
+    argv = train_args(data, tmp_path / "run", epochs=1)
+    del argv[argv.index("--threads") : argv.index("--threads") + 2]
+    monkeypatch.setattr(sys, "argv", ["pvt-np", *argv])
+    assert cli.main(argv) == 0
+    assert launched == [(2, argv)] and not (tmp_path / "run").exists()
+    one = [*argv, "--nprocs", "1", "--no-progress"]
+    monkeypatch.setattr(sys, "argv", ["pvt-np", *one])
+    assert cli.main(one) == 0
+    assert len(launched) == 1 and (tmp_path / "run" / "last.npz").exists()
+
+
+def test_ranks_count_the_budget_from_the_launching_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """command_started: the launcher's start for a rank it started; now for anything else."""
+    import time
+
+    for name in distributed.LAUNCHER_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(distributed.STARTED_AT_VARIABLE, repr(time.time() - 5.0))
+    assert abs(time.monotonic() - distributed.command_started()) < 0.5  # no launcher: the variable is ignored
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert 4.5 < time.monotonic() - distributed.command_started() < 6.0
+    for odd in ("soon", repr(time.time() + 60.0)):  # unreadable, or in the future: now
+        monkeypatch.setenv(distributed.STARTED_AT_VARIABLE, odd)
+        assert abs(time.monotonic() - distributed.command_started()) < 0.5
+
+
+def test_download_is_fetched_once_by_rank_0(tmp_path: Path) -> None:
+    """--download on 2 ranks: rank 0 fetches the archive, the other rank then reads it; the run trains
+    (and its start line names the ranks)."""
+    from test_data import cifar10_members, write_tar
+
+    served = write_tar(tmp_path / "served.tar.gz", cifar10_members())
+    data, out = tmp_path / "data", tmp_path / "run"
+    args = train_args(data, out, "--dataset", "cifar10", "--download", "--batch-size", "8", epochs=1)
+    proc = run_ranks(2, ["--serve-cifar", str(served)], args)
+    _ok(proc)
+    assert "| cpu float32, 2 processes (MPI) x 1 thread |" in proc.stdout  # the start line says how it runs
+    assert Path(f"{served}.fetches").read_text().split() == ["0"]
+    assert (data / "cifar-10-python.tar.gz").read_bytes() == served.read_bytes()
+    assert (out / "last.npz").exists()

@@ -149,7 +149,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--threads", type=positive_int, help="pvt_np's worker threads, which also run the GEMMs (BLAS: one "
                    "thread each); none given: this process's cores, at most 8, under mpiexec shared among the node's "
                    "ranks")  # fmt: skip
-    r.add_argument("--nprocs", type=positive_int, help="data-parallel: run N processes through mpiexec (see README)")
+    r.add_argument("--nprocs", type=positive_int,
+                   help="data-parallel: run N processes through mpiexec (see README); none given: one single-threaded "
+                   "process per core on the CPU when mpi4py and mpiexec are installed and --threads is not given, "
+                   "else 1")  # fmt: skip
     r.add_argument("--output", default="runs/pvt", help="run directory (checkpoints, logs, plots)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --output from last.npz, with the settings of its config.json "
@@ -249,9 +252,23 @@ def run(args: argparse.Namespace) -> int:
 
     from pvt_np import distributed
 
-    started = time.monotonic()  # --time-budget counts from here
-    if args.nprocs is not None:
-        return distributed.launch(args.nprocs, sys.argv[1:])
+    started = distributed.command_started()  # --time-budget counts from here (or from the launching command)
+    started_wall = time.time()
+    nprocs = args.nprocs
+    if nprocs is None and not distributed.under_launcher():
+        # Check the options here, once, so that a bad value gets its one message and exit code 2
+        # before any rank starts; then let the config (typed or resumed) choose the processes.
+        try:
+            config = config_from_args(args, saved_config(Path(args.output)) if args.resume else None)
+        except ConfigError as err:
+            print(f"pvt-np train: error: {flag_error(err)}", file=sys.stderr)
+            return 2
+        except CheckpointError as err:
+            print(f"pvt-np train: error: {err}", file=sys.stderr)
+            return 1
+        nprocs = distributed.auto_nprocs(config.device, args.threads, config.batch_size)
+    if nprocs is not None and (nprocs > 1 or distributed.under_launcher()):  # (typed under mpiexec: refused)
+        return distributed.launch(nprocs, sys.argv[1:], started=started_wall)
     try:
         world = distributed.get_world()
     except distributed.DistributedError as err:
@@ -274,6 +291,12 @@ def run(args: argparse.Namespace) -> int:
         if world.is_root:
             print(f"pvt-np train: error: {flag_error(err)}", file=sys.stderr)
         return 2
+    except distributed.DistributedError as err:
+        if isinstance(err.__cause__, ConfigError):  # every rank refused the same option (under mpiexec)
+            if world.is_root:
+                print(f"pvt-np train: error: {flag_error(err.__cause__)}", file=sys.stderr)
+            return 2
+        return distributed.fail(world, err)
     except (TrainingError, CheckpointError, DataError, ValueError, RuntimeError, OSError) as err:
         # A TrainingError that gets here comes from a loss all-reduced over the ranks (or from set-up,
         # which the ranks agree on): every rank raised it at the same step.

@@ -278,6 +278,13 @@ class Trainer:
                 self.config = replace(config, progress=False)
 
     # -- set-up ---------------------------------------------------------------
+    def _fetch(self) -> None:
+        """Download what --download would (both splits come from one archive): before the ranks load it."""
+        from pvt_np.data import load_dataset
+
+        cfg = self.config
+        load_dataset(cfg.dataset, cfg.data_path, "test", True, cache_dir=cfg.cache_dir)
+
     def _setup(self) -> None:
         from pvt_np.data import Augment, load_dataset
 
@@ -430,7 +437,10 @@ class Trainer:
         h, w = self.train_set.image_size
         overrides = "".join(f", {k}={v}" for k, v in cfg.model_overrides.items())
         n = parallel.get_num_threads()
-        threads = f", {n} thread{'s' if n > 1 else ''}" if cfg.device == "cpu" else ""
+        n_threads = f"{n} thread{'s' if n > 1 else ''}"
+        threads = f", {n_threads}" if cfg.device == "cpu" else ""
+        if self.world.size > 1:
+            threads = f", {self.world.size} processes (MPI)" + (f" x {n_threads}" if threads else "")
         where = f"resuming at epoch {self.epoch + 1}, batch {self.batch}" if self.resume else "starting"
         if self.epoch >= cfg.epochs:
             where = "resuming a complete run"
@@ -502,6 +512,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the configured number of epochs; returns the last epoch's metrics."""
         world = self.world
+        if world.size > 1 and self.config.download:  # rank 0 fetches the archive alone; the others then find it
+            world.agree(lambda: self._fetch() if world.is_root else None)
         world.agree(self._setup)  # a rank that cannot read the data stops every rank, before anything is written
         self.allreduce = distributed.GradientAllReduce(world, self.config.device) if world.size > 1 else None
         if self.config.time_budget is not None and self.config.budget_fit is None:
