@@ -59,16 +59,16 @@ class TrainConfig:
     data_path: str = "data"
     download: bool = False
     cache_dir: str | None = None  # decoded image-folder cache; None: $XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np
-    epochs: int = 20  # with time_budget: replaced by the number of epochs fitted to the budget
+    epochs: int = 25  # with time_budget: replaced by the number of epochs fitted to the budget
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr: float = 1e-5
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     clip_grad: float | None = None
     drop_rate: float = 0.0
-    drop_path_rate: float = 0.1
+    drop_path_rate: float = 0.0
     crop_padding: int = 4
     hflip: bool = True
     mixup: float = 0.0
@@ -78,7 +78,7 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     eval_batch_size: int = 500
-    eval_every: int = 1  # evaluate on the test set every K epochs, and always after the last one
+    eval_every: int = 5  # evaluate on the test set every K epochs, and always after the last one
     ema_decay: float | None = None  # an exponential moving average of the weights, updated every step; None: off
     # Minutes from the command's start to its last evaluation: the epochs (and so the cosine) are fitted to it
     # from a timed probe before training (see Trainer._fit_budget); None: train ``epochs``.
