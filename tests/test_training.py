@@ -236,14 +236,6 @@ MIXING = ("--mixup", "0.2", "--cutmix", "0.5", "--trivial-augment", "--ema-decay
 METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", *TIMING_FIELDS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Decoded-image caches go to a temporary XDG_CACHE_HOME (inherited by the child processes), not ~/.cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
-        yield
-
-
 @pytest.fixture(autouse=True)
 def _keep_thread_count() -> Any:
     """In-process runs may set pvt_np's thread count (--threads); restore it for the other tests."""
