@@ -41,10 +41,11 @@ from pvt_np import backend, cli
 from pvt_np.complexity import count_flops, count_params
 from pvt_np.data import Augment, Dataset
 from pvt_np.models import create_model
-from pvt_np.nn import CrossEntropyLoss
+from pvt_np.nn import CrossEntropyLoss, no_grad
 from pvt_np.optim import AdamW, CosineWarmupSchedule, cosine_warmup_lr, param_groups_weight_decay
 from pvt_np.training import cli_evaluate, cli_train, load_checkpoint, train_step
 from pvt_np.training import trainer as trainer_mod
+from pvt_np.training.checkpoint import save_checkpoint
 
 # Parity with PyTorch ---------------------------------------------------------------------------------
 
@@ -233,7 +234,9 @@ TIMING_FIELDS = ("train_seconds", "img_per_s")
 # The resume tests also mix images (mixup or cutmix, soft targets): every random draw must replay.
 # The reference run and the resume tests: every random draw on, and an EMA of the weights (resumed exactly too).
 MIXING = ("--mixup", "0.2", "--cutmix", "0.5", "--trivial-augment", "--ema-decay", "0.9")
-METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", *TIMING_FIELDS]
+# The last: the accuracy of the image alone, beside the flip-TTA scores (--tta flip, the default).
+METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", *TIMING_FIELDS,
+                 "test_accuracy_single_view"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -459,7 +462,21 @@ def test_outputs_metrics_plots_best_and_evaluate(
         assert results[-1]["accuracy"] == row["test_accuracy"] and results[-1]["loss"] == row["test_loss"]
         assert results[-1]["confusion"].sum() == tf.N_TEST
         assert f"accuracy {row['test_accuracy']:.4f}" in stdout and f"{tf.N_TEST} images" in stdout
+        assert f"flip TTA; single view {row['test_accuracy_single_view']:.4f}" in stdout
+        assert results[-1]["single_view_accuracy"] == row["test_accuracy_single_view"]
         _assert_png(tmp_path / "c.png")
+    # --tta none scores the image alone: the single-view accuracy the run recorded.
+    code, stdout, stderr = _main(capsys, ["evaluate", str(out / "last.npz"), "--tta", "none"])
+    assert code == 0, stderr
+    assert results[-1]["accuracy"] == rows[-1]["test_accuracy_single_view"] and "TTA" not in stdout
+    assert "single_view_accuracy" not in results[-1]
+    # A run from before --tta existed (no tta in its config) was scored without it, and is evaluated so.
+    old_run = load_checkpoint(out / "last.npz")
+    del old_run["config"]["tta"]
+    save_checkpoint(tmp_path / "old.npz", old_run)
+    code, stdout, stderr = _main(capsys, ["evaluate", str(tmp_path / "old.npz")])
+    assert code == 0, stderr
+    assert results[-1]["accuracy"] == rows[-1]["test_accuracy_single_view"] and "TTA" not in stdout
 
 
 def test_evaluate_uses_the_runs_test_subset(
@@ -1026,6 +1043,48 @@ def test_train_config_checks_its_fields() -> None:
         trainer_mod.TrainConfig(trivial_augment="yes")  # type: ignore[arg-type]
     with pytest.raises(trainer_mod.ConfigError, match=r"ema_decay: expected a number in \(0, 1\)"):
         trainer_mod.TrainConfig(ema_decay=float("nan"))
+    with pytest.raises(trainer_mod.ConfigError, match="tta: expected 'none' or 'flip', got 'both'"):
+        trainer_mod.TrainConfig(tta="both")
+
+
+class _Batches:
+    """A loader over fixed (x, y) batches: what evaluate reads (len and epoch)."""
+
+    def __init__(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def epoch(self, epoch: int) -> Any:
+        return iter(self.batches)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flip_tta_scores_the_mean_of_the_image_and_its_mirror(dtype: Any) -> None:
+    """evaluate(tta="flip"): loss, accuracy and confusion of z = (f(x) + f(x mirrored along W)) / 2, formed here
+    by hand on three uneven batches of 5 classes; single_view_accuracy is tta="none"'s accuracy."""
+    rng = np.random.default_rng(5)
+    model = create_model("pvt_v2_b0", num_classes=5, cifar=True, depths=(1, 1, 1, 1), drop_path_rate=0.3,
+                         seed=2, dtype=dtype)  # fmt: skip
+    batches = [(rng.standard_normal((n, 3, 20, 28)).astype(dtype), rng.integers(0, 5, n)) for n in (4, 7, 1)]
+    model.eval()
+    with no_grad():
+        views = [(model(x), model(np.ascontiguousarray(x[..., ::-1]))) for x, _ in batches]
+    model.train()  # evaluate must switch to eval mode itself (no drop-path)
+    z = np.concatenate([(a + b) / 2 for a, b in views]).astype(np.float64)
+    single = np.concatenate([a for a, _ in views])
+    y = np.concatenate([labels for _, labels in batches])
+    expected_loss = np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y])
+    flip = trainer_mod.evaluate(model, _Batches(batches), 5, tta="flip")
+    none = trainer_mod.evaluate(model, _Batches(batches), 5, tta="none")
+    assert flip["accuracy"] == np.mean(z.argmax(axis=1) == y)
+    assert flip["single_view_accuracy"] == none["accuracy"] == np.mean(single.argmax(axis=1) == y)
+    np.testing.assert_array_equal(flip["confusion"], np.bincount(y * 5 + z.argmax(axis=1), minlength=25).reshape(5, 5))
+    assert flip["loss"] == pytest.approx(expected_loss, rel=1e-6 if dtype == np.float32 else 1e-12)
+    assert flip["accuracy"] != none["accuracy"] or flip["loss"] != none["loss"]  # the mirror view counted
+    with pytest.raises(ValueError, match="tta must be one of none, flip, got 'both'"):
+        trainer_mod.evaluate(model, _Batches(batches), 5, tta="both")
 
 
 def test_ema_and_eval_every(

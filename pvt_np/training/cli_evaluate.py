@@ -12,6 +12,7 @@ from pvt_np.data.errors import DataError
 from pvt_np.training.checkpoint import CheckpointError
 from pvt_np.training.cli_train import positive_int
 from pvt_np.training.trainer import _subset, evaluate
+from pvt_np.training.validation import TTA_MODES
 from pvt_np.weights import load_model, read_checkpoint
 
 
@@ -24,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="decoded image-folder cache (none given: the run's, else ~/.cache/pvt_np)")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to evaluate")
+    p.add_argument("--tta", choices=TTA_MODES,
+                   help="test-time augmentation (see pvt-np train --tta); none given: the run's, none for a weights "
+                   "file")  # fmt: skip
     p.add_argument("--confusion", metavar="PNG", help="also save the confusion matrix plot here")
 
 
@@ -60,13 +64,16 @@ def run(args: argparse.Namespace) -> int:
             min(args.batch_size, len(test)), shuffle=False, device=args.device,
             mean=model.meta.mean, std=model.meta.std, dtype=model.dtype,
         )  # fmt: skip
-        result = evaluate(model, loader, test.num_classes, progress=True)
+        # A run records its --tta (runs from before the option scored the image alone).
+        tta = args.tta or (saved.get("tta", "none") if ckpt.training else "none")
+        result = evaluate(model, loader, test.num_classes, progress=True, tta=tta)
     except (CheckpointError, DataError, ValueError, RuntimeError, OSError, KeyError, ImportError) as err:
         print(f"pvt-np evaluate: error: {err}", file=sys.stderr)
         return 1
     confusion = result["confusion"]
     print(f"{args.checkpoint}: {dataset} test, {confusion.sum()} images{note}")
-    print(f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}")
+    scored = f" ({tta} TTA; single view {result['single_view_accuracy']:.4f})" if tta != "none" else ""
+    print(f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}{scored}")
     per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
     for name, acc in zip(test.classes, per_class, strict=True):
         print(f"  {name:<20} {acc:.4f}")

@@ -16,7 +16,7 @@ from pvt_np.data.errors import DataError
 from pvt_np.models import list_models
 from pvt_np.training.checkpoint import CheckpointError
 from pvt_np.training.trainer import TrainConfig, Trainer, TrainingError
-from pvt_np.training.validation import ConfigError
+from pvt_np.training.validation import TTA_MODES, ConfigError
 
 DEFAULTS = TrainConfig()
 # The attribute of the parsed arguments that lists the options the user typed (see _Given).
@@ -159,6 +159,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(options given as well must agree with them)")  # fmt: skip
     r.add_argument("--eval-every", action=_Given, type=int, default=DEFAULTS.eval_every, metavar="K",
                    help="evaluate on the test set every K epochs, and always after the last one")  # fmt: skip
+    r.add_argument("--tta", action=_Given, default=DEFAULTS.tta, choices=TTA_MODES,
+                   help="test-time augmentation: flip scores each test image by the mean of its logits and its "
+                   "mirror image's (the single-view accuracy is logged beside it); none: the image alone")  # fmt: skip
     r.add_argument("--log-every", action=_Given, type=int, default=DEFAULTS.log_every,
                    help="steps between progress-bar updates (and, on a GPU, loss reads)")  # fmt: skip
     r.add_argument("--no-progress", action=_GivenTrue,
@@ -203,6 +206,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         "train_subset": args.train_subset,
         "test_subset": args.test_subset,
         "eval_every": args.eval_every,
+        "tta": args.tta,
         "ema_decay": args.ema_decay,
         "time_budget": args.time_budget,
         "log_every": args.log_every,

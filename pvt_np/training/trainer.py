@@ -40,7 +40,7 @@ from pvt_np.nn import CrossEntropyLoss, no_grad
 from pvt_np.optim import AdamW, CosineWarmupSchedule, clip_grad_norm_, param_groups_weight_decay
 from pvt_np.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pvt_np.training.steplog import read_step_log, write_step_log
-from pvt_np.training.validation import ConfigError, check_subset, check_train_config
+from pvt_np.training.validation import TTA_MODES, ConfigError, check_subset, check_train_config
 from pvt_np.weights import model_record
 
 
@@ -79,6 +79,10 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 500
     eval_every: int = 5  # evaluate on the test set every K epochs, and always after the last one
+    # Test-time augmentation: "flip" scores each test image by the mean of its logits and its mirror image's
+    # (the single-view accuracy is recorded beside it); "none": the image alone. Evaluation only: not a
+    # trajectory field.
+    tta: str = "flip"
     ema_decay: float | None = None  # an exponential moving average of the weights, updated every step; None: off
     # Minutes from the command's start to its last evaluation: the epochs (and so the cosine) are fitted to it
     # from a timed probe before training (see Trainer._fit_budget); None: train ``epochs``.
@@ -213,12 +217,20 @@ def evaluate(
     num_classes: int,
     progress: bool = False,
     world: distributed.World | None = None,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
 
+    ``tta="flip"``: each image is scored by the mean of the logits of the image and of its
+    mirror image, z = (f(x) + f(flip_W(x))) / 2, which the loss, accuracy and confusion use;
+    the accuracy of f(x) alone is returned as ``single_view_accuracy``. A model trained with
+    random horizontal flips sees both views as equally likely, so their mean is a cheaper
+    ensemble (one more forward pass) with the same weights.
     With a data-parallel ``world`` each rank scores its own part of the test set and the
     sums are added over the ranks, so every rank returns the whole set's figures.
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"evaluate: tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     from tqdm import tqdm
 
     model.eval()
@@ -227,22 +239,31 @@ def evaluate(
     confusion = xp.zeros((num_classes, num_classes), dtype=np.int64)
     loss_sum = xp.zeros((), dtype=np.float64)
     count = 0
+    single_view_correct = xp.zeros((), dtype=np.int64)
     with no_grad():
         for x, y in tqdm(loader.epoch(0), total=len(loader), desc="evaluate", leave=False, disable=not progress):
             logits = model(x)
+            if tta == "flip":
+                single_view_correct += (logits.argmax(axis=1) == y).sum()
+                logits = (logits + model(xp.ascontiguousarray(x[..., ::-1]))) * 0.5
             loss_sum += criterion(logits, y) * y.shape[0]
             pred = logits.argmax(axis=1)
             confusion += xp.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(confusion.shape)
             count += int(y.shape[0])
     confusion = backend.to_numpy(confusion)
+    single_view = int(single_view_correct)
     if world is not None and world.size > 1:
         confusion = world.allreduce_sum(confusion)
         loss_sum, count = world.allreduce_sum(float(loss_sum)), world.allreduce_sum(count)
-    return {
+        single_view = world.allreduce_sum(single_view)
+    result = {
         "loss": float(loss_sum) / max(count, 1),
         "accuracy": float(np.trace(confusion)) / max(count, 1),
         "confusion": confusion,
     }
+    if tta != "none":
+        result["single_view_accuracy"] = single_view / max(count, 1)
+    return result
 
 
 class Trainer:
@@ -383,6 +404,7 @@ class Trainer:
                 float(model(x).sum())
         eval_seconds = (time.monotonic() - now) / eval_batches * len(self.test_loader)
         eval_seconds *= 2 if cfg.ema_decay is not None else 1
+        eval_seconds *= 2 if cfg.tta == "flip" else 1  # a second forward pass per batch
         write_seconds = 0.0
         if self.world.is_root:  # what rank 0 writes after each epoch, into a scratch folder: timed the second time
             with tempfile.TemporaryDirectory() as scratch:  # (the first imports matplotlib)
@@ -662,7 +684,7 @@ class Trainer:
             for name, p in params:
                 p.data = self.ema[name]
             return evaluate(self.model, self.test_loader, self.num_classes, progress=self.config.progress,
-                            world=self.world)  # fmt: skip
+                            world=self.world, tta=self.config.tta)  # fmt: skip
         finally:
             for (_, p), data in zip(params, trained, strict=True):
                 p.data = data
@@ -676,7 +698,9 @@ class Trainer:
         p = self.partial
         distributed.check_replicas(self.world, self.model.parameters(), f"end of epoch {self.epoch + 1}")
         if self._evaluates(self.epoch + 1):
-            test = evaluate(self.model, self.test_loader, self.num_classes, progress=cfg.progress, world=self.world)
+            test = evaluate(
+                self.model, self.test_loader, self.num_classes, progress=cfg.progress, world=self.world, tta=cfg.tta
+            )
             spoiled = not np.isfinite(test["loss"])
             ema = self._evaluate_ema() if self.ema is not None and not spoiled else None
         else:  # no test loss to tell: look at the weights themselves (the same on every rank)
@@ -698,6 +722,8 @@ class Trainer:
             "train_seconds": p["seconds"],
             "img_per_s": p["seen"] / max(p["seconds"], 1e-9),
         }
+        if cfg.tta != "none":
+            row["test_accuracy_single_view"] = test["single_view_accuracy"] if test is not None else None
         if self.ema is not None:
             row["ema_test_loss"] = ema["loss"] if ema is not None else None
             row["ema_test_accuracy"] = ema["accuracy"] if ema is not None else None
@@ -718,6 +744,8 @@ class Trainer:
                 scores = f"test not evaluated (every {cfg.eval_every} epochs)"
             else:
                 scores = f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
+                if cfg.tta != "none":
+                    scores += f" ({cfg.tta} TTA; single view {row['test_accuracy_single_view']:.4f})"
                 if ema is not None:
                     scores += f" | EMA test loss {ema['loss']:.4f} acc {ema['accuracy']:.4f}"
             best = {None: "", "raw": " (best)", "ema": " (best: EMA)"}[best_weights]
@@ -752,7 +780,9 @@ class Trainer:
             for row in self.history:
                 f.write(json.dumps(row) + "\n")
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(self.history[0]))
+        # The columns of every row in order of appearance: a run resumed with another --tta gains or loses one.
+        columns = list(dict.fromkeys(k for row in self.history for k in row))
+        writer = csv.DictWriter(buf, fieldnames=columns)
         writer.writeheader()
         writer.writerows(self.history)
         with atomic_write(self.out / "metrics.csv", "w") as f:

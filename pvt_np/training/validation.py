@@ -16,6 +16,10 @@ from typing import Any
 __all__ = ["ConfigError", "check_subset", "check_train_config"]
 
 
+# Test-time augmentation of the evaluation: the image alone, or the mean with its mirror image (see evaluate).
+TTA_MODES = ("none", "flip")
+
+
 class ConfigError(ValueError):
     """A training setting outside its allowed range; ``field``, ``expected`` and ``got`` say which and why."""
 
@@ -93,6 +97,8 @@ def check_train_config(config: Any) -> None:
         raise ConfigError("budget_fit", "None or the record of a time-budget fit (a dict)", config.budget_fit)
     if config.trivial_augment not in (True, False):
         raise ConfigError("trivial_augment", "True or False", config.trivial_augment)
+    if config.tta not in TTA_MODES:
+        raise ConfigError("tta", " or ".join(map(repr, TTA_MODES)), config.tta)
     if config.device not in ("cpu", "gpu"):
         raise ConfigError("device", "'cpu' or 'gpu'", config.device)
     if config.dtype not in ("float32", "float64"):
