@@ -330,7 +330,8 @@ def test_reference_run_shows_progress(image_folder: Path, reference_run: tuple[P
     for epoch in (1, 2, 3):
         assert f"epoch {epoch}/3" in proc.stderr, proc.stderr  # the tqdm bar of each epoch
         assert re.search(
-            rf"^epoch {epoch}: train loss [\d.]+ acc [\d.]+ \| test loss [\d.]+ acc [\d.]+ \| EMA test loss",
+            rf"^epoch {epoch}: train loss [\d.]+ acc [\d.]+ \| test loss [\d.]+ acc [\d.]+ "
+            rf"\(flip TTA; single view [\d.]+\) \| EMA test loss",
             proc.stdout,
             re.M,
         )

@@ -11,7 +11,7 @@ from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
 from pvt_np.training.checkpoint import CheckpointError
 from pvt_np.training.cli_train import positive_int
-from pvt_np.training.trainer import _subset, evaluate
+from pvt_np.training.trainer import TrainConfig, _subset, evaluate
 from pvt_np.training.validation import TTA_MODES
 from pvt_np.weights import load_model, read_checkpoint
 
@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to evaluate")
     p.add_argument("--tta", choices=TTA_MODES,
-                   help="test-time augmentation (see pvt-np train --tta); none given: the run's, none for a weights "
-                   "file")  # fmt: skip
+                   help="test-time augmentation (see pvt-np train --tta); none given: the run's (runs from before "
+                   "the option: none), flip for a weights file, as pvt-np train scores")  # fmt: skip
     p.add_argument("--confusion", metavar="PNG", help="also save the confusion matrix plot here")
 
 
@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
             min(args.batch_size, len(test)), shuffle=False, device=args.device,
             mean=model.meta.mean, std=model.meta.std, dtype=model.dtype,
         )  # fmt: skip
-        # A run records its --tta (runs from before the option scored the image alone).
-        tta = args.tta or (saved.get("tta", "none") if ckpt.training else "none")
+        # A run records its --tta (runs from before the option scored the image alone); a weights file
+        # records no run, and is scored as pvt-np train scores by default.
+        tta = args.tta or (saved.get("tta", "none") if ckpt.training else TrainConfig().tta)
         result = evaluate(model, loader, test.num_classes, progress=True, tta=tta)
     except (CheckpointError, DataError, ValueError, RuntimeError, OSError, KeyError, ImportError) as err:
         print(f"pvt-np evaluate: error: {err}", file=sys.stderr)
