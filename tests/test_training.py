@@ -1027,6 +1027,28 @@ def test_curves_have_whole_epoch_ticks_and_the_step_loss(tmp_path: Path, monkeyp
     assert list(lines["test"].get_ydata()) == [r["test_loss"] for r in history]
 
 
+def test_curves_show_the_single_view_beside_the_flip_tta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --tta flip run's accuracy panel: the TTA scores and, dashed, the image alone, at the scored epochs only."""
+    from pvt_np.training import plots
+
+    figures: list[Any] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    scored = {2: (0.5, 0.4), 3: (0.7, 0.65)}  # epoch: (TTA accuracy, single view); epoch 1 not scored
+    history = [
+        {"epoch": e, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 0.9 if e in scored else None,
+         "test_accuracy": scored[e][0] if e in scored else None,
+         "test_accuracy_single_view": scored[e][1] if e in scored else None}
+        for e in (1, 2, 3)
+    ]  # fmt: skip
+    plots.plot_curves(history, tmp_path / "c.png")
+    lines = {line.get_label(): line for line in figures[0].axes[1].get_lines()}
+    assert list(lines["test (flip TTA)"].get_xdata()) == [2, 3]
+    assert list(lines["test (flip TTA)"].get_ydata()) == [50.0, 70.0]
+    assert list(lines["test (single view)"].get_xdata()) == [2, 3]
+    assert list(lines["test (single view)"].get_ydata()) == [40.0, 65.0]
+    assert lines["test (single view)"].get_linestyle() == "--"
+
+
 def test_train_config_checks_its_fields() -> None:
     """The Python API gets the same checks, in its own terms (the field names)."""
     with pytest.raises(trainer_mod.ConfigError, match=r"TrainConfig: batch_size: expected an integer >= 1, got 0"):

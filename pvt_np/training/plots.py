@@ -40,7 +40,7 @@ def plot_curves(
 
     history: one row per epoch (``epoch``, ``train_loss``, ``test_loss``, ``train_accuracy``, ``test_accuracy``;
         the test figures None where the epoch was not evaluated; ``ema_test_loss`` and ``ema_test_accuracy`` too
-        when the run keeps an EMA of its weights).
+        when the run keeps an EMA of its weights, ``test_accuracy_single_view`` when it scores with the flip TTA).
     steps: the step log (``epoch`` as a fraction, ``loss``): drawn faintly as read and smoothed over
         about a twentieth of the run, so the noise of single batches does not hide the trend.
     """
@@ -57,13 +57,19 @@ def plot_curves(
         )
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o", color="tab:blue", label="train (epoch mean)")
     ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
-    # Test figures exist only for the evaluated epochs (eval_every), the EMA's only when it is kept.
-    for prefix, label, colour in (("test", "test", "tab:orange"), ("ema_test", "test (EMA)", "tab:green")):
+    # Test figures exist only for the evaluated epochs (eval_every), the EMA's only when it is kept,
+    # the single view's only when the test images were scored with their mirror images (--tta flip).
+    single = [r for r in history if r.get("test_accuracy_single_view") is not None]
+    test_label = "test (flip TTA)" if single else "test"
+    for prefix, label, colour in (("test", test_label, "tab:orange"), ("ema_test", "test (EMA)", "tab:green")):
         scored = [r for r in history if r.get(f"{prefix}_loss") is not None]
         if scored:
             at = [r["epoch"] for r in scored]
             ax_loss.plot(at, [r[f"{prefix}_loss"] for r in scored], "o-", color=colour, label=label)
             ax_acc.plot(at, [100 * r[f"{prefix}_accuracy"] for r in scored], "o-", color=colour, label=label)
+    if single:
+        ax_acc.plot([r["epoch"] for r in single], [100 * r["test_accuracy_single_view"] for r in single], "o--",
+                    color="tab:orange", alpha=0.6, label="test (single view)")  # fmt: skip
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
