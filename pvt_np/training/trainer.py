@@ -68,7 +68,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_grad: float | None = None
     drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = 0.1
     crop_padding: int = 4
     hflip: bool = True
     mixup: float = 0.0
