@@ -42,6 +42,8 @@ from pvt_np.data import (
     load_image_folder,
     mix_targets,
     mixup,
+    resize_bilinear,
+    resize_matrix,
     sample_crop_flip,
     sample_mix,
     sample_trivial,
@@ -1073,3 +1075,41 @@ def test_trivial_draws_and_loader_determinism() -> None:
         BatchLoader(images[..., :1], labels, 16, augment=aug)
     with pytest.raises(ValueError, match="Augment: trivial must be True or False, got 'yes'"):
         Augment(trivial="yes")  # type: ignore[arg-type]
+
+
+# Progressive resizing: the antialiased bilinear resize ---------------------------------------------------------
+
+RESIZES = [(32, 32, 24, 24), (17, 23, 9, 16), (16, 16, 12, 12), (5, 7, 8, 11), (1, 4, 3, 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("h", "w", "oh", "ow"), RESIZES, ids=[f"{h}x{w}->{oh}x{ow}" for h, w, oh, ow in RESIZES])
+def test_resize_bilinear_equals_torch_antialiased_interpolate(h: int, w: int, oh: int, ow: int, dtype: Any) -> None:
+    """Shrinking (the triangle stretched over the scale) and enlarging (plain bilinear), uneven sizes."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(h * 100 + w).standard_normal((2, 3, h, w)).astype(dtype)
+    y = resize_bilinear(x, (oh, ow))
+    # torch in float64 on the same (rounded) input is the reference for both dtypes: torch's own float32
+    # kernel differs from it by up to ~3e-6 here, more than the float32 rounding of this product.
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(x.astype(np.float64)), size=(oh, ow), mode="bilinear", antialias=True, align_corners=False
+    ).numpy()
+    assert y.dtype == dtype and y.shape == (2, 3, oh, ow) and y.flags.c_contiguous
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_resize_matrix_rows_and_identity() -> None:
+    for n_in, n_out in ((32, 24), (7, 3), (3, 7), (1, 5), (5, 1)):
+        r = resize_matrix(n_in, n_out)
+        assert r.shape == (n_out, n_in) and (r >= 0).all()
+        np.testing.assert_allclose(r.sum(axis=1), 1.0, rtol=0, atol=1e-15)  # a constant image stays constant
+    np.testing.assert_array_equal(resize_matrix(9, 9), np.eye(9))
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5))
+    np.testing.assert_array_equal(resize_bilinear(x, (6, 5)), x)
+    # Halving: output 0 is centred at 0.5 and its triangle reaches 2 pixels out, weights 1 - |j - 0.5| / 2
+    # = 3/4, 3/4, 1/4, 0 for j = 0..3, normalised by their sum 7/4 (output 1 mirrors it).
+    np.testing.assert_allclose(resize_matrix(4, 2), np.array([[3, 3, 1, 0], [0, 1, 3, 3]]) / 7, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match=r"resize_matrix: sizes must be >= 1, got 4 -> 0"):
+        resize_matrix(4, 0)
+    with pytest.raises(ValueError, match=r"expected an \(N, C, H, W\) batch, got shape \(3, 6, 5\)"):
+        resize_bilinear(x[0], (3, 3))

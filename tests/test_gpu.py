@@ -272,6 +272,18 @@ def test_augmented_batches_match_cpu(target: Target) -> None:
         np.testing.assert_array_equal(backend.to_numpy(ty), y, err_msg=f"batch {k} targets")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_resize_bilinear_matches_cpu(dtype: Any, target: Target) -> None:
+    """The low-resolution epochs' resize (two matrix products) on the target against the CPU's."""
+    from pvt_np.data import resize_bilinear
+
+    x = np.random.default_rng(4).standard_normal((5, 3, 17, 23)).astype(dtype)
+    for size in ((12, 17), (24, 30)):
+        y = resize_bilinear(target.put(x), size)
+        assert target.owns(y) and y.dtype == dtype
+        assert_close(y, resize_bilinear(x, size), 1e-6 if dtype == np.float32 else 1e-13, f"resize to {size}")
+
+
 def test_manual_seed_reuses_the_device_generator(target: Target) -> None:
     """On the target manual_seed re-keys (GPU: the same CounterRng object) and restarts the same masks."""
     x = target.put(np.ones((64, 50), dtype=np.float32))

@@ -39,7 +39,7 @@ from helpers import max_rel_err
 
 from pvt_np import backend, cli
 from pvt_np.complexity import count_flops, count_params
-from pvt_np.data import Augment, Dataset
+from pvt_np.data import Augment, Dataset, resize_bilinear
 from pvt_np.models import create_model
 from pvt_np.nn import CrossEntropyLoss, no_grad
 from pvt_np.optim import AdamW, CosineWarmupSchedule, cosine_warmup_lr, param_groups_weight_decay
@@ -587,6 +587,11 @@ BAD_FLAGS = [
     (["--time-budget", "1"], "--time-budget: expected no --epochs beside it (the budget chooses the number of "
      "epochs), got --time-budget 1 and --epochs 3"),
     (["--ema-decay", "1"], "--ema-decay: expected a number in (0, 1) (or None: no EMA), got 1.0"),
+    (["--low-res-epochs", "4"], "--low-res-epochs: expected at most the number of epochs (3), got 4"),
+    (["--low-res-scale", "0"], "--low-res-scale: expected a number in (0, 1] (the low-resolution epochs' size / "
+     "the images'), got 0.0"),
+    (["--low-res-epochs", "1", "--low-res-scale", "0.05"], "--low-res-scale: expected a scale whose 1x1 images "
+     "pvt_v2_b0 can take ("),
     (["--ema-decay", "0"], "--ema-decay: expected a number in (0, 1) (or None: no EMA), got 0.0"),
     (["--override", "depths=1,1"], "--override: expected create_model arguments that build a pvt_v2_b0 "
      "(embed_dims needs 2 values (one per stage, like depths), got (8, 16, 16, 16)), got depths=1,1"),
@@ -1068,6 +1073,36 @@ def test_train_config_checks_its_fields() -> None:
         trainer_mod.TrainConfig(ema_decay=float("nan"))
     with pytest.raises(trainer_mod.ConfigError, match="tta: expected 'none' or 'flip', got 'both'"):
         trainer_mod.TrainConfig(tta="both")
+
+
+def test_low_res_epochs_train_on_resized_batches(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--low-res-epochs 2 --low-res-scale 0.75: epochs 1-2 see each augmented batch resized to 12x12, epoch 3 the
+    16x16 batch itself; the test set is scored at full size."""
+    out = tmp_path / "run"
+    args = tf.train_args(image_folder, out, "--no-progress", "--low-res-epochs", "2", "--low-res-scale", "0.75")
+    trainer = trainer_mod.Trainer(cli_train.config_from_args(cli.build_parser().parse_args(args)), out)
+    seen: list[tuple[int, np.ndarray]] = []
+    real_step = trainer_mod.train_step
+
+    def step(model: Any, criterion: Any, optimizer: Any, x: Any, *rest: Any, **kwargs: Any) -> Any:
+        seen.append((trainer.epoch, x.copy()))
+        return real_step(model, criterion, optimizer, x, *rest, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_step", step)
+    trainer.fit()
+    assert [(epoch, x.shape[2:]) for epoch, x in seen] == [
+        (e, (12, 12) if e < 2 else (16, 16)) for e in range(3) for _ in range(tf.STEPS_PER_EPOCH)
+    ]
+    for k in (0, tf.STEPS_PER_EPOCH):  # the first step of epochs 1 and 2: the loader's batch, resized
+        epoch, x = seen[k]
+        np.testing.assert_array_equal(x, resize_bilinear(trainer.train_loader.batch(epoch, 0).x, (12, 12)))
+    np.testing.assert_array_equal(seen[-1][1], trainer.train_loader.batch(2, tf.STEPS_PER_EPOCH - 1).x)
+    rows = load_checkpoint(out / "last.npz")["history"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(r["test_accuracy"] is not None for r in rows)
+    with pytest.raises(trainer_mod.ConfigError, match=r"low_res_epochs: expected 0 with --time-budget"):
+        trainer_mod.TrainConfig(low_res_epochs=1, time_budget=10)
 
 
 class _Batches:

@@ -14,6 +14,9 @@ Semantics follow the usual PyTorch pipeline:
 * ``trivial_augment`` = TrivialAugment (Mueller & Hutter 2021) after the crop and flip,
   on a set of ops that suit 32x32 images (see :data:`TRIVIAL_OPS`).
 * ``to_float_nchw`` = ``ToTensor()`` + ``Normalize(mean, std)``.
+* ``resize_bilinear`` = ``torch.nn.functional.interpolate(x, size, mode="bilinear",
+  antialias=True)`` on the normalised float batch (the low-resolution epochs of
+  progressive resizing).
 * ``mixup`` / ``cutmix`` / ``mix_targets`` = timm's ``Mixup`` in its default
   ``mode='batch'``: one coefficient per batch, image ``i`` mixed with image
   ``B - 1 - i`` (the batch reversed), cutmix's coefficient corrected to the box's
@@ -44,6 +47,8 @@ __all__ = [
     "mixup",
     "one_hot",
     "rand_bbox",
+    "resize_bilinear",
+    "resize_matrix",
     "sample_crop_flip",
     "sample_mix",
     "sample_trivial",
@@ -349,3 +354,38 @@ def cutmix(x: Array, bbox: tuple[int, int, int, int], partner: Array | None = No
     out = x.copy()
     out[:, :, y0:y1, x0:x1] = (x[::-1] if partner is None else partner)[:, :, y0:y1, x0:x1]
     return out
+
+
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) float64 matrix of antialiased linear resampling along one axis.
+
+    Output pixel i is centred at c_i = (i + 1/2) s - 1/2 in input coordinates, s = n_in / n_out
+    (pixel centres, ``align_corners=False``), and takes the normalised triangle weights
+        R[i, j] = t((j - c_i) / a) / sum_k t((k - c_i) / a),  t(u) = max(0, 1 - |u|),  a = max(s, 1):
+    plain linear interpolation when enlarging (a = 1: the two nearest pixels), and a triangle
+    stretched over s pixels when shrinking, so every input pixel contributes (no aliasing).
+    Each row sums to 1; n_out == n_in gives the identity. This is PIL's and torch's
+    ``antialias=True`` bilinear filter.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"resize_matrix: sizes must be >= 1, got {n_in} -> {n_out}")
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) * scale - 0.5
+    weights = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in)[None, :] - centres[:, None]) / support)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def resize_bilinear(x: Array, size: tuple[int, int]) -> Array:
+    """Resize a float (N, C, H, W) batch to (N, C, h, w) = size with the antialiased bilinear filter.
+
+    y = R_h x R_w^T per image and channel, with R_h = resize_matrix(H, h) and R_w = resize_matrix(W, w)
+    (two batched matrix products, in x's dtype, on x's device).
+    """
+    xp = get_array_module(x)
+    if x.ndim != 4:
+        raise ValueError(f"resize_bilinear: expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    h, w = (int(v) for v in size)
+    rows = xp.asarray(resize_matrix(x.shape[2], h), dtype=x.dtype)
+    cols = xp.asarray(resize_matrix(x.shape[3], w), dtype=x.dtype)
+    return xp.ascontiguousarray(rows @ (x @ cols.T))

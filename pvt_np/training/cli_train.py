@@ -114,6 +114,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--no-augment", action=_GivenTrue, help="no random crop / flip")
     d.add_argument("--trivial-augment", action=_GivenTrue,
                    help="TrivialAugment after the crop and flip: one colour or geometric op per image")  # fmt: skip
+    d.add_argument("--low-res-epochs", action=_Given, type=int, default=DEFAULTS.low_res_epochs, metavar="N",
+                   help="progressive resizing: train the first N epochs on images resized by --low-res-scale "
+                   "(cheaper steps), then at full size (0: off)")  # fmt: skip
+    d.add_argument("--low-res-scale", action=_Given, type=float, default=DEFAULTS.low_res_scale, metavar="S",
+                   help="size of the low-resolution epochs' images over the images' own, in (0, 1]")  # fmt: skip
     d.add_argument("--mixup", action=_Given, type=float, default=DEFAULTS.mixup, help="mixup alpha (0: off)")
     d.add_argument("--cutmix", action=_Given, type=float, default=DEFAULTS.cutmix, help="cutmix alpha (0: off)")
     d.add_argument("--train-subset", action=_Given, type=int, metavar="N",
@@ -200,6 +205,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         "mixup": args.mixup,
         "cutmix": args.cutmix,
         "trivial_augment": args.trivial_augment,
+        "low_res_epochs": args.low_res_epochs,
+        "low_res_scale": args.low_res_scale,
         "device": args.device,
         "dtype": args.dtype,
         "seed": args.seed,

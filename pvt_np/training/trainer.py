@@ -33,6 +33,7 @@ import numpy as np
 
 from pvt_np import backend, distributed
 from pvt_np.backend import Array
+from pvt_np.data.augment import resize_bilinear
 from pvt_np.io_utils import atomic_write
 from pvt_np.models import ModelMeta, create_model
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
@@ -74,6 +75,10 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     trivial_augment: bool = False  # TrivialAugment after the crop and flip (see pvt_np.data.trivial_augment)
+    # Progressive resizing: the first low_res_epochs train on the augmented batches resized by low_res_scale
+    # (antialiased bilinear, see pvt_np.data.resize_bilinear), cheaper steps; then full size. 0: off.
+    low_res_epochs: int = 0
+    low_res_scale: float = 0.75
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
@@ -113,6 +118,7 @@ class TrainConfig:
 TRAJECTORY_FIELDS = (
     "dataset", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing",
     "clip_grad", "drop_rate", "drop_path_rate", "crop_padding", "hflip", "mixup", "cutmix", "trivial_augment",
+    "low_res_epochs", "low_res_scale",
     "ema_decay", "time_budget", "seed", "train_subset", "test_subset",
 )  # fmt: skip
 
@@ -338,6 +344,15 @@ class Trainer:
             mean=mean, std=std, dtype=cfg.dtype,
         )  # fmt: skip
         self.model = build_model(cfg, self.num_classes, self.train_set.image_size)
+        if cfg.low_res_epochs:
+            low = self._low_res_size()
+            try:
+                self.model.feature_sizes(*low)
+            except ValueError as err:
+                raise ConfigError(
+                    "low_res_scale", f"a scale whose {low[0]}x{low[1]} images {cfg.model} can take ({_reason(err)})",
+                    cfg.low_res_scale,
+                ) from err  # fmt: skip
         # What predict needs to prepare an image as this run's were; saved with the weights.
         self.model.meta = ModelMeta(
             classes=self.train_set.classes, input_size=self.train_set.image_size, mean=mean, std=std
@@ -577,6 +592,10 @@ class Trainer:
         save_checkpoint(self.out / "last.npz", self._checkpoint())
         write_step_log(self.out / "steps.csv", self.step_log)
 
+    def _low_res_size(self) -> tuple[int, int]:
+        """The image size of the low-resolution epochs: the training images' size times low_res_scale, rounded."""
+        return tuple(max(1, round(side * self.config.low_res_scale)) for side in self.train_set.image_size)
+
     def _train_epoch(self) -> bool:
         """Run the rest of the current epoch; True if stopped by Ctrl-C."""
         from tqdm import tqdm
@@ -594,7 +613,10 @@ class Trainer:
         pending = 0
         start_time = time.perf_counter()
         try:
+            low_res = self._low_res_size() if self.epoch < cfg.low_res_epochs else None
             for x, y in loader.epoch(self.epoch, start_batch=self.batch):
+                if low_res is not None:
+                    x = resize_bilinear(x, low_res)
                 backend.manual_seed(backend.derive_seed(cfg.seed, self.epoch, self.batch, 1))
                 loss, logits = train_step(
                     self.model, self.criterion, self.optimizer, x, y, cfg.clip_grad, self.allreduce
