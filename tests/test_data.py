@@ -1104,6 +1104,7 @@ def test_resize_matrix_rows_and_identity() -> None:
         assert r.shape == (n_out, n_in) and (r >= 0).all()
         np.testing.assert_allclose(r.sum(axis=1), 1.0, rtol=0, atol=1e-15)  # a constant image stays constant
     np.testing.assert_array_equal(resize_matrix(9, 9), np.eye(9))
+    assert resize_matrix(32, 24) is resize_matrix(32, 24) and not resize_matrix(32, 24).flags.writeable
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 5))
     np.testing.assert_array_equal(resize_bilinear(x, (6, 5)), x)
     # Halving: output 0 is centred at 0.5 and its triangle reaches 2 pixels out, weights 1 - |j - 0.5| / 2

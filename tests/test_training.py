@@ -1105,6 +1105,22 @@ def test_low_res_epochs_train_on_resized_batches(
         trainer_mod.TrainConfig(low_res_epochs=1, time_budget=10)
 
 
+def test_metrics_csv_has_every_rows_columns(tmp_path: Path) -> None:
+    """A run resumed with another --tta gains (or loses) the single-view column: the CSV header is the union of
+    the rows' keys in order of appearance, a missing value an empty field; the JSON lines keep each row as is."""
+    history = [
+        {"epoch": 1, "test_accuracy": 0.5},
+        {"epoch": 2, "test_accuracy": 0.75, "test_accuracy_single_view": 0.625},
+        {"epoch": 3, "test_accuracy": 0.875},
+    ]
+    trainer_mod.Trainer._write_logs(types.SimpleNamespace(history=history, out=tmp_path))  # type: ignore[arg-type]
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [list(r) for r in rows] == [["epoch", "test_accuracy", "test_accuracy_single_view"]] * 3
+    assert [r["test_accuracy_single_view"] for r in rows] == ["", "0.625", ""]
+    assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == history
+
+
 class _Batches:
     """A loader over fixed (x, y) batches: what evaluate reads (len and epoch)."""
 

@@ -26,6 +26,7 @@ Semantics follow the usual PyTorch pipeline:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -356,6 +357,7 @@ def cutmix(x: Array, bbox: tuple[int, int, int, int], partner: Array | None = No
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     """The (n_out, n_in) float64 matrix of antialiased linear resampling along one axis.
 
@@ -365,7 +367,8 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     plain linear interpolation when enlarging (a = 1: the two nearest pixels), and a triangle
     stretched over s pixels when shrinking, so every input pixel contributes (no aliasing).
     Each row sums to 1; n_out == n_in gives the identity. This is PIL's and torch's
-    ``antialias=True`` bilinear filter.
+    ``antialias=True`` bilinear filter. Built once per (n_in, n_out) (every low-resolution step asks
+    for the same two), and read-only since it is shared.
     """
     if n_in < 1 or n_out < 1:
         raise ValueError(f"resize_matrix: sizes must be >= 1, got {n_in} -> {n_out}")
@@ -373,7 +376,9 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     support = max(scale, 1.0)
     centres = (np.arange(n_out) + 0.5) * scale - 0.5
     weights = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in)[None, :] - centres[:, None]) / support)
-    return weights / weights.sum(axis=1, keepdims=True)
+    matrix = weights / weights.sum(axis=1, keepdims=True)
+    matrix.setflags(write=False)
+    return matrix
 
 
 def resize_bilinear(x: Array, size: tuple[int, int]) -> Array:
