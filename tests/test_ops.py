@@ -115,6 +115,9 @@ CONV_SPECS: list[tuple[Any, ...]] = [
     ("depthwise", 2, 5, 5, (13, 7), (3, 3), 1, 1, 5),
     ("depthwise-strided", 1, 4, 4, (13, 7), (3, 3), 2, 1, 4),
     ("depthwise-multiplier", 1, 3, 6, (13, 7), (3, 3), 1, 1, 3),
+    ("depthwise-unpadded", 2, 4, 4, (9, 7), (3, 3), 1, 0, 4),
+    ("depthwise-rect-padding", 1, 3, 3, (9, 11), (3, 5), 1, (1, 2), 3),
+    ("depthwise-padding-beyond-kernel", 2, 3, 3, (6, 5), (3, 3), 1, 3, 3),
     ("pointwise-grouped", 2, 6, 4, (5, 3), (1, 1), 1, 0, 2),
     ("pointwise-padded-nobias", 1, 4, 3, (5, 3), (1, 1), 1, 1, 1, False),
     ("sr-conv-nobias", 2, 4, 4, (8, 6), (2, 2), 2, 0, 1, False),
@@ -481,6 +484,15 @@ def test_conv_accepts_non_contiguous_nhwc_input() -> None:
     ref, _ = ops.conv2d_forward(x, w, b, 2, 0)
     out, _ = ops.conv2d_forward(x.transpose(0, 2, 3, 1), w, b, 2, 0, channels_last=True)
     assert_close(out.transpose(0, 3, 1, 2), ref, F64_TOL, "nhwc view vs nchw")
+
+
+def test_depthwise_conv_cache_keeps_the_input_unpadded() -> None:
+    """A depthwise conv keeps its input itself for the backward, not a padded copy (the FFN's memory)."""
+    rng = np.random.default_rng(5)
+    x = randn(rng, 2, 6, 5, 4).astype(np.float32)
+    _, cache = ops.conv2d_forward(x, randn(rng, 4, 1, 3, 3).astype(np.float32), None, 1, 1, groups=4,
+                                  channels_last=True)  # fmt: skip
+    assert cache.x is x
 
 
 def test_adaptive_pool_matrix_rows_are_torch_windows() -> None:

@@ -120,6 +120,9 @@ SMALL_PAIRS = [
     _conv("depthwise-s1", (2, 13, 7, 5), 5, (3, 3), 1, 1, 5),
     _conv("depthwise-s2-nchw", (1, 4, 13, 7), 4, (3, 3), 2, 1, 4, channels_last=False),
     _conv("depthwise-multiplier", (1, 13, 7, 3), 6, (3, 3), 1, 1, 3),
+    _conv("depthwise-unpadded", (2, 9, 7, 4), 4, (3, 3), 1, 0, 4),
+    _conv("depthwise-rect-padding-nchw", (2, 3, 9, 11), 3, (3, 5), 1, (1, 2), 3, channels_last=False),
+    _conv("depthwise-padding-beyond-kernel", (2, 6, 5, 3), 3, (3, 3), 1, 3, 3),  # dx by the tap slice-adds
     _conv("sr-no-input-grad", (2, 8, 6, 4), 4, (2, 2), 2, 0, 1, bias=False, input_grad=False),
     _conv("depthwise-no-input-grad", (2, 13, 7, 5), 5, (3, 3), 2, 1, 5, input_grad=False),
     Pair("layer_norm", "layer_norm", lambda rng: [randn(rng, 2, 13, 7) + 0.3, 1 + randn(rng, 7), randn(rng, 7)]),
@@ -160,6 +163,7 @@ SMALL_PAIRS = [
 LARGE_PAIRS = [
     _conv("depthwise-s1-large", (6, 40, 40, 48), 48, (3, 3), 1, 1, 48),  # 6 chunks of one image
     _conv("depthwise-s2-large", (24, 40, 40, 32), 32, (3, 3), 2, 1, 32),  # output 24x20x20x32: 3 chunks
+    _conv("depthwise-cifar-stage1-large", (7, 16, 16, 256), 256, (3, 3), 1, 1, 256),  # 2 images a chunk, 1 last
     _conv("dense-s2-large", (2, 64, 64, 16), 32, (3, 3), 2, 1, 1),
     _conv("stem-c3-large", (16, 32, 32, 3), 32, (3, 3), 2, 1, 1),  # C = 3: the CIFAR stem
     _conv("sr-kernel-eq-stride-large", (32, 16, 16, 32), 32, (4, 4), 4, 0, 1),  # windows tile the map: col2im copy

@@ -21,9 +21,15 @@ from pvt_np.ops.linear import weight_grad_tasks
 
 
 class ConvCache(NamedTuple):
-    """What conv2d_backward needs; ``xpad`` is the zero-padded NHWC input."""
+    """What conv2d_backward needs.
 
-    xpad: Array
+    ``x`` is the NHWC input: zero-padded for dense and grouped convs (their backward reads
+    its windows), unpadded for depthwise ones (each chunk pads its own images, so the
+    cache holds no padded copy: at the CIFAR config the padding border is 27-300% of a
+    conv-FFN's hidden map, 2.3x at stage 3's 4x4 map).
+    """
+
+    x: Array
     weight: Array
     has_bias: bool
     stride: tuple[int, int]
@@ -45,6 +51,21 @@ def _pad_nhwc(x: Array, ph: int, pw: int) -> Array:
         return xp.ascontiguousarray(x)
     out = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
     out[:, ph : ph + h, pw : pw + w, :] = x
+    return out
+
+
+def _pad_into_scratch(x: np.ndarray, ph: int, pw: int, name: str) -> np.ndarray:
+    """x (a chunk of NHWC images) zero-padded by (ph, pw) in a per-thread scratch buffer (cache-sized, reused).
+
+    The buffer is shared by every call with this name, so the border is zeroed each time.
+    """
+    n, h, w, c = x.shape
+    out = parallel.scratch(name, (n, h + 2 * ph, w + 2 * pw, c), x.dtype)
+    out[:, :ph] = 0
+    out[:, ph + h :] = 0
+    out[:, ph : ph + h, :pw] = 0
+    out[:, ph : ph + h, pw + w :] = 0
+    out[:, ph : ph + h, pw : pw + w] = x
     return out
 
 
@@ -88,16 +109,18 @@ def conv2d_forward(
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
     c = x_nhwc.shape[3]
     o = weight.shape[0]
-    xpad = _pad_nhwc(x_nhwc, ph, pw)
     if groups == c == o:
-        out = _depthwise(xpad, _taps(weight), bias, sh, sw, ho, wo)
-    elif groups == 1:
-        out = _dense_forward(xpad, weight, bias, sh, sw, ho, wo)
+        out = _depthwise(x_nhwc, _taps(weight), bias, ph, pw, sh, sw, ho, wo)
+        kept = x_nhwc
     else:
-        out = _grouped_forward(xpad, weight, groups, sh, sw, ho, wo)
-        if bias is not None:
-            out += bias
-    cache = ConvCache(xpad, weight, bias is not None, (sh, sw), (ph, pw), groups, channels_last)
+        kept = _pad_nhwc(x_nhwc, ph, pw)
+        if groups == 1:
+            out = _dense_forward(kept, weight, bias, sh, sw, ho, wo)
+        else:
+            out = _grouped_forward(kept, weight, groups, sh, sw, ho, wo)
+            if bias is not None:
+                out += bias
+    cache = ConvCache(kept, weight, bias is not None, (sh, sw), (ph, pw), groups, channels_last)
     return (out if channels_last else out.transpose(0, 3, 1, 2)), cache
 
 
@@ -197,17 +220,23 @@ def use_tap_loop(xp: Any) -> bool:
     return xp is not np or FORCE_TAP_LOOP
 
 
-def _depthwise(xpad: Array, taps: Array, bias: Array | None, sh: int, sw: int, ho: int, wo: int) -> Array:
-    """out[n,i,j,c] = bias[c] + sum_pq xpad[n, i*sh+p, j*sw+q, c] * taps[p,q,c], chunked over images.
+def _depthwise(
+    x: Array, taps: Array, bias: Array | None, ph: int, pw: int, sh: int, sw: int, ho: int, wo: int
+) -> Array:
+    """out[n,i,j,c] = bias[c] + sum_pq xpad[n, i*sh+p, j*sw+q, c] * taps[p,q,c], chunked over images,
+    with xpad = x zero-padded by (ph, pw).
 
-    NumPy: one einsum over the window view per chunk, threaded. Tap loop (CuPy):
-    out = tap_00 * taps[0,0], then out += tap_pq * taps[p,q] for the other taps.
+    NumPy: each chunk of images is padded into a per-thread buffer and contracted by one
+    einsum over its window view, threaded; no padded copy of the whole input is made.
+    Tap loop (CuPy): out = tap_00 * taps[0,0], then out += tap_pq * taps[p,q] for the
+    other taps, over the padded input.
     """
-    xp = get_array_module(xpad)
-    n, c = xpad.shape[0], xpad.shape[3]
+    xp = get_array_module(x)
+    n, c = x.shape[0], x.shape[3]
     kh, kw = taps.shape[:2]
-    out = xp.empty((n, ho, wo, c), dtype=xpad.dtype)
+    out = xp.empty((n, ho, wo, c), dtype=x.dtype)
     if use_tap_loop(xp):
+        xpad = _pad_nhwc(x, ph, pw)
 
         def kernel(start: int, stop: int) -> None:
             chunk, src = out[start:stop], xpad[start:stop]
@@ -220,10 +249,10 @@ def _depthwise(xpad: Array, taps: Array, bias: Array | None, sh: int, sw: int, h
                 chunk += bias
 
     else:
-        win = _windows(xpad, kh, kw, sh, sw, ho, wo)
 
         def kernel(start: int, stop: int) -> None:
-            np.einsum("nhwpqc,pqc->nhwc", win[start:stop], taps, out=out[start:stop])
+            win = _windows(_pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad"), kh, kw, sh, sw, ho, wo)
+            np.einsum("nhwpqc,pqc->nhwc", win, taps, out=out[start:stop])
             if bias is not None:
                 out[start:stop] += bias
 
@@ -231,17 +260,19 @@ def _depthwise(xpad: Array, taps: Array, bias: Array | None, sh: int, sw: int, h
     return out
 
 
-def _depthwise_weight_grad(g: Array, xpad: Array, kh: int, kw: int, sh: int, sw: int) -> Array:
-    """dtaps[p,q,c] = sum_{n,i,j} g[n,i,j,c] * xpad[n, i*sh+p, j*sw+q, c]: per-chunk partial sums, added.
+def _depthwise_weight_grad(g: Array, x: Array, ph: int, pw: int, kh: int, kw: int, sh: int, sw: int) -> Array:
+    """dtaps[p,q,c] = sum_{n,i,j} g[n,i,j,c] * xpad[n, i*sh+p, j*sw+q, c]: per-chunk partial sums, added
+    (xpad: x zero-padded by (ph, pw)).
 
-    NumPy: one einsum over the window view per chunk. Tap loop (CuPy): one fused
-    multiply-and-sum reduction per tap.
+    NumPy: each chunk of images padded into a per-thread buffer, then one einsum over its
+    window view. Tap loop (CuPy): one fused multiply-and-sum reduction per tap.
     """
     xp = get_array_module(g)
     n, ho, wo, c = g.shape
     rows = parallel.chunk_rows(ho * wo * c) if xp is np else n
     partial = xp.empty((-(-n // rows), kh, kw, c), dtype=g.dtype)
     if use_tap_loop(xp):
+        xpad = _pad_nhwc(x, ph, pw)
 
         def kernel(start: int, stop: int) -> None:
             for p in range(kh):
@@ -250,10 +281,10 @@ def _depthwise_weight_grad(g: Array, xpad: Array, kh: int, kw: int, sh: int, sw:
                     partial[start // rows, p, q] = _multiply_sum(g[start:stop], tap)
 
     else:
-        win = _windows(xpad, kh, kw, sh, sw, ho, wo)
 
         def kernel(start: int, stop: int) -> None:
-            np.einsum("nhwc,nhwpqc->pqc", g[start:stop], win[start:stop], out=partial[start // rows])
+            win = _windows(_pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad"), kh, kw, sh, sw, ho, wo)
+            np.einsum("nhwc,nhwpqc->pqc", g[start:stop], win, out=partial[start // rows])
 
     parallel.for_each_chunk(n, ho * wo * c, kernel, xp)
     return partial.sum(axis=0)
@@ -309,21 +340,25 @@ def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> t
                   back onto the input pixels it read (kh*kw strided slice-adds, no scatter)
     Depthwise:  dw[c,p,q] = sum_{n,i,j} G[n,i,j,c] * win[n,i,j,p,q,c]   (one einsum per chunk;
                 on CuPy one fused multiply-and-sum per tap)
+                (win from the cached unpadded input, each chunk padding its own images)
                 dX: with stride 1 every output pixel's gradient flows back to the pixels it
                 read, which is a stride-1 depthwise conv of G (padded by k-1-pad) with the
-                kernel flipped; other strides, and CuPy, slice-add w[c,p,q] * G per tap.
+                kernel flipped, computed for the input's pixels only; other strides, and
+                CuPy, slice-add w[c,p,q] * G per tap.
     Returns (dx, dW, db); db is None when there was no bias, dx is None with
     ``input_grad=False`` (an image fed to the stem needs no gradient: col2im skipped).
     """
-    xpad, weight, has_bias, (sh, sw), (ph, pw), groups, channels_last = cache
+    x, weight, has_bias, (sh, sw), (ph, pw), groups, channels_last = cache
     g = dout if channels_last else dout.transpose(0, 2, 3, 1)
     _n, _ho, _wo, o = g.shape
-    c = xpad.shape[3]
+    c = x.shape[3]
     depthwise, dense = groups == c == o, groups == 1 and not groups == c == o
     db = g.reshape(-1, o).sum(axis=0) if has_bias and not dense else None  # the dense path sums it in its tasks
     if depthwise:
-        dxpad, dw = _depthwise_backward(g, xpad, weight, sh, sw, input_grad)
-    elif dense:
+        dx, dw = _depthwise_backward(g, x, weight, ph, pw, sh, sw, input_grad)
+        return (dx if channels_last or dx is None else dx.transpose(0, 3, 1, 2)), dw, db
+    xpad = x  # dense and grouped convs keep the padded input
+    if dense:
         dxpad, dw, db = _dense_backward(g, xpad, weight, has_bias, sh, sw, input_grad)
     else:
         dxpad, dw = _grouped_backward(g, xpad, weight, groups, sh, sw, input_grad)
@@ -436,26 +471,31 @@ def _grouped_backward(
 
 
 def _depthwise_backward(
-    g: Array, xpad: Array, weight: Array, sh: int, sw: int, input_grad: bool
+    g: Array, x: Array, weight: Array, ph: int, pw: int, sh: int, sw: int, input_grad: bool
 ) -> tuple[Array | None, Array]:
-    """(dxpad, dw) of a depthwise conv: the gradient w.r.t. the padded input, and the weight's."""
+    """(dx, dw) of a depthwise conv of x (unpadded NHWC) zero-padded by (ph, pw).
+
+    dx[y, x] = sum_pq G[y + ph - p, x + pw - q] w[p, q] (stride 1): with G zero-padded by
+    (kh-1-ph, kw-1-pw) that is a stride-1 depthwise conv with the kernel flipped whose
+    output is exactly x's size, so the border's gradient is never computed. Other strides,
+    padding beyond kernel - 1, and the tap loop: each tap adds w[p, q] * G onto the padded
+    input's pixels it read, and the border is cut off.
+    """
     xp = get_array_module(g)
     g = xp.ascontiguousarray(g)
-    _, ho, wo, _c = g.shape
+    n, ho, wo, c = g.shape
+    h, w = x.shape[1:3]
     kh, kw = weight.shape[2:]
-    dtaps = _depthwise_weight_grad(g, xpad, kh, kw, sh, sw)
+    dtaps = _depthwise_weight_grad(g, x, ph, pw, kh, kw, sh, sw)
     dw = xp.ascontiguousarray(dtaps.transpose(2, 0, 1)[:, None])
     if not input_grad:
         return None, dw
     taps = _taps(weight)
-    if sh == sw == 1 and not use_tap_loop(xp):
-        hp, wp = xpad.shape[1:3]
-        gpad = _pad_nhwc(g, kh - 1, kw - 1)  # dxpad[y, x] = sum_pq G[y - p, x - q] w[p, q]
+    if sh == sw == 1 and ph < kh and pw < kw and not use_tap_loop(xp):
         flipped = taps[::-1, ::-1].copy()
-        return _depthwise(gpad, flipped, None, 1, 1, hp, wp), dw
-    # Every stride, and the tap loop: each tap adds w[p, q] * G onto the input pixels it read.
-    dxpad = xp.zeros(xpad.shape, dtype=g.dtype)
+        return _depthwise(g, flipped, None, kh - 1 - ph, kw - 1 - pw, 1, 1, h, w), dw
+    dxpad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=g.dtype)
     for p in range(kh):
         for q in range(kw):
             _multiply_add(_tap(dxpad, p, q, sh, sw, ho, wo), g, taps[p, q])
-    return dxpad, dw
+    return dxpad[:, ph : ph + h, pw : pw + w, :], dw
