@@ -324,7 +324,7 @@ def test_reference_run_shows_progress(image_folder: Path, reference_run: tuple[P
         "| pvt_v2_b0 (CIFAR stem, depths=(1, 1, 1, 1), embed_dims=(8, 16, 16, 16)",
         f"{count_params(model) / 1e6:.3g} M parameters, {count_flops(model, (16, 16)) / 1e6:.3g} MFLOPs/image",
         "| cpu float32, 1 thread |",
-        f"3 epochs of {tf.STEPS_PER_EPOCH} steps | output {out}",
+        f"3 epochs of {tf.STEPS_PER_EPOCH} steps, the first 1 at 12x12 | output {out}",  # progressive resizing
     ):
         assert part in start, f"{part!r} not in the start line: {start}"
     for epoch in (1, 2, 3):
@@ -587,7 +587,10 @@ BAD_FLAGS = [
     (["--time-budget", "1"], "--time-budget: expected no --epochs beside it (the budget chooses the number of "
      "epochs), got --time-budget 1 and --epochs 3"),
     (["--ema-decay", "1"], "--ema-decay: expected a number in (0, 1) (or None: no EMA), got 1.0"),
-    (["--low-res-epochs", "4"], "--low-res-epochs: expected at most the number of epochs (3), got 4"),
+    (["--low-res-epochs", "4"], "--low-res-epochs: expected an integer from 0 to the number of epochs (3) (none "
+     "given: the first half), got 4"),
+    (["--low-res-epochs", "-1"], "--low-res-epochs: expected an integer from 0 to the number of epochs (3) (none "
+     "given: the first half), got -1"),
     (["--low-res-scale", "0"], "--low-res-scale: expected a number in (0, 1] (the low-resolution epochs' size / "
      "the images'), got 0.0"),
     (["--low-res-epochs", "1", "--low-res-scale", "0.05"], "--low-res-scale: expected a scale whose 1x1 images "
@@ -1075,6 +1078,48 @@ def test_train_config_checks_its_fields() -> None:
         trainer_mod.TrainConfig(tta="both")
 
 
+def _seen_sizes(monkeypatch: pytest.MonkeyPatch, trainer: trainer_mod.Trainer) -> list[tuple[int, np.ndarray]]:
+    """(epoch, batch) of every training step the trainer takes, in the returned list."""
+    seen: list[tuple[int, np.ndarray]] = []
+    real_step = trainer_mod.train_step
+
+    def step(model: Any, criterion: Any, optimizer: Any, x: Any, *rest: Any, **kwargs: Any) -> Any:
+        seen.append((trainer.epoch, x.copy()))
+        return real_step(model, criterion, optimizer, x, *rest, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_step", step)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("extra", "low_epochs", "low_size"),
+    [((), 1, (12, 12)), (("--epochs", "5", "--low-res-scale", "0.5"), 2, (8, 8)),
+     (("--low-res-scale", "0.05"), 0, None), (("--low-res-epochs", "0"), 0, None)],
+    ids=["half-of-3", "half-of-5", "too-small-for-the-model", "off"],
+)  # fmt: skip
+def test_low_res_epochs_default_to_the_first_half(
+    extra: tuple[str, ...], low_epochs: int, low_size: tuple[int, int] | None, image_folder: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Without --low-res-epochs the first epochs // 2 train on the reduced batches, where the model takes them
+    (a 1x1 image it does not: then every epoch is at full size, no error); the start line says so."""
+    out = tmp_path / "run"
+    args = tf.train_args(image_folder, out, *extra)
+    trainer = trainer_mod.Trainer(cli_train.config_from_args(cli.build_parser().parse_args(args)), out)
+    seen = _seen_sizes(monkeypatch, trainer)
+    trainer.fit()
+    epochs = trainer.config.epochs
+    assert trainer.config.low_res_epochs == (0 if "--low-res-epochs" in extra else None)
+    assert trainer.low_res_epochs() == low_epochs
+    assert [(epoch, x.shape[2:]) for epoch, x in seen] == [
+        (e, low_size if e < low_epochs else (16, 16)) for e in range(epochs) for _ in range(tf.STEPS_PER_EPOCH)
+    ]
+    start = f"{epochs} epochs of {tf.STEPS_PER_EPOCH} steps"
+    assert start + (f", the first {low_epochs} at {low_size[0]}x{low_size[1]} |" if low_size else " |") in (
+        trainer.summary
+    )
+
+
 def test_low_res_epochs_train_on_resized_batches(
     image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1101,8 +1146,27 @@ def test_low_res_epochs_train_on_resized_batches(
     np.testing.assert_array_equal(seen[-1][1], trainer.train_loader.batch(2, tf.STEPS_PER_EPOCH - 1).x)
     rows = load_checkpoint(out / "last.npz")["history"]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and all(r["test_accuracy"] is not None for r in rows)
-    with pytest.raises(trainer_mod.ConfigError, match=r"low_res_epochs: expected 0 with --time-budget"):
+    with pytest.raises(trainer_mod.ConfigError, match=r"low_res_epochs: expected 0 or none given with --time-budget"):
         trainer_mod.TrainConfig(low_res_epochs=1, time_budget=10)
+
+
+def test_a_run_from_before_low_res_epochs_resumes_without_them(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose config.json and checkpoint predate --low-res-epochs trained at full size: it resumes with 0,
+    not with today's default (the first half at low resolution)."""
+    out = _copy_run(finished_run, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    assert config.pop("low_res_epochs") is None
+    (out / "config.json").write_text(json.dumps(config))
+    ckpt = load_checkpoint(out / "last.npz")
+    del ckpt["config"]["low_res_epochs"]
+    save_checkpoint(out / "last.npz", ckpt)
+    assert cli_train.saved_config(out).low_res_epochs == 0
+    code, stdout, stderr = _main(capsys, ["train", "--resume", "--output", str(out), "--no-progress", "--epochs", "3"])
+    assert code == 1 and "settings differ from its checkpoint: epochs 1 -> 3. " in stderr, stderr  # epochs only
+    code, stdout, stderr = _main(capsys, ["train", "--resume", "--output", str(out), "--no-progress"])
+    assert code == 0 and stdout.startswith("done: test accuracy"), stderr
 
 
 def test_metrics_csv_has_every_rows_columns(tmp_path: Path) -> None:
@@ -1228,6 +1292,10 @@ def test_fit_epochs() -> None:
     assert trainer_mod.fit_epochs(104.9, 10.0, 5.0, 3) == 8  # 9 epochs: 90 s + 3 evaluations = 105 s
     assert trainer_mod.fit_epochs(105.0, 10.0, 5.0, 3) == 9
     assert trainer_mod.fit_epochs(14.9, 10.0, 5.0, 1) == 0 and trainer_mod.fit_epochs(-3.0, 10.0, 5.0, 1) == 0
+    # The first E // 2 epochs at 5 s: 8 epochs cost 4 * 5 + 4 * 10 + 8 evaluations * 5 = 100 s, 9 cost 115 s.
+    assert trainer_mod.fit_epochs(100.0, 10.0, 5.0, 1, 5.0) == 8
+    assert trainer_mod.fit_epochs(99.9, 10.0, 5.0, 1, 5.0) == 7  # 3 * 5 + 4 * 10 + 7 * 5 = 90 s
+    assert trainer_mod.fit_epochs(14.9, 10.0, 5.0, 1, 1.0) == 0  # one epoch has no low-resolution half
 
 
 def _budget_args(image_folder: Path, out: Path, *extra: str) -> list[str]:
@@ -1249,16 +1317,19 @@ def test_time_budget_fits_the_schedule_and_resume_keeps_it(
     continues it from the recorded fit without timing again."""
     out = tmp_path / "budget"
     trainer = trainer_mod.Trainer(_config(_budget_args(image_folder, out, "--time-budget", "0.1")), out)
-    steps = _count_steps(monkeypatch, trainer, stop_at=trainer_mod.PROBE_STEPS + tf.STEPS_PER_EPOCH + 3)
+    stop_at = trainer_mod.PROBE_STEPS + trainer_mod.PROBE_LOW_RES_STEPS + tf.STEPS_PER_EPOCH + 3
+    steps = _count_steps(monkeypatch, trainer, stop_at=stop_at)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
-    assert steps[0] == trainer_mod.PROBE_STEPS + tf.STEPS_PER_EPOCH + 4  # the probe's steps, epoch 1, 4 of epoch 2
+    probe = trainer_mod.PROBE_STEPS + trainer_mod.PROBE_LOW_RES_STEPS  # full size, then the first half's 12x12
+    assert steps[0] == probe + tf.STEPS_PER_EPOCH + 4  # the probe's steps, epoch 1, 4 of epoch 2
     saved = json.loads((out / "config.json").read_text())
     fit = saved["budget_fit"]
     assert saved["time_budget"] == 0.1 and saved["epochs"] == fit["epochs"] >= 2
     epoch_seconds = tf.STEPS_PER_EPOCH * fit["step_seconds"] + fit["write_seconds"]
+    low_epoch_seconds = tf.STEPS_PER_EPOCH * fit["low_res_step_seconds"] + fit["write_seconds"]
     available = 0.1 * 60 * (1 - trainer_mod.BUDGET_MARGIN) - fit["start_seconds"]
-    assert fit["epochs"] == trainer_mod.fit_epochs(available, epoch_seconds, fit["eval_seconds"], 1)
+    assert fit["epochs"] == trainer_mod.fit_epochs(available, epoch_seconds, fit["eval_seconds"], 1, low_epoch_seconds)
     assert load_checkpoint(out / "last.npz")["schedule"]["total_steps"] == fit["epochs"] * tf.STEPS_PER_EPOCH
 
     def no_second_probe(self: Any) -> None:

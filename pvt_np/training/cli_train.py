@@ -15,7 +15,7 @@ from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
 from pvt_np.models import list_models
 from pvt_np.training.checkpoint import CheckpointError
-from pvt_np.training.trainer import TrainConfig, Trainer, TrainingError
+from pvt_np.training.trainer import ABSENT_FIELD_VALUES, TrainConfig, Trainer, TrainingError
 from pvt_np.training.validation import TTA_MODES, ConfigError
 
 DEFAULTS = TrainConfig()
@@ -116,7 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TrivialAugment after the crop and flip: one colour or geometric op per image")  # fmt: skip
     d.add_argument("--low-res-epochs", action=_Given, type=int, default=DEFAULTS.low_res_epochs, metavar="N",
                    help="progressive resizing: train the first N epochs on images resized by --low-res-scale "
-                   "(cheaper steps), then at full size (0: off)")  # fmt: skip
+                   "(cheaper steps), then at full size (none given: the first half of the epochs; 0: off)")  # fmt: skip
     d.add_argument("--low-res-scale", action=_Given, type=float, default=DEFAULTS.low_res_scale, metavar="S",
                    help="size of the low-resolution epochs' images over the images' own, in (0, 1]")  # fmt: skip
     d.add_argument("--mixup", action=_Given, type=float, default=DEFAULTS.mixup, help="mixup alpha (0: off)")
@@ -241,6 +241,8 @@ def saved_config(run_dir: Path) -> TrainConfig | None:
             raise ValueError(f"expected a JSON object, got {type(saved).__name__}")
         known = {f.name for f in fields(TrainConfig)}
         values = {k: v for k, v in saved.items() if k in known}
+        for k, v in ABSENT_FIELD_VALUES.items():  # a run from before the setting existed ran without it
+            values.setdefault(k, v)
         # JSON has no tuples: sr_ratios=[4, 2, 1, 1] back to the (4, 2, 1, 1) the options give.
         overrides = values.get("model_overrides") or {}
         values["model_overrides"] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}

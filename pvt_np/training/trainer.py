@@ -60,7 +60,7 @@ class TrainConfig:
     data_path: str = "data"
     download: bool = False
     cache_dir: str | None = None  # decoded image-folder cache; None: $XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np
-    epochs: int = 25  # with time_budget: replaced by the number of epochs fitted to the budget
+    epochs: int = 28  # with time_budget: replaced by the number of epochs fitted to the budget
     batch_size: int = 128
     lr: float = 2e-3
     min_lr: float = 1e-5
@@ -76,8 +76,9 @@ class TrainConfig:
     cutmix: float = 0.0
     trivial_augment: bool = False  # TrivialAugment after the crop and flip (see pvt_np.data.trivial_augment)
     # Progressive resizing: the first low_res_epochs train on the augmented batches resized by low_res_scale
-    # (antialiased bilinear, see pvt_np.data.resize_bilinear), cheaper steps; then full size. 0: off.
-    low_res_epochs: int = 0
+    # (antialiased bilinear, see pvt_np.data.resize_bilinear), cheaper steps; then full size. None: the first
+    # half of the epochs (epochs // 2) where the model takes the reduced images, else none; 0: off.
+    low_res_epochs: int | None = None
     low_res_scale: float = 0.75
     device: str = "cpu"
     dtype: str = "float32"
@@ -128,18 +129,35 @@ TRAJECTORY_FIELDS = (
 PROBE_STEPS = 12
 PROBE_EVAL_BATCHES = 2
 BUDGET_MARGIN = 0.03
+# With progressive resizing, also PROBE_LOW_RES_STEPS steps on the reduced images (the first untimed: new shapes).
+PROBE_LOW_RES_STEPS = 6
+
+# A run from before a trajectory setting existed ran without it. Where the setting's default is not "without"
+# (low_res_epochs: None halves the epochs at low resolution), this is the value such a run is resumed with.
+ABSENT_FIELD_VALUES: dict[str, Any] = {"low_res_epochs": 0}
 
 
-def fit_epochs(available: float, epoch_seconds: float, eval_seconds: float, eval_every: int) -> int:
+def fit_epochs(
+    available: float,
+    epoch_seconds: float,
+    eval_seconds: float,
+    eval_every: int,
+    low_res_epoch_seconds: float | None = None,
+) -> int:
     """The most epochs E whose cost, E * epoch_seconds plus eval_seconds for each evaluation (after every
-    eval_every-th epoch and after the last), is at most ``available`` seconds (0 if not even one fits)."""
+    eval_every-th epoch and after the last), is at most ``available`` seconds (0 if not even one fits).
+
+    With ``low_res_epoch_seconds`` the first E // 2 epochs (progressive resizing's default) cost that instead.
+    """
 
     def cost(epochs: int) -> float:
         evaluations = epochs // eval_every + (epochs % eval_every != 0)
-        return epochs * epoch_seconds + evaluations * eval_seconds
+        low = epochs // 2 if low_res_epoch_seconds is not None else 0
+        return low * (low_res_epoch_seconds or 0.0) + (epochs - low) * epoch_seconds + evaluations * eval_seconds
 
-    # cost(E) >= E * (epoch_seconds + eval_seconds / eval_every): a bound to count down from.
-    epochs = max(int(available / max(epoch_seconds + eval_seconds / eval_every, 1e-9)), 0)
+    # Every epoch costs at least the cheaper of the two, plus its share of the evaluations: a bound to count down from.
+    cheapest = min(epoch_seconds, epoch_seconds if low_res_epoch_seconds is None else low_res_epoch_seconds)
+    epochs = max(int(available / max(cheapest + eval_seconds / eval_every, 1e-9)), 0)
     while epochs > 0 and cost(epochs) > available:
         epochs -= 1
     return epochs
@@ -344,15 +362,21 @@ class Trainer:
             mean=mean, std=std, dtype=cfg.dtype,
         )  # fmt: skip
         self.model = build_model(cfg, self.num_classes, self.train_set.image_size)
-        if cfg.low_res_epochs:
+        # Whether the default (None) trains the first half of the epochs at low resolution: only where the
+        # reduced images differ from the images and the model takes them. Typed epochs must be possible.
+        self.low_res_default = False
+        if cfg.low_res_epochs != 0:
             low = self._low_res_size()
             try:
                 self.model.feature_sizes(*low)
+                self.low_res_default = low != tuple(self.train_set.image_size)
             except ValueError as err:
-                raise ConfigError(
-                    "low_res_scale", f"a scale whose {low[0]}x{low[1]} images {cfg.model} can take ({_reason(err)})",
-                    cfg.low_res_scale,
-                ) from err  # fmt: skip
+                if cfg.low_res_epochs is not None:
+                    raise ConfigError(
+                        "low_res_scale",
+                        f"a scale whose {low[0]}x{low[1]} images {cfg.model} can take ({_reason(err)})",
+                        cfg.low_res_scale,
+                    ) from err
         # What predict needs to prepare an image as this run's were; saved with the weights.
         self.model.meta = ModelMeta(
             classes=self.train_set.classes, input_size=self.train_set.image_size, mean=mean, std=std
@@ -399,16 +423,24 @@ class Trainer:
         model = build_model(cfg, self.num_classes, self.train_set.image_size)
         optimizer = AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
         model.train()
-        done = [time.monotonic()]  # the probe's start, then the end of each step
-        for k in range(min(PROBE_STEPS, steps_per_epoch)):
-            x, y = self.train_loader.batch(0, k)
-            backend.manual_seed(backend.derive_seed(cfg.seed, 0, k, 1))
-            loss, _ = train_step(model, self.criterion, optimizer, x, y, cfg.clip_grad, self.allreduce)
-            float(loss)  # wait for the device
-            done.append(time.monotonic())
-        # The first step allocates and warms caches: time from the second on (when there is one).
-        timed = done[1:] if len(done) > 2 else done
-        step_seconds = (timed[-1] - timed[0]) / (len(timed) - 1)
+
+        def seconds_per_step(steps: int, size: tuple[int, int] | None) -> float:
+            done = [time.monotonic()]  # the probe's start, then the end of each step
+            for k in range(min(steps, steps_per_epoch)):
+                x, y = self.train_loader.batch(0, k)
+                if size is not None:
+                    x = resize_bilinear(x, size)
+                backend.manual_seed(backend.derive_seed(cfg.seed, 0, k, 1))
+                loss, _ = train_step(model, self.criterion, optimizer, x, y, cfg.clip_grad, self.allreduce)
+                float(loss)  # wait for the device
+                done.append(time.monotonic())
+            # The first step allocates and warms caches: time from the second on (when there is one).
+            timed = done[1:] if len(done) > 2 else done
+            return (timed[-1] - timed[0]) / (len(timed) - 1)
+
+        step_seconds = seconds_per_step(PROBE_STEPS, None)
+        low_res = cfg.low_res_epochs is None and self.low_res_default  # (typed epochs are refused with a budget)
+        low_step_seconds = seconds_per_step(PROBE_LOW_RES_STEPS, self._low_res_size()) if low_res else 0.0
         now = time.monotonic()
         model.eval()
         eval_batches = min(PROBE_EVAL_BATCHES, len(self.test_loader))
@@ -430,13 +462,14 @@ class Trainer:
         elapsed = time.monotonic() - self.started
         if self.world.size > 1:  # rank 0's measurements, on every rank
             root = self.world.is_root
-            step_seconds, eval_seconds, write_seconds, elapsed = (
+            step_seconds, low_step_seconds, eval_seconds, write_seconds, elapsed = (
                 self.world.allreduce_sum(v if root else 0.0)
-                for v in (step_seconds, eval_seconds, write_seconds, elapsed)
+                for v in (step_seconds, low_step_seconds, eval_seconds, write_seconds, elapsed)
             )
         available = cfg.time_budget * 60.0 * (1.0 - BUDGET_MARGIN) - elapsed
         epoch_seconds = steps_per_epoch * step_seconds + write_seconds
-        epochs = fit_epochs(available, epoch_seconds, eval_seconds, cfg.eval_every)
+        low_epoch_seconds = steps_per_epoch * low_step_seconds + write_seconds if low_res else None
+        epochs = fit_epochs(available, epoch_seconds, eval_seconds, cfg.eval_every, low_epoch_seconds)
         if epochs < max(cfg.warmup_epochs, 1):
             raise TrainingError(
                 f"--time-budget {cfg.time_budget:g} minutes holds {epochs} epochs here, fewer than "
@@ -451,6 +484,8 @@ class Trainer:
             "epochs": epochs, "step_seconds": step_seconds, "eval_seconds": eval_seconds,
             "write_seconds": write_seconds, "start_seconds": elapsed,
         }  # fmt: skip
+        if low_res:
+            fit["low_res_step_seconds"] = low_step_seconds
         self.config = replace(cfg, epochs=epochs, budget_fit=fit)
         self._build_schedule()
 
@@ -484,17 +519,23 @@ class Trainer:
         fitted = ""
         if cfg.budget_fit is not None:
             fit = cfg.budget_fit
+            low_step = ""
+            if "low_res_step_seconds" in fit:
+                low_step = f" ({fit['low_res_step_seconds']:.3g} at low resolution)"
             fitted = (
-                f" (fitted to --time-budget {cfg.time_budget:g} minutes: {fit['step_seconds']:.3g} s/step, "
+                f" (fitted to --time-budget {cfg.time_budget:g} minutes: {fit['step_seconds']:.3g} s/step{low_step}, "
                 f"{fit['eval_seconds']:.3g} s/evaluation, {fit['start_seconds']:.0f} s to start)"
             )
+        low_epochs = self.low_res_epochs()
+        low = self._low_res_size()
+        low_res = f", the first {low_epochs} at {low[0]}x{low[1]}" if low_epochs else ""
         return (
             f"{where}: {cfg.dataset} at {cfg.data_path} ({len(self.train_set)} training / {len(self.test_set)} test "
             f"images of {h}x{w}, {self.num_classes} classes) | {cfg.model} "
             f"({'CIFAR' if cfg.cifar_stem else 'ImageNet'} stem{overrides}): "
             f"{count_params(self.model) / 1e6:.3g} M parameters, {count_flops(self.model, (h, w)) / 1e6:.3g} "
             f"MFLOPs/image | {cfg.device} {cfg.dtype}{threads} | {cfg.epochs} epochs of {len(self.train_loader)} "
-            f"steps{fitted} | output {self.out}"
+            f"steps{low_res}{fitted} | output {self.out}"
         )
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -507,8 +548,9 @@ class Trainer:
                 f"{ckpt.get('num_classes')} classes, this run asks for {mine} with {self.num_classes} classes"
             )
         current = _jsonable(asdict(self.config))
-        # A setting added after the run was started is absent from its checkpoint: the run had its default.
-        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        # A setting added after the run was started is absent from its checkpoint: the run had its default
+        # (or, where the default is not "without it", the ABSENT_FIELD_VALUES value).
+        defaults = {f.name: f.default for f in fields(TrainConfig)} | ABSENT_FIELD_VALUES
         recorded = {k: saved.get(k, defaults[k]) for k in TRAJECTORY_FIELDS}
         changed = [f"{k} {recorded[k]!r} -> {current[k]!r}" for k in TRAJECTORY_FIELDS if recorded[k] != current[k]]
         if changed:
@@ -596,6 +638,14 @@ class Trainer:
         """The image size of the low-resolution epochs: the training images' size times low_res_scale, rounded."""
         return tuple(max(1, round(side * self.config.low_res_scale)) for side in self.train_set.image_size)
 
+    def low_res_epochs(self) -> int:
+        """How many of the first epochs train on reduced images: config.low_res_epochs, or where that is None
+        (the default) the first half, epochs // 2, if the reduced images differ and the model takes them."""
+        cfg = self.config
+        if cfg.low_res_epochs is not None:
+            return cfg.low_res_epochs
+        return cfg.epochs // 2 if self.low_res_default else 0
+
     def _train_epoch(self) -> bool:
         """Run the rest of the current epoch; True if stopped by Ctrl-C."""
         from tqdm import tqdm
@@ -613,7 +663,7 @@ class Trainer:
         pending = 0
         start_time = time.perf_counter()
         try:
-            low_res = self._low_res_size() if self.epoch < cfg.low_res_epochs else None
+            low_res = self._low_res_size() if self.epoch < self.low_res_epochs() else None
             for x, y in loader.epoch(self.epoch, start_batch=self.batch):
                 if low_res is not None:
                     x = resize_bilinear(x, low_res)

@@ -95,15 +95,19 @@ def check_train_config(config: Any) -> None:
         raise ConfigError("time_budget", "a number of minutes > 0 (or None: train --epochs)", config.time_budget)
     if config.budget_fit is not None and not isinstance(config.budget_fit, dict):
         raise ConfigError("budget_fit", "None or the record of a time-budget fit (a dict)", config.budget_fit)
-    _int_at_least(config, "low_res_epochs", 0)
-    if config.low_res_epochs > config.epochs:
-        raise ConfigError("low_res_epochs", f"at most the number of epochs ({config.epochs})", config.low_res_epochs)
+    low_res = config.low_res_epochs
+    if low_res is not None and (not _is_int(low_res) or not 0 <= low_res <= config.epochs):
+        raise ConfigError(
+            "low_res_epochs", f"an integer from 0 to the number of epochs ({config.epochs}) (none given: the first "
+            "half)", low_res,
+        )  # fmt: skip
     if not _is_real(config.low_res_scale) or not 0 < config.low_res_scale <= 1:
         raise ConfigError("low_res_scale", "a number in (0, 1] (the low-resolution epochs' size / the images')",
                           config.low_res_scale)  # fmt: skip
     if config.low_res_epochs and config.time_budget is not None:
         raise ConfigError(
-            "low_res_epochs", "0 with --time-budget (the budget's probe times full-size steps only)",
+            "low_res_epochs", "0 or none given with --time-budget (it then fits the epochs with their first half at "
+            "low resolution itself)",
             config.low_res_epochs,
         )  # fmt: skip
     if config.trivial_augment not in (True, False):
