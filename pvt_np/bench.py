@@ -23,6 +23,11 @@ neighbour process shares the machine (a single-threaded busy loop, a NumPy GEMM 
 framework's defaults) and reports the slowdown against the quiet step: how the
 framework behaves when its cores are not its own.
 
+``--rounds R`` runs every (config, framework) pair R times, the pairs interleaved in each round (pvt_np,
+torch, pvt_np, torch, ...), and reports the median of the rounds; a ratio is the median of the rounds'
+own ratios, with their range: this machine's speed drifts by +-15 % between runs, and a ratio taken within
+a round, between two processes a few seconds apart, cancels most of it.
+
 ``--device gpu`` times CuPy against torch CUDA eager, both in float32 without
 TF32 (CuPy does not use it unless ``CUPY_TF32=1``; torch's cuDNN does by default,
 so the worker turns it off), each timed iteration ending with a device
@@ -71,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks")
     p.add_argument("--repeats", type=int, default=10, help="timed iterations per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
+    p.add_argument("--rounds", type=_positive_int, default=1,
+                   help="time every pair this many times, interleaved; medians and each ratio's range")  # fmt: skip
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
     p.add_argument("--neighbour", nargs="+", choices=NEIGHBOURS, default=[],
                    help="also time each training step beside this process: loop (a single-threaded busy loop), "
@@ -80,6 +87,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS)
     p.add_argument("--step-only", action="store_true", help=argparse.SUPPRESS)  # worker: the training step alone
     p.add_argument("--neighbour-run", choices=NEIGHBOURS, help=argparse.SUPPRESS)  # be the neighbour until killed
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,34 +115,38 @@ def run(args: argparse.Namespace) -> int:
     configs = args.configs or list(GPU_CONFIGS if args.device == "gpu" else CPU_CONFIGS)
     report: dict[str, Any] = {"machine": machine_info(args.device, args.threads), "results": []}
     failed = False
-    for config in configs:
-        for framework in args.frameworks:
-            print(f"timing {framework} {config} ...", file=sys.stderr, flush=True)
-            try:
-                report["results"].append(_spawn(framework, config, args))
-            except RuntimeError as err:  # report it and go on: one failing pair must not lose the others
-                print(f"pvt-np bench: {err}", file=sys.stderr, flush=True)
-                report["results"].append({"framework": framework, "config": config, "error": str(err)[-3000:]})
-                failed = True
-            if args.json:  # after every pair, so a run stopped early keeps what it measured
-                _write_json(args.json, report)
-            quiet = report["results"][-1]
-            for kind in args.neighbour if "error" not in quiet else []:
-                print(f"timing {framework} {config} beside {kind} ...", file=sys.stderr, flush=True)
+    rounds = getattr(args, "rounds", 1)
+    for round_number in range(1, rounds + 1):
+        for config in configs:
+            for framework in args.frameworks:
+                of = f" (round {round_number} of {rounds})" if rounds > 1 else ""
+                print(f"timing {framework} {config}{of} ...", file=sys.stderr, flush=True)
                 try:
-                    with _neighbour(kind, args.threads):
-                        beside = _spawn(framework, config, args, step_only=True)
-                except RuntimeError as err:
+                    result = _spawn(framework, config, args)
+                except RuntimeError as err:  # report it and go on: one failing pair must not lose the others
                     print(f"pvt-np bench: {err}", file=sys.stderr, flush=True)
+                    result = {"framework": framework, "config": config, "error": str(err)[-3000:]}
                     failed = True
-                    continue
-                report.setdefault("beside", []).append({
-                    "config": config, "framework": framework, "neighbour": kind,
-                    "quiet_ms": quiet["train_step_ms"], "beside_ms": beside["train_step_ms"],
-                    "slowdown": beside["train_step_ms"] / quiet["train_step_ms"],
-                })  # fmt: skip
-                if args.json:
+                report["results"].append({**result, "round": round_number})
+                if args.json:  # after every pair, so a run stopped early keeps what it measured
                     _write_json(args.json, report)
+                quiet = report["results"][-1]
+                for kind in args.neighbour if "error" not in quiet else []:
+                    print(f"timing {framework} {config} beside {kind}{of} ...", file=sys.stderr, flush=True)
+                    try:
+                        with _neighbour(kind, args.threads):
+                            beside = _spawn(framework, config, args, step_only=True)
+                    except RuntimeError as err:
+                        print(f"pvt-np bench: {err}", file=sys.stderr, flush=True)
+                        failed = True
+                        continue
+                    report.setdefault("beside", []).append({
+                        "config": config, "framework": framework, "neighbour": kind, "round": round_number,
+                        "quiet_ms": quiet["train_step_ms"], "beside_ms": beside["train_step_ms"],
+                        "slowdown": beside["train_step_ms"] / quiet["train_step_ms"],
+                    })  # fmt: skip
+                    if args.json:
+                        _write_json(args.json, report)
     print(format_report(report))
     return 1 if failed else 0
 
@@ -491,6 +512,16 @@ def _op_label(call: Any) -> str:
 # -- the report -----------------------------------------------------------------
 
 
+_REPORTED = ("forward_ms", "forward_backward_ms", "train_step_ms", "img_per_s", "peak_memory_mb")
+
+
+def _ratios(values: list[float]) -> str:
+    """One ratio as is; several as their median and range."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
 def format_report(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -499,22 +530,39 @@ def format_report(report: dict[str, Any]) -> str:
         f"versions: python {m['python']}, numpy {m['numpy']}, torch {m['torch']}"
         + (f", cupy {m.get('cupy')}" if m["device"] == "gpu" else ""),
         "",
-        f"{'config':<14} {'framework':<7} {'fwd ms':>8} {'fwd+bwd ms':>11} {'step ms':>8} "
-        f"{'img/s':>7} {'peak MB':>8} {'step ratio':>10} {'mem ratio':>9}",
     ]
-    by_key = {(r["config"], r["framework"]): r for r in report["results"] if "error" not in r}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in report["results"]:
-        if "error" in r:
-            lines.append(f"{r['config']:<14} {r['framework']:<7} failed: {r['error'].strip().splitlines()[-1]}")
+        groups.setdefault((r["config"], r["framework"]), []).append(r)
+    rounds = max((len(rows) for rows in groups.values()), default=1)
+    width = 10 if rounds == 1 else 18
+    if rounds > 1:
+        lines.insert(-1, f"medians of {rounds} interleaved rounds; ratios: median of the rounds' ratios (min-max)")
+    lines.append(
+        f"{'config':<14} {'framework':<7} {'fwd ms':>8} {'fwd+bwd ms':>11} {'step ms':>8} "
+        f"{'img/s':>7} {'peak MB':>8} {'step ratio':>{width}} {'mem ratio':>{width}}"
+    )
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}  # the first good result of each pair (its op shares)
+    for (config, framework), rows in groups.items():
+        for r in rows:
+            if "error" in r:
+                lines.append(f"{config:<14} {framework:<7} failed: {r['error'].strip().splitlines()[-1]}")
+        good = [r for r in rows if "error" not in r]
+        if not good:
             continue
-        ref = by_key.get((r["config"], "torch"))
+        by_key[config, framework] = good[0]
+        med = {k: statistics.median(r[k] for r in good) for k in _REPORTED}
         ratio = mem_ratio = ""
-        if r["framework"] == "pvt_np" and ref:
-            ratio = f"{r['train_step_ms'] / ref['train_step_ms']:.2f}"
-            mem_ratio = f"{r['peak_memory_mb'] / max(ref['peak_memory_mb'], 1e-9):.2f}"
+        if framework == "pvt_np":
+            torch_by_round = {r.get("round", 1): r for r in groups.get((config, "torch"), []) if "error" not in r}
+            pairs = [(r, torch_by_round[r.get("round", 1)]) for r in good if r.get("round", 1) in torch_by_round]
+            if pairs:
+                ratio = _ratios([a["train_step_ms"] / b["train_step_ms"] for a, b in pairs])
+                mem_ratio = _ratios([a["peak_memory_mb"] / max(b["peak_memory_mb"], 1e-9) for a, b in pairs])
         lines.append(
-            f"{r['config']:<14} {r['framework']:<7} {r['forward_ms']:8.1f} {r['forward_backward_ms']:11.1f} "
-            f"{r['train_step_ms']:8.1f} {r['img_per_s']:7.0f} {r['peak_memory_mb']:8.0f} {ratio:>10} {mem_ratio:>9}"
+            f"{config:<14} {framework:<7} {med['forward_ms']:8.1f} {med['forward_backward_ms']:11.1f} "
+            f"{med['train_step_ms']:8.1f} {med['img_per_s']:7.0f} {med['peak_memory_mb']:8.0f} "
+            f"{ratio:>{width}} {mem_ratio:>{width}}"
         )
     if report.get("beside"):
         lines += [

@@ -304,6 +304,39 @@ def test_bench_keeps_going_after_a_failed_worker(monkeypatch: pytest.MonkeyPatch
     assert "b2_li-224" in text and "step ratio" in text
 
 
+def test_bench_rounds_interleave_and_report_medians_and_ratio_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--rounds 3: the pairs run pvt_np, torch, pvt_np, torch, ...; the table holds each pair's median and the
+    median of the rounds' own pvt_np / torch ratios with their range (a drifting machine cancels within a round)."""
+    from pvt_np import bench
+
+    order: list[tuple[str, str]] = []
+    drift = {1: 1.0, 2: 1.5, 3: 0.8}  # the whole machine slower or faster in each round
+    pvt_step, torch_step = {1: 100.0, 2: 100.0, 3: 90.0}, {1: 100.0, 2: 80.0, 3: 100.0}
+
+    def fake_spawn(framework: str, config: str, args: Any) -> dict[str, Any]:
+        order.append((framework, config))
+        r = 1 + (len(order) - 1) // 4  # 2 configs x 2 frameworks per round
+        step = (pvt_step if framework == "pvt_np" else torch_step)[r] * drift[r]
+        return {**_fake_result(framework, config), "train_step_ms": step, "peak_memory_mb": 10.0 * r}
+
+    monkeypatch.setattr(bench, "_spawn", fake_spawn)
+    monkeypatch.setattr(bench, "machine_info", _fake_machine)
+    reports: list[str] = []
+    monkeypatch.setattr(bench, "format_report", lambda report: reports.append(report) or "")
+    assert bench.run(_bench_args("--configs", "b0-cifar", "b0-224", "--rounds", "3")) == 0
+    assert order == [("pvt_np", "b0-cifar"), ("torch", "b0-cifar"), ("pvt_np", "b0-224"), ("torch", "b0-224")] * 3
+    report = reports[0]
+    assert [r["round"] for r in report["results"]] == [1] * 4 + [2] * 4 + [3] * 4
+    monkeypatch.undo()
+    text = bench.format_report(report)
+    assert "medians of 3 interleaved rounds" in text
+    # pvt_np's steps 100, 150, 72 -> median 100; torch's 100, 120, 80 -> 100; the rounds' ratios 1.00, 1.25, 0.90.
+    row = next(line for line in text.splitlines() if line.startswith("b0-cifar       pvt_np"))
+    assert row.split()[4] == "100.0" and "1.00 (0.90-1.25)" in row and "1.00 (1.00-1.00)" in row, row
+    with pytest.raises(SystemExit):
+        _bench_args("--rounds", "0")
+
+
 # -- the GPU extras and the one-run device script ---------------------------------------------------
 REPO = Path(__file__).resolve().parent.parent
 
