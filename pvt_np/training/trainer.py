@@ -638,6 +638,13 @@ class Trainer:
         """The image size of the low-resolution epochs: the training images' size times low_res_scale, rounded."""
         return tuple(max(1, round(side * self.config.low_res_scale)) for side in self.train_set.image_size)
 
+    def _at_low_res(self, epoch: int) -> str:
+        """' at HxW' for an epoch (from 0) that trains on reduced images, for the progress lines; else ''."""
+        if epoch >= self.low_res_epochs():
+            return ""
+        h, w = self._low_res_size()
+        return f" at {h}x{w}"
+
     def low_res_epochs(self) -> int:
         """How many of the first epochs train on reduced images: config.low_res_epochs, or where that is None
         (the default) the first half, epochs // 2, if the reduced images differ and the model takes them."""
@@ -654,8 +661,9 @@ class Trainer:
         loader = self.train_loader
         xp = backend.get_array_module(self.model.patch_embed.proj.weight.data)
         self.model.train()
+        desc = f"epoch {self.epoch + 1}/{cfg.epochs}{self._at_low_res(self.epoch)}"
         bar = tqdm(
-            total=len(loader), initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            total=len(loader), initial=self.batch, desc=desc,
             disable=not cfg.progress, dynamic_ncols=True, leave=True,
         )  # fmt: skip
         losses = xp.zeros(max(cfg.log_every, 1), dtype=np.float64)
@@ -822,8 +830,8 @@ class Trainer:
                     scores += f" | EMA test loss {ema['loss']:.4f} acc {ema['accuracy']:.4f}"
             best = {None: "", "raw": " (best)", "ema": " (best: EMA)"}[best_weights]
             print(
-                f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                f"{scores} | {row['img_per_s']:.0f} img/s{best}",
+                f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+                f"{self._at_low_res(row['epoch'] - 1)} | {scores} | {row['img_per_s']:.0f} img/s{best}",
                 flush=True,
             )
 
