@@ -156,7 +156,7 @@ def fit_epochs(
         return low * (low_res_epoch_seconds or 0.0) + (epochs - low) * epoch_seconds + evaluations * eval_seconds
 
     # Every epoch costs at least the cheaper of the two, plus its share of the evaluations: a bound to count down from.
-    cheapest = min(epoch_seconds, epoch_seconds if low_res_epoch_seconds is None else low_res_epoch_seconds)
+    cheapest = epoch_seconds if low_res_epoch_seconds is None else min(epoch_seconds, low_res_epoch_seconds)
     epochs = max(int(available / max(cheapest + eval_seconds / eval_every, 1e-9)), 0)
     while epochs > 0 and cost(epochs) > available:
         epochs -= 1
