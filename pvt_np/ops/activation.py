@@ -165,16 +165,17 @@ def _gelu_erf_float32(x: np.ndarray, need_grad: bool) -> tuple[np.ndarray, np.nd
 
 
 def relu_forward(x: Array, *, who: str = "relu") -> tuple[Array, Any]:
-    """y = max(x, 0). The cache is the boolean mask x > 0 (1 byte per element)."""
+    """y = max(x, 0). The cache is y itself: y > 0 exactly where x > 0, and y is kept anyway by
+    whatever reads it next (PVT v2's linear variant: the depthwise conv), so it costs no memory."""
     check_array(x, who)
     xp = get_array_module(x)
-    mask = x > 0
-    return xp.maximum(x, 0), mask
+    y = xp.maximum(x, 0)
+    return y, y
 
 
 def relu_backward(dout: Array, cache: Any) -> Array:
-    """dx = dout where x > 0, else 0 (torch's convention: the gradient at 0 is 0)."""
-    return dout * cache
+    """dx = dout where x > 0 (read as y > 0), else 0 (torch's convention: the gradient at 0 is 0)."""
+    return dout * (cache > 0)
 
 
 def softmax(x: Array, axis: int = -1, in_place: bool = False) -> Array:
