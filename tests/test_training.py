@@ -1079,7 +1079,7 @@ def test_train_config_checks_its_fields() -> None:
         trainer_mod.TrainConfig(tta="both")
 
 
-def _seen_sizes(monkeypatch: pytest.MonkeyPatch, trainer: trainer_mod.Trainer) -> list[tuple[int, np.ndarray]]:
+def _seen_batches(monkeypatch: pytest.MonkeyPatch, trainer: trainer_mod.Trainer) -> list[tuple[int, np.ndarray]]:
     """(epoch, batch) of every training step the trainer takes, in the returned list."""
     seen: list[tuple[int, np.ndarray]] = []
     real_step = trainer_mod.train_step
@@ -1107,7 +1107,7 @@ def test_low_res_epochs_default_to_the_first_half(
     out = tmp_path / "run"
     args = tf.train_args(image_folder, out, *extra)
     trainer = trainer_mod.Trainer(cli_train.config_from_args(cli.build_parser().parse_args(args)), out)
-    seen = _seen_sizes(monkeypatch, trainer)
+    seen = _seen_batches(monkeypatch, trainer)
     trainer.fit()
     epochs = trainer.config.epochs
     assert trainer.config.low_res_epochs == (0 if "--low-res-epochs" in extra else None)
@@ -1129,14 +1129,7 @@ def test_low_res_epochs_train_on_resized_batches(
     out = tmp_path / "run"
     args = tf.train_args(image_folder, out, "--no-progress", "--low-res-epochs", "2", "--low-res-scale", "0.75")
     trainer = trainer_mod.Trainer(cli_train.config_from_args(cli.build_parser().parse_args(args)), out)
-    seen: list[tuple[int, np.ndarray]] = []
-    real_step = trainer_mod.train_step
-
-    def step(model: Any, criterion: Any, optimizer: Any, x: Any, *rest: Any, **kwargs: Any) -> Any:
-        seen.append((trainer.epoch, x.copy()))
-        return real_step(model, criterion, optimizer, x, *rest, **kwargs)
-
-    monkeypatch.setattr(trainer_mod, "train_step", step)
+    seen = _seen_batches(monkeypatch, trainer)
     trainer.fit()
     assert [(epoch, x.shape[2:]) for epoch, x in seen] == [
         (e, (12, 12) if e < 2 else (16, 16)) for e in range(3) for _ in range(tf.STEPS_PER_EPOCH)
