@@ -293,7 +293,8 @@ def test_cupy_objects_have_the_methods_pvt_np_calls() -> None:
     """Methods called on CuPy objects rather than on the module (the collector sees only module chains).
 
     pvt_np.data.staging: ndarray.set(host, stream=...), Stream.record() and Event.synchronize();
-    pvt_np.bench: the memory pool's malloc / used_bytes / total_bytes / free_all_blocks and cuda.set_allocator.
+    pvt_np.bench: the memory pool's malloc / used_bytes / total_bytes / free_all_blocks and cuda.set_allocator;
+    pvt_np.ops.cuda: RawModule.get_function.
     """
     cp = _import_cupy()
     assert {"set"} <= set(dir(cp.ndarray))
@@ -301,8 +302,9 @@ def test_cupy_objects_have_the_methods_pvt_np_calls() -> None:
     assert hasattr(cp.cuda, "set_allocator") and hasattr(cp, "get_default_memory_pool")
     for method in ("malloc", "used_bytes", "total_bytes", "free_all_blocks"):
         assert hasattr(cp.cuda.MemoryPool, method), method
+    assert hasattr(cp.RawModule, "get_function")
     xp_chains, _, _ = collect_api(PACKAGE_DIR)
-    for chain in ("cuda.alloc_pinned_memory", "cuda.get_current_stream", "cuda.Device", "ReductionKernel", "uint64"):
+    for chain in ("cuda.alloc_pinned_memory", "cuda.get_current_stream", "cuda.Device", "RawModule", "uint64"):
         assert chain in xp_chains, f"{chain} is not collected from pvt_np"
 
 

@@ -1,6 +1,7 @@
 """The GPU's code paths, run on NumPy: what can be checked of them without a device.
 
-* the depthwise conv's tap loop (CuPy's path) against the einsum path, forward and both gradients;
+* the CUDA kernels of pvt_np.ops.cuda, compiled for the host (tests/cuda_harness.py), against the NumPy
+  path: the depthwise conv, layer norm, GELU, AdamW, and a whole b0 forward and backward;
 * the counter-based device generator against an independent scalar SplitMix64, and its re-keying;
 * manual_seed re-keys the device generator instead of rebuilding it (with a stand-in CuPy module);
 * the cached adaptive-pooling matrices;
@@ -13,16 +14,22 @@ import types
 from pathlib import Path
 from typing import Any
 
+import cuda_harness
 import numpy as np
 import pytest
 from helpers import assert_close, randn
 
+import pvt_np
 from pvt_np import backend, manual_seed, ops
 from pvt_np.counter_rng import MASK_64, CounterRng, mix64
 from pvt_np.data import Augment, BatchLoader, staging
-from pvt_np.ops import conv, parallel, pooling
+from pvt_np.nn import CrossEntropyLoss
+from pvt_np.nn.module import Parameter
+from pvt_np.ops import conv, cuda, parallel, pooling
+from pvt_np.optim import AdamW
 
-TAP_LOOP_TOL = 1e-12  # float64, the same products summed in another order
+KERNEL_F64_TOL = 1e-12  # float64, the same products summed in another order
+KERNEL_F32_TOL = 1e-5  # float32: the NumPy path's BLAS sums in another order (helpers.F32_TOL)
 
 # n, c, (h, w), (kh, kw), stride, padding, bias
 DEPTHWISE_SPECS = [
@@ -31,45 +38,68 @@ DEPTHWISE_SPECS = [
     (1, 4, (9, 11), (3, 2), (2, 3), (1, 0), False),
     (3, 3, (8, 6), (3, 3), 1, 0, False),
     (1, 6, (5, 5), (5, 5), 1, 2, True),
-    # above the chunking threshold: several chunks of images (the last one partial), threaded
+    (2, 3, (6, 5), (3, 3), 1, 3, True),  # padding beyond kernel - 1: output pixels that read only zeros
+    (1, 7, (9, 8), (3, 3), 3, 1, False),  # stride 3: input pixels no window reads
+    # above the chunking threshold: several chunks of images on the NumPy side (the last one partial), threaded
     (20, 64, (16, 16), (3, 3), 1, 1, True),
     (20, 64, (32, 32), (3, 3), 2, 1, True),
 ]
 
 
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory: pytest.TempPathFactory) -> cuda_harness.HostModule:
+    """pvt_np.ops.cuda's kernels compiled for this CPU (see tests/cuda_harness.py)."""
+    if cuda_harness.compiler() is None:
+        pytest.skip("no C++ compiler to build the CUDA kernels for the host")
+    return cuda_harness.HostModule(tmp_path_factory.mktemp("cuda_kernels"))
+
+
+def _run_both(fn: Any, host: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """fn() on NumPy's own path, then with the CUDA kernels (host build) standing in."""
+    expected = fn()
+    assert not cuda.active(np)
+    with monkeypatch.context() as patch:
+        patch.setattr(cuda, "HOST_STAND_IN", host)
+        assert cuda.active(np)
+        actual = fn()
+    return actual, expected
+
+
+def _assert_all_close(actual: list[Any], expected: list[Any], names: list[str], dtype: Any) -> None:
+    assert len(actual) == len(expected) == len(names)
+    tol = KERNEL_F64_TOL if np.dtype(dtype) == np.float64 else KERNEL_F32_TOL
+    for name, a, e in zip(names, actual, expected, strict=True):
+        assert a.shape == e.shape and a.dtype == e.dtype, f"{name}: {a.shape} {a.dtype} vs {e.shape} {e.dtype}"
+        assert_close(a, e, tol, name)
+
+
 def _depthwise_run(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Any, padding: Any) -> list[Any]:
     c = x.shape[3]
     out, cache = ops.conv2d_forward(x, w, b, stride, padding, groups=c, channels_last=True)
-    g = np.random.default_rng(5).standard_normal(out.shape)
+    g = np.random.default_rng(5).standard_normal(out.shape).astype(out.dtype)
     return [out, *(a for a in ops.conv2d_backward(g, cache) if a is not None)]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("spec", DEPTHWISE_SPECS, ids=lambda s: f"n{s[0]}c{s[1]}-{s[2]}-k{s[3]}-s{s[4]}-p{s[5]}")
-def test_depthwise_tap_loop_matches_einsum(spec: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CuPy tap loop, forced on NumPy, gives the einsum path's output, input and weight (and bias) gradients."""
+def test_depthwise_cuda_kernels_match_numpy(
+    spec: tuple[Any, ...], dtype: Any, host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The depthwise conv's three CUDA kernels (run on the host) give the NumPy path's output, dx, dw (and db)."""
     n, c, (h, w), kernel, stride, padding, bias = spec
     rng = np.random.default_rng(0)
-    x = randn(rng, n, h, w, c)
-    weight = randn(rng, c, 1, *kernel)
-    b = randn(rng, c) if bias else None
-    expected = _depthwise_run(x, weight, b, stride, padding)
-
-    def no_windows(*args: Any) -> None:
-        raise AssertionError("the tap loop built the window view")
-
-    monkeypatch.setattr(conv, "FORCE_TAP_LOOP", True)
-    monkeypatch.setattr(conv, "_windows", no_windows)
-    assert conv.use_tap_loop(np)
-    actual = _depthwise_run(x, weight, b, stride, padding)
-    names = ("out", "dx", "dw", "db") if bias else ("out", "dx", "dw")
-    assert len(actual) == len(expected) == len(names)
-    for name, a, e in zip(names, actual, expected, strict=True):
-        assert a.shape == e.shape, f"{name}: shape {a.shape} != {e.shape}"
-        assert_close(a, e, TAP_LOOP_TOL, name)
+    x = randn(rng, n, h, w, c, dtype=dtype)
+    weight = randn(rng, c, 1, *kernel, dtype=dtype)
+    b = randn(rng, c, dtype=dtype) if bias else None
+    before = dict(host_kernels.calls)
+    actual, expected = _run_both(lambda: _depthwise_run(x, weight, b, stride, padding), host_kernels, monkeypatch)
+    for name in ("depthwise_forward", "depthwise_input_grad", "depthwise_weight_grad"):
+        assert host_kernels.calls.get(name, 0) == before.get(name, 0) + 1, f"{name} did not run"
+    _assert_all_close(actual, expected, ["out", "dx", "dw", "db"][: len(expected)], dtype)
 
 
 def test_depthwise_chunked_specs_really_chunk() -> None:
-    """The large specs above span several chunks (else they would not test the chunk boundaries)."""
+    """The large specs above span several chunks on NumPy (else they would not test the chunk boundaries)."""
     for n, c, (h, _w), _, stride, padding, _ in DEPTHWISE_SPECS[-2:]:
         s = stride if isinstance(stride, int) else stride[0]
         p = padding if isinstance(padding, int) else padding[0]
@@ -79,11 +109,100 @@ def test_depthwise_chunked_specs_really_chunk() -> None:
         assert n * ho * ho * c >= parallel.PARALLEL_MIN_ELEMENTS
 
 
-def test_tap_loop_is_the_cupy_default() -> None:
-    """Without the test switch NumPy keeps the einsum; any other array module gets the tap loop."""
-    assert not conv.FORCE_TAP_LOOP
-    assert not conv.use_tap_loop(np)
-    assert conv.use_tap_loop(types.SimpleNamespace(__name__="cupy"))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(2, 5, 7), (3, 37, 64), (300, 512)], ids=["c7", "c64", "c512"])
+def test_layer_norm_cuda_kernels_match_numpy(
+    shape: tuple[int, ...], dtype: Any, host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layer norm's forward and backward kernels (one thread per row): y, dx, dweight, dbias."""
+    rng = np.random.default_rng(1)
+    c = shape[-1]
+    x = (randn(rng, *shape) * 3.0 + 0.7).astype(dtype)
+    weight, bias = (1.0 + 0.5 * randn(rng, c)).astype(dtype), randn(rng, c, dtype=dtype)
+    g = randn(rng, *shape, dtype=dtype)
+
+    def run() -> list[Any]:
+        y, cache = ops.layer_norm_forward(x, weight, bias, 1e-6)
+        return [y, *ops.layer_norm_backward(g, cache)]
+
+    before = dict(host_kernels.calls)
+    actual, expected = _run_both(run, host_kernels, monkeypatch)
+    for name in ("layer_norm_forward", "layer_norm_backward"):
+        assert host_kernels.calls.get(name, 0) == before.get(name, 0) + 1, f"{name} did not run"
+    _assert_all_close(actual, expected, ["y", "dx", "dweight", "dbias"], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_gelu_cuda_kernel_matches_numpy(
+    dtype: Any, host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GELU's kernel: y and dx; without need_grad it keeps no derivative."""
+    rng = np.random.default_rng(2)
+    x = (3.0 * randn(rng, 5, 301)).astype(dtype)
+    g = randn(rng, 5, 301, dtype=dtype)
+
+    def run() -> list[Any]:
+        y, cache = ops.gelu_forward(x, "none")
+        y_inference, none = ops.gelu_forward(x, "none", need_grad=False)
+        assert none is None
+        np.testing.assert_array_equal(y_inference, y)
+        return [y, ops.gelu_backward(g, cache)]
+
+    actual, expected = _run_both(run, host_kernels, monkeypatch)
+    assert host_kernels.calls.get("gelu_erf_forward", 0) >= 2
+    _assert_all_close(actual, expected, ["y", "dx"], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.3, 0.9)], ids=["lerp-from-m", "lerp-from-g"])
+def test_adamw_cuda_kernel_equals_numpy_bit_for_bit(
+    dtype: Any, betas: tuple[float, float], host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three AdamW steps through the fused kernel: the same operations in the same order, so the same bits."""
+
+    def run() -> list[Any]:
+        rng = np.random.default_rng(3)
+        params = [Parameter(randn(rng, 7, 5, dtype=dtype)), Parameter(randn(rng, 300, dtype=dtype))]
+        opt = AdamW([{"params": params[:1], "weight_decay": 0.05}, {"params": params[1:], "weight_decay": 0.0}],
+                    lr=3e-3, betas=betas)  # fmt: skip
+        for _ in range(3):
+            for p in params:
+                p.grad = randn(rng, *p.data.shape, dtype=dtype) * 1e-3
+            opt.step()
+        states = [opt.state[p] for p in params]
+        return [p.data for p in params] + [s["exp_avg"] for s in states] + [s["exp_avg_sq"] for s in states]
+
+    before = host_kernels.calls.get("adamw_update", 0)
+    actual, expected = _run_both(run, host_kernels, monkeypatch)
+    assert host_kernels.calls["adamw_update"] == before + 6
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_whole_model_with_cuda_kernels_matches_numpy(
+    host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b0 (CIFAR stem, float64) with every CUDA kernel standing in: the logits and every gradient."""
+    rng = np.random.default_rng(4)
+    x = randn(rng, 2, 3, 32, 32)
+    y = np.array([3, 7])
+
+    names = ["logits"]
+
+    def run() -> list[Any]:
+        model = pvt_np.create_model("pvt_v2_b0", num_classes=10, cifar=True, dtype=np.float64, seed=5)
+        logits = model(x)
+        loss = CrossEntropyLoss()
+        loss(logits, y)
+        model.backward(loss.backward())
+        del names[1:]
+        names.extend(name for name, _ in model.named_parameters())
+        return [logits] + [p.grad for _, p in model.named_parameters()]
+
+    actual, expected = _run_both(run, host_kernels, monkeypatch)
+    for name in ("depthwise_forward", "depthwise_input_grad", "layer_norm_forward", "gelu_erf_forward"):
+        assert host_kernels.calls.get(name, 0) > 0, f"{name} did not run"
+    _assert_all_close(actual, expected, names, np.float64)
 
 
 # -- the device generator --------------------------------------------------------------

@@ -29,7 +29,8 @@ import pvt_np
 from pvt_np import backend, ops
 from pvt_np.counter_rng import CounterRng
 from pvt_np.nn import CrossEntropyLoss
-from pvt_np.optim import AdamW, param_groups_weight_decay
+from pvt_np.nn.module import Parameter
+from pvt_np.optim import SGD, AdamW, param_groups_weight_decay
 from pvt_np.training import load_checkpoint, save_checkpoint, train_step
 
 # float64 on the GPU sums in other orders (cuBLAS, reductions): ~1e-15 per op, allowed 1e-12 for one op.
@@ -111,6 +112,8 @@ OP_CASES = [
     _conv("depthwise-strided", (1, 9, 11, 4), (4, 1, 3, 3), True, stride=2, padding=1, groups=4, channels_last=True),
     _conv("depthwise-multiplier", (1, 3, 13, 7), (6, 1, 3, 3), True, padding=1, groups=3),
     _conv("depthwise-large", (6, 16, 16, 64), (64, 1, 3, 3), True, padding=1, groups=64, channels_last=True),
+    _conv("depthwise-pad3", (2, 6, 5, 3), (3, 1, 3, 3), True, padding=3, groups=3, channels_last=True),
+    _conv("depthwise-s3-5x5", (1, 11, 10, 7), (7, 1, 5, 5), False, stride=3, padding=2, groups=7, channels_last=True),
     OpCase(
         "linear",
         "linear",
@@ -124,6 +127,13 @@ OP_CASES = [
         lambda x, w, b: ops.layer_norm_forward(x, w, b, 1e-6),
         ops.layer_norm_backward,
         lambda r: [randn(r, 2, 5, 7) + 0.3, 1.0 + 0.5 * randn(r, 7), randn(r, 7)],
+    ),
+    OpCase(
+        "layer_norm",
+        "layer_norm-wide",
+        lambda x, w, b: ops.layer_norm_forward(x, w, b, 1e-6),
+        ops.layer_norm_backward,
+        lambda r: [3.0 * randn(r, 300, 512) - 0.7, 1.0 + 0.5 * randn(r, 512), randn(r, 512)],
     ),
     OpCase(
         "gelu",
@@ -331,12 +341,21 @@ def test_model_matches_cpu(name: str, dtype: Any, target: Target) -> None:
 
 # -- two trainer steps ------------------------------------------------------------------------
 def _two_steps(dtype: Any, device: str, put: Callable[[np.ndarray], Any], xp: Any) -> dict[str, Any]:
-    """Two train_steps (drop-path 0.1, label smoothing, clipping, AdamW) with CounterRng masks on both devices."""
+    """Two train_steps (drop-path 0.1, label smoothing, clipping) with CounterRng masks on both devices.
+
+    float64 steps with AdamW. float32 steps with SGD and momentum, whose update is linear in the
+    gradient: AdamW divides each element's step by that element's own gradient scale, so where a
+    gradient is near zero its float32 rounding (~1e-6 of the tensor's largest gradient, in another
+    summation order on the GPU) moves the weight by a sizeable fraction of lr (measured on an H100:
+    9e-5 of fc1's largest weight after two steps). test_adamw_step_matches_cpu compares AdamW's
+    kernel itself on equal gradients.
+    """
     model = pvt_np.create_model(
         "pvt_v2_b0", num_classes=10, cifar=True, drop_path_rate=0.1, dtype=dtype, seed=1, device=device
     )
     criterion = CrossEntropyLoss(label_smoothing=0.1)
-    optimizer = AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3)
+    groups = param_groups_weight_decay(model, 0.05)
+    optimizer = AdamW(groups, lr=1e-3) if dtype == np.float64 else SGD(groups, lr=0.1, momentum=0.9)
     rng = np.random.default_rng(8)
     backend._RNGS[xp.__name__] = CounterRng(xp, 21)  # dropout and drop-path draw the same stream on both devices
     losses = []
@@ -379,6 +398,32 @@ def _assert_states_close(actual: dict[str, Any], expected: dict[str, Any], tol: 
             assert_close(got[half:], value[half:], tol, f"{what}: {key} (value half)")
         else:
             assert_close(got, value, tol, f"{what}: {key}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.3, 0.9)], ids=["lerp-from-m", "lerp-from-g"])
+def test_adamw_step_matches_cpu(dtype: Any, betas: tuple[float, float], target: Target) -> None:
+    """Three AdamW steps on equal gradients (decay on and off): the target's weights and moments equal the CPU's.
+
+    Every operation of the update is correctly rounded in IEEE arithmetic on both sides and the GPU
+    kernel is compiled without fused multiply-adds, so the allowed error is a few units in the last place.
+    """
+
+    def run(put: Callable[[np.ndarray], Any]) -> list[np.ndarray]:
+        rng = np.random.default_rng(3)
+        params = [Parameter(put(randn(rng, 7, 5).astype(dtype))), Parameter(put(randn(rng, 300).astype(dtype)))]
+        opt = AdamW([{"params": params[:1], "weight_decay": 0.05}, {"params": params[1:], "weight_decay": 0.0}],
+                    lr=3e-3, betas=betas)  # fmt: skip
+        for _ in range(3):
+            for p in params:
+                p.grad = put((randn(rng, *p.data.shape) * 1e-3).astype(dtype))
+            opt.step()
+        arrays = [p.data for p in params] + [opt.state[p][k] for p in params for k in ("exp_avg", "exp_avg_sq")]
+        return [backend.to_numpy(a) for a in arrays]
+
+    ulps = 4 * np.finfo(dtype).eps
+    for i, (got, want) in enumerate(zip(run(target.put), run(np.asarray), strict=True)):
+        assert_close(got, want, ulps, f"AdamW array {i}")
 
 
 # -- the CLI and checkpoints ---------------------------------------------------------------------

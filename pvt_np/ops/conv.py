@@ -9,13 +9,12 @@ Weights always have torch's layout (out_channels, in_channels/groups, kh, kw).
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops import parallel
+from pvt_np.ops import cuda, parallel
 from pvt_np.ops.checks import check_conv2d
 from pvt_np.ops.linear import weight_grad_tasks
 
@@ -103,7 +102,7 @@ def conv2d_forward(
     taps) and do one GEMM per group, out = X W^T. Depthwise (groups == C == O)
     has nothing to share across channels, so it contracts the view directly:
     out[n,i,j,c] = sum_pq win[n,i,j,p,q,c] * w[c,p,q], one einsum pass per chunk of
-    images on NumPy; on CuPy kh*kw fused multiply-adds of shifted views (see use_tap_loop).
+    images on NumPy; on CuPy one CUDA kernel (pvt_np.ops.cuda).
     """
     (sh, sw), (ph, pw), (ho, wo) = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
@@ -205,21 +204,6 @@ def _taps(weight: Array) -> Array:
     return weight[:, 0].transpose(1, 2, 0).copy()
 
 
-FORCE_TAP_LOOP = False  # tests set it to run the CuPy tap loop on NumPy arrays
-
-
-def use_tap_loop(xp: Any) -> bool:
-    """Whether depthwise convs run the tap loop (always on CuPy; on NumPy only with FORCE_TAP_LOOP).
-
-    NumPy's einsum contracts the strided window view in place, but CuPy's einsum first
-    copies that overlapping view into a contiguous (N, Ho, Wo, kh, kw, C) array, kh*kw
-    times the output, and then runs C matrix-vector products of inner size kh*kw. The
-    tap loop reads each input pixel through kh*kw shifted views and allocates nothing
-    larger than the output. FORCE_TAP_LOOP lets the CPU tests run the GPU's loop.
-    """
-    return xp is not np or FORCE_TAP_LOOP
-
-
 def _depthwise(
     x: Array, taps: Array, bias: Array | None, ph: int, pw: int, sh: int, sw: int, ho: int, wo: int
 ) -> Array:
@@ -228,33 +212,20 @@ def _depthwise(
 
     NumPy: each chunk of images is padded into a per-thread buffer and contracted by one
     einsum over its window view, threaded; no padded copy of the whole input is made.
-    Tap loop (CuPy): out = tap_00 * taps[0,0], then out += tap_pq * taps[p,q] for the
-    other taps, over the padded input.
+    CuPy: one CUDA kernel, one thread per output element (pvt_np.ops.cuda).
     """
     xp = get_array_module(x)
+    if cuda.active(xp):
+        return cuda.depthwise_forward(x, taps, bias, ph, pw, sh, sw, ho, wo)
     n, c = x.shape[0], x.shape[3]
     kh, kw = taps.shape[:2]
-    out = xp.empty((n, ho, wo, c), dtype=x.dtype)
-    if use_tap_loop(xp):
-        xpad = _pad_nhwc(x, ph, pw)
+    out = np.empty((n, ho, wo, c), dtype=x.dtype)
 
-        def kernel(start: int, stop: int) -> None:
-            chunk, src = out[start:stop], xpad[start:stop]
-            xp.multiply(_tap(src, 0, 0, sh, sw, ho, wo), taps[0, 0], out=chunk)
-            for p in range(kh):
-                for q in range(kw):
-                    if p or q:
-                        _multiply_add(chunk, _tap(src, p, q, sh, sw, ho, wo), taps[p, q])
-            if bias is not None:
-                chunk += bias
-
-    else:
-
-        def kernel(start: int, stop: int) -> None:
-            win = _windows(_pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad"), kh, kw, sh, sw, ho, wo)
-            np.einsum("nhwpqc,pqc->nhwc", win, taps, out=out[start:stop])
-            if bias is not None:
-                out[start:stop] += bias
+    def kernel(start: int, stop: int) -> None:
+        win = _windows(_pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad"), kh, kw, sh, sw, ho, wo)
+        np.einsum("nhwpqc,pqc->nhwc", win, taps, out=out[start:stop])
+        if bias is not None:
+            out[start:stop] += bias
 
     parallel.for_each_chunk(n, ho * wo * c, kernel, xp)
     return out
@@ -265,70 +236,21 @@ def _depthwise_weight_grad(g: Array, x: Array, ph: int, pw: int, kh: int, kw: in
     (xpad: x zero-padded by (ph, pw)).
 
     NumPy: each chunk of images padded into a per-thread buffer, then one einsum over its
-    window view. Tap loop (CuPy): one fused multiply-and-sum reduction per tap.
+    window view. CuPy: one CUDA kernel of per-image partial sums (pvt_np.ops.cuda), added.
     """
     xp = get_array_module(g)
+    if cuda.active(xp):
+        return cuda.depthwise_weight_grad(g, x, kh, kw, ph, pw, sh, sw)
     n, ho, wo, c = g.shape
-    rows = parallel.chunk_rows(ho * wo * c) if xp is np else n
-    partial = xp.empty((-(-n // rows), kh, kw, c), dtype=g.dtype)
-    if use_tap_loop(xp):
-        xpad = _pad_nhwc(x, ph, pw)
+    rows = parallel.chunk_rows(ho * wo * c)
+    partial = np.empty((-(-n // rows), kh, kw, c), dtype=g.dtype)
 
-        def kernel(start: int, stop: int) -> None:
-            for p in range(kh):
-                for q in range(kw):
-                    tap = _tap(xpad[start:stop], p, q, sh, sw, ho, wo)
-                    partial[start // rows, p, q] = _multiply_sum(g[start:stop], tap)
-
-    else:
-
-        def kernel(start: int, stop: int) -> None:
-            win = _windows(_pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad"), kh, kw, sh, sw, ho, wo)
-            np.einsum("nhwc,nhwpqc->pqc", g[start:stop], win, out=partial[start // rows])
+    def kernel(start: int, stop: int) -> None:
+        win = _windows(_pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad"), kh, kw, sh, sw, ho, wo)
+        np.einsum("nhwc,nhwpqc->pqc", g[start:stop], win, out=partial[start // rows])
 
     parallel.for_each_chunk(n, ho * wo * c, kernel, xp)
     return partial.sum(axis=0)
-
-
-def _multiply_add(out: Array, a: Array, w: Array) -> None:
-    """out += a * w in place (w broadcast over the leading axes of a); ``out`` may be a strided view."""
-    xp = get_array_module(out)
-    if xp is np:
-        out += a * w
-    else:
-        _cupy_kernels(xp).multiply_add(a, w, out)
-
-
-def _multiply_sum(a: Array, b: Array) -> Array:
-    """s[c] = sum_{n,i,j} a[n,i,j,c] * b[n,i,j,c] (one pass, no temporary on CuPy)."""
-    xp = get_array_module(a)
-    if xp is np:
-        return np.einsum("nhwc,nhwc->c", a, b)
-    return _cupy_kernels(xp).multiply_sum(a, b, axis=(0, 1, 2))
-
-
-class _CupyKernels(NamedTuple):
-    """The compiled CuPy kernels of the tap loop (see _cupy_kernels)."""
-
-    multiply_add: Any  # called (x, w, y): y += x * w
-    multiply_sum: Any  # called (x, y, axis=...): s = sum of x * y over the axes
-
-
-@functools.cache
-def _cupy_kernels(xp: Any) -> _CupyKernels:
-    """The two fused CuPy kernels of the depthwise tap loop, built once per process (compiled on first use).
-
-    In a ReductionKernel ``a`` and ``b`` name the two partial sums being combined, so
-    the inputs are called x and y.
-    """
-    return _CupyKernels(
-        # y[k] = y[k] + x[k] * w[k]: one read of x and y, one write of y, no temporary.
-        multiply_add=xp.ElementwiseKernel("T x, T w", "T y", "y += x * w", "pvt_np_depthwise_multiply_add"),
-        # s[c] = sum_k x[k, c] * y[k, c]: the product is formed inside the reduction, never stored.
-        multiply_sum=xp.ReductionKernel(
-            "T x, T y", "T s", "x * y", "a + b", "s = a", "0", "pvt_np_depthwise_multiply_sum"
-        ),
-    )
 
 
 def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> tuple[Array | None, Array, Array | None]:
@@ -339,12 +261,13 @@ def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> t
     dX          = G W    per group, then col2im: each tap (p, q) slice-adds its column block
                   back onto the input pixels it read (kh*kw strided slice-adds, no scatter)
     Depthwise:  dw[c,p,q] = sum_{n,i,j} G[n,i,j,c] * win[n,i,j,p,q,c]   (one einsum per chunk;
-                on CuPy one fused multiply-and-sum per tap)
+                on CuPy a CUDA kernel, pvt_np.ops.cuda)
                 (win from the cached unpadded input, each chunk padding its own images)
                 dX: with stride 1 every output pixel's gradient flows back to the pixels it
                 read, which is a stride-1 depthwise conv of G (padded by k-1-pad) with the
-                kernel flipped, computed for the input's pixels only; other strides, and
-                CuPy, slice-add w[c,p,q] * G per tap.
+                kernel flipped, computed for the input's pixels only; other strides
+                slice-add w[c,p,q] * G per tap; CuPy gathers each input pixel's terms
+                in a CUDA kernel.
     Returns (dx, dW, db); db is None when there was no bias, dx is None with
     ``input_grad=False`` (an image fed to the stem needs no gradient: col2im skipped).
     """
@@ -478,8 +401,8 @@ def _depthwise_backward(
     dx[y, x] = sum_pq G[y + ph - p, x + pw - q] w[p, q] (stride 1): with G zero-padded by
     (kh-1-ph, kw-1-pw) that is a stride-1 depthwise conv with the kernel flipped whose
     output is exactly x's size, so the border's gradient is never computed. Other strides,
-    padding beyond kernel - 1, and the tap loop: each tap adds w[p, q] * G onto the padded
-    input's pixels it read, and the border is cut off.
+    and padding beyond kernel - 1: each tap adds w[p, q] * G onto the padded input's pixels
+    it read, and the border is cut off. CuPy: one CUDA kernel gathers dx (pvt_np.ops.cuda).
     """
     xp = get_array_module(g)
     g = xp.ascontiguousarray(g)
@@ -491,11 +414,13 @@ def _depthwise_backward(
     if not input_grad:
         return None, dw
     taps = _taps(weight)
-    if sh == sw == 1 and ph < kh and pw < kw and not use_tap_loop(xp):
+    if cuda.active(xp):
+        return cuda.depthwise_input_grad(g, taps, x.shape, ph, pw, sh, sw), dw
+    if sh == sw == 1 and ph < kh and pw < kw:
         flipped = taps[::-1, ::-1].copy()
         return _depthwise(g, flipped, None, kh - 1 - ph, kw - 1 - pw, 1, 1, h, w), dw
     dxpad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=g.dtype)
     for p in range(kh):
         for q in range(kw):
-            _multiply_add(_tap(dxpad, p, q, sh, sw, ho, wo), g, taps[p, q])
+            _tap(dxpad, p, q, sh, sw, ho, wo)[...] += g * taps[p, q]
     return dxpad[:, ph : ph + h, pw : pw + w, :], dw

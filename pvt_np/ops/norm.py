@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops import parallel
+from pvt_np.ops import cuda, parallel
 from pvt_np.ops.checks import check_layer_norm
 
 
@@ -20,12 +20,16 @@ def layer_norm_forward(
     The cache keeps xhat = (x - mean) * rstd and rstd = 1 / sqrt(var + eps).
     Row means are matrix-vector products with a 1/C vector (BLAS), which beat
     NumPy's per-row reductions when rows are short (C = 32 at PVT v2's first stage);
-    on NumPy the rows run in cache-sized chunks on the worker threads.
+    on NumPy the rows run in cache-sized chunks on the worker threads. CuPy: one
+    CUDA kernel, one thread per row (pvt_np.ops.cuda).
     """
     check_layer_norm(x, weight, bias, who)
     xp = get_array_module(x)
     c = weight.shape[0]
     x2 = x.reshape(-1, c)
+    if cuda.active(xp):
+        y, xhat, rstd = cuda.layer_norm_forward(x2, weight, bias, eps)
+        return y.reshape(x.shape), (xhat, rstd, weight)
     inv_c = xp.full(c, 1.0 / c, dtype=x.dtype)
     xhat = xp.empty_like(x2)
     y = xp.empty_like(x2)
@@ -58,13 +62,17 @@ def layer_norm_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array]:
     so all four reductions are matrix-vector products on arrays already at hand.
     On NumPy the rows run in cache-sized chunks on the worker threads; dweight and
     dbias are per-chunk partial sums added in chunk order (the chunks follow the
-    shape alone, so the sum is the same with any thread count).
+    shape alone, so the sum is the same with any thread count). CuPy: one CUDA kernel
+    for dx (one thread per row), and dweight, dbias as products with a ones vector.
     Returns (dx, dweight, dbias).
     """
     xhat, rstd, weight = cache
     xp = get_array_module(xhat)
     c = weight.shape[0]
     g2 = dout.reshape(-1, c)
+    if cuda.active(xp):
+        dx, dweight, dbias = cuda.layer_norm_backward(g2, xhat, rstd, weight)
+        return dx.reshape(dout.shape), dweight, dbias
     w_over_c = weight / c
     m = g2.shape[0]
     rows = parallel.chunk_rows(c) if xp is np else m
