@@ -179,29 +179,31 @@ def test_adamw_cuda_kernel_equals_numpy_bit_for_bit(
         np.testing.assert_array_equal(a, e)
 
 
+@pytest.mark.parametrize(
+    ("name", "size", "cifar"), [("pvt_v2_b0", 32, True), ("pvt_v2_b2_li", 61, False)], ids=["b0-cifar", "b2_li-61"]
+)
 def test_whole_model_with_cuda_kernels_matches_numpy(
-    host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
+    name: str, size: int, cifar: bool, host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """b0 (CIFAR stem, float64) with every CUDA kernel standing in: the logits and every gradient."""
+    """A whole model (float64) with every CUDA kernel standing in: the logits and every gradient."""
     rng = np.random.default_rng(4)
-    x = randn(rng, 2, 3, 32, 32)
+    x = randn(rng, 2, 3, size, size)
     y = np.array([3, 7])
-
-    names = ["logits"]
+    names = ["logits"]  # then the parameters', in the order run() returns their gradients
 
     def run() -> list[Any]:
-        model = pvt_np.create_model("pvt_v2_b0", num_classes=10, cifar=True, dtype=np.float64, seed=5)
+        model = pvt_np.create_model(name, num_classes=10, cifar=cifar, dtype=np.float64, seed=5)
         logits = model(x)
         loss = CrossEntropyLoss()
         loss(logits, y)
         model.backward(loss.backward())
         del names[1:]
-        names.extend(name for name, _ in model.named_parameters())
+        names.extend(param_name for param_name, _ in model.named_parameters())
         return [logits] + [p.grad for _, p in model.named_parameters()]
 
     actual, expected = _run_both(run, host_kernels, monkeypatch)
-    for name in ("depthwise_forward", "depthwise_input_grad", "layer_norm_forward", "gelu_erf_forward"):
-        assert host_kernels.calls.get(name, 0) > 0, f"{name} did not run"
+    for kernel in ("depthwise_forward", "depthwise_input_grad", "layer_norm_forward", "gelu_erf_forward"):
+        assert host_kernels.calls.get(kernel, 0) > 0, f"{kernel} did not run"
     _assert_all_close(actual, expected, names, np.float64)
 
 
