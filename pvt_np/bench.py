@@ -3,7 +3,9 @@
 Every (config, framework) pair runs in a fresh subprocess with the same
 thread count, so that peak memory is that pair's alone: on the CPU it is
 the rise of the process's peak resident set over its size just before the
-first step; on the GPU the high-water mark of allocated device memory
+first (untimed) step, so it holds the step's whole working set (activations,
+gradients, optimizer state, temporaries) and not what the allocator kept from
+an earlier step; on the GPU the high-water mark of allocated device memory
 (CuPy's memory pool against ``torch.cuda.max_memory_allocated``). Times are medians of
 ``--repeats`` timed iterations after ``--warmup`` untimed ones:
 
@@ -269,6 +271,13 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
+    """The process's peak resident set: VmHWM, which starts afresh at exec (getrusage's ru_maxrss carries
+    the high-water mark of the parent across fork and exec, so a worker started by a large process would
+    report the parent's peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -357,8 +366,8 @@ def _pvt_np_steps(
             "held": pool.total_bytes,
         }
     else:
-        sync, mem = _cpu_meters()
-    # One step first so that optimizer state exists before the baseline is taken.
+        sync, mem = _cpu_meters()  # the baseline, before any step
+    # One step first, so that optimizer state exists and first-call costs are paid before anything is timed.
     train_step()
     steps = {
         "forward": forward,
@@ -444,23 +453,25 @@ def _torch_steps(
             "held": lambda: torch.cuda.max_memory_reserved(),
         }
     else:
-        sync, mem = _cpu_meters()
+        sync, mem = _cpu_meters()  # the baseline, before any step
     train_step()
     steps = {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}
     return steps, sync, mem
 
 
 def _cpu_meters() -> tuple[Callable[[], None], dict[str, Callable[[], Any]]]:
-    """CPU work is synchronous (no-op sync); memory is the peak-RSS rise over the size at start()."""
-    state = {"base": 0}
+    """CPU work is synchronous (no-op sync); memory is the peak-RSS rise over the size when this is called.
 
-    def start() -> None:
-        state["base"] = _rss_bytes()
+    Called before the first step: a baseline taken after it would subtract what the allocator kept from
+    that step (glibc keeps freed heap memory for reuse, torch's allocator likewise), so the rise would
+    measure how much each allocator returned to the system rather than what a step needs.
+    """
+    base = _rss_bytes()
 
     def peak() -> int:
-        return max(0, _peak_rss_bytes() - state["base"])
+        return max(0, _peak_rss_bytes() - base)
 
-    return (lambda: None), {"start": start, "peak": peak}
+    return (lambda: None), {"start": lambda: None, "peak": peak}
 
 
 def _profile_ops(

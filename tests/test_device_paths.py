@@ -458,6 +458,27 @@ def test_bench_rounds_interleave_and_report_medians_and_ratio_ranges(monkeypatch
         _bench_args("--rounds", "0")
 
 
+def test_cpu_memory_meter_counts_what_the_first_step_keeps() -> None:
+    """The CPU meter's baseline is taken when it is made (before the first step), so memory that step
+    allocates and keeps (optimizer state, here 64 MiB touched and held) counts in the peak; start(),
+    which the worker calls after that step, does not move the baseline. A fresh process, so that its
+    lifetime peak resident set is its current one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from pvt_np import bench\n"
+        "_, mem = bench._cpu_meters()\n"
+        "kept = np.ones(64 * 2**20 // 8)\n"
+        "mem['start']()\n"
+        "print(mem['peak']() / 2**20)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert 60.0 <= float(proc.stdout) < 200.0, proc.stdout
+
+
 # -- the GPU extras and the one-run device script ---------------------------------------------------
 REPO = Path(__file__).resolve().parent.parent
 
