@@ -98,6 +98,16 @@ def test_depthwise_cuda_kernels_match_numpy(
     _assert_all_close(actual, expected, ["out", "dx", "dw", "db"][: len(expected)], dtype)
 
 
+def test_cuda_launch_names_the_argument_it_refuses() -> None:
+    """A kernel argument of another dtype or layout is refused before the launch, naming position, want and got."""
+    x = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"gelu_erf_forward: argument 1: expected a C-contiguous float32 array, "
+                       r"got a C-contiguous float64 array"):  # fmt: skip
+        cuda._launch("gelu_erf_forward", np.float32, x.size, x, np.zeros(6), x, x.size, 1)
+    with pytest.raises(ValueError, match=r"argument 0: .* got a non-contiguous float32 array"):
+        cuda._launch("gelu_erf_forward", np.float32, x.size, x.T, x, x, x.size, 1)
+
+
 def test_depthwise_chunked_specs_really_chunk() -> None:
     """The large specs above span several chunks on NumPy (else they would not test the chunk boundaries)."""
     for n, c, (h, _w), _, stride, padding, _ in DEPTHWISE_SPECS[-2:]:

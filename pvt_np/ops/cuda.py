@@ -229,10 +229,14 @@ def _launch(name: str, dtype: Any, threads: int, *args: Any) -> None:
         raise TypeError(f"{name}: {len(kinds)} arguments expected, got {len(args)}")
     ftype = np.dtype(dtype).type
     packed = []
-    for kind, value in zip(kinds, args, strict=True):
+    for position, (kind, value) in enumerate(zip(kinds, args, strict=True)):
         if kind == "ptr":
             if not value.flags.c_contiguous or value.dtype != dtype:
-                raise ValueError(f"{name}: arrays must be C-contiguous {np.dtype(dtype).name}")
+                layout = "C-contiguous" if value.flags.c_contiguous else "non-contiguous"
+                raise ValueError(
+                    f"{name}: argument {position}: expected a C-contiguous {np.dtype(dtype).name} array, "
+                    f"got a {layout} {value.dtype} array"
+                )
             packed.append(value)
         else:
             packed.append(np.int64(value) if kind == "i64" else ftype(value))
