@@ -89,19 +89,22 @@ _AS_HALF_A = [np.float32(0.5 * a) for a in (0.254829592, -0.284496736, 1.4214137
 # argument and result roundings, 6e-8; the last three operations, 1.2e-7. Sum: 8.8e-7. Measured over every
 # float32 with 2^-30 <= |x| < 16 (exhaustively): 3.6e-7.
 NORMAL_CDF_FLOAT32_ERROR = 8.8e-7
+_SIGN_BIT = np.int32(-(2**31))  # a float32's sign bit, as an int32 mask
 
 
 def _normal_cdf_into(xc: np.ndarray, cdf: np.ndarray, gauss: np.ndarray, t: np.ndarray) -> None:
     """cdf = Phi(xc) and gauss = exp(-xc^2 / 2), in float32, by A&S 7.1.26 (buffers given, nothing allocated).
 
     q = Phi(-|x|) = t * poly(t) * exp(-x^2/2) / 2 with t = 1 / (1 + p |x| / sqrt 2),
-    then Phi(x) = 1/2 + sign(x) * (1/2 - q).
+    then Phi(x) = 1/2 + sign(x) * (1/2 - q), the product by sign(x) done as an xor of x's
+    sign bit (NumPy's copysign and sign are scalar loops, ~1 ns per element; the integer
+    ops are vectorised, ~0.15 ns; np.reciprocal likewise loses to dividing 1 by t).
     """
     h1, h2, h3, h4, h5 = _AS_HALF_A
     np.abs(xc, out=gauss)
     np.multiply(gauss, _AS_P, out=t)
     t += 1.0
-    np.reciprocal(t, out=t)
+    np.divide(np.float32(1.0), t, out=t)
     np.multiply(t, h5, out=cdf)
     for h in (h4, h3, h2, h1):
         cdf += h
@@ -111,7 +114,9 @@ def _normal_cdf_into(xc: np.ndarray, cdf: np.ndarray, gauss: np.ndarray, t: np.n
     np.exp(gauss, out=gauss)  # exp(-x^2/2)
     cdf *= gauss  # Phi(-|x|)
     np.subtract(0.5, cdf, out=cdf)
-    np.copysign(cdf, xc, out=cdf)
+    sign_bit = t.view(np.int32)
+    np.bitwise_and(xc.view(np.int32), _SIGN_BIT, out=sign_bit)
+    np.bitwise_xor(cdf.view(np.int32), sign_bit, out=cdf.view(np.int32))  # times sign(x)
     cdf += 0.5  # Phi(x)
 
 
