@@ -123,6 +123,8 @@ SMALL_PAIRS = [
     _conv("depthwise-unpadded", (2, 9, 7, 4), 4, (3, 3), 1, 0, 4),
     _conv("depthwise-rect-padding-nchw", (2, 3, 9, 11), 3, (3, 5), 1, (1, 2), 3, channels_last=False),
     _conv("depthwise-padding-beyond-kernel", (2, 6, 5, 3), 3, (3, 3), 1, 3, 3),  # dx by the tap slice-adds
+    _conv("depthwise-stride-2x1", (2, 9, 7, 5), 5, (3, 3), (2, 1), 1, 5),  # W stride 1: the row-window einsum
+    _conv("depthwise-stride-1x2", (2, 7, 9, 5), 5, (3, 3), (1, 2), 1, 5),  # W stride 2: the pixel-window einsum
     _conv("sr-no-input-grad", (2, 8, 6, 4), 4, (2, 2), 2, 0, 1, bias=False, input_grad=False),
     _conv("depthwise-no-input-grad", (2, 13, 7, 5), 5, (3, 3), 2, 1, 5, input_grad=False),
     Pair("layer_norm", "layer_norm", lambda rng: [randn(rng, 2, 13, 7) + 0.3, 1 + randn(rng, 7), randn(rng, 7)]),
