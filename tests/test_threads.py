@@ -70,6 +70,44 @@ def test_configure_threads_sets_the_count_and_limits_blas() -> None:
         parallel.configure_threads(before)
 
 
+# The page faults of a second 64 MiB array after the first was freed, before and after the first op, and with
+# glibc's sizes put back. 64 MiB is above the largest mmap threshold glibc's default ever reaches (32 MiB).
+REUSE = r"""
+import json, resource
+import numpy as np
+import pvt_np
+from pvt_np.ops import parallel
+
+def second_array_faults():
+    a = np.ones(16 << 20, np.float32)
+    del a
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = np.ones(16 << 20, np.float32)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+out = {"glibc_default": second_array_faults()}
+pvt_np.ops.linear_forward(np.ones((4, 3)), np.ones((2, 3)))
+out["after_first_op"] = second_array_faults()
+out["reuse_off"] = parallel.configure_memory(False)
+out["glibc_again"] = second_array_faults()
+print(json.dumps(out))
+"""
+
+
+def test_first_op_makes_freed_arrays_stay_for_reuse() -> None:
+    """The first op makes glibc keep a freed 64 MiB array: the next one costs no page faults (glibc's default
+    maps and unmaps it, faulting every page, or every 2 MiB with transparent huge pages); reuse=False undoes it."""
+    if not parallel.configure_memory():
+        pytest.skip("the C library is not glibc")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", REUSE], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["glibc_default"] >= 32, out  # 64 MiB in 2 MiB huge pages at the least
+    assert out["after_first_op"] <= 2, out
+    assert out["reuse_off"] is True and out["glibc_again"] >= 32, out
+
+
 # -- pvt-np bench --neighbour ------------------------------------------------------------------------
 def test_bench_neighbour_reports_each_slowdown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Each pair is timed quiet, then beside every neighbour asked for; the slowdown is beside / quiet."""
