@@ -491,6 +491,26 @@ def test_no_grad_keeps_no_cache() -> None:
         assert not nn.is_grad_enabled()
 
 
+def test_a_second_forward_drops_the_first_cache_before_it_runs() -> None:
+    """Two forwards without a backward never hold two caches: the call drops the old one first (the memory
+    of a model called twice in training mode is one forward's), and the backward uses the second forward's."""
+    seen: list[bool] = []
+
+    class Probe(nn.Linear):
+        def forward(self, x: Any) -> Any:
+            seen.append(self._has_cache or self._cache is not None)
+            return super().forward(x)
+
+    m = Probe(3, 2, dtype=F64)
+    rng = np.random.default_rng(0)
+    x1, x2 = randn(rng, 4, 3), randn(rng, 4, 3)
+    m(x1)
+    m(x2)
+    assert seen == [False, False]
+    m.backward(np.ones((4, 2)))
+    np.testing.assert_allclose(m.weight.grad, np.ones((4, 2)).T @ x2, rtol=1e-15)
+
+
 CACHED_MODULES = [
     (lambda: nn.Linear(3, 2, dtype=F64), (np.ones((1, 3)),), "Linear"),
     (lambda: nn.Conv2d(2, 2, 1, dtype=F64), (np.ones((1, 2, 3, 3)),), "Conv2d"),

@@ -6,7 +6,8 @@ parameter's gradient into its ``.grad`` (accumulating, as torch does, until
 ``zero_grad()``). A composite module's backward calls its children's
 backward in the reverse order of its forward, so the chain rule is visible
 in the code. A forward keeps one cache, so a module instance is used once per
-forward/backward pair; backward frees the cache.
+forward/backward pair; backward frees the cache, and so does the next call (before its
+forward runs, so two forwards without a backward never hold two caches at once).
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ class Module:
 
     # -- running ----------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._has_cache:  # a forward never backpropagated: drop its cache before the new one is computed
+            object.__setattr__(self, "_cache", None)
+            object.__setattr__(self, "_has_cache", False)
         if not _call_watchers:
             return self.forward(*args, **kwargs)
         watchers = list(_call_watchers)
