@@ -180,13 +180,39 @@ def relu_forward(x: Array, *, who: str = "relu") -> tuple[Array, Any]:
     whatever reads it next (PVT v2's linear variant: the depthwise conv), so it costs no memory."""
     check_array(x, who)
     xp = get_array_module(x)
-    y = xp.maximum(x, 0)
+    if xp is not np:
+        y = xp.maximum(x, 0)
+        return y, y
+    flat = x.reshape(-1)
+    y = np.empty_like(flat)
+    zero = flat.dtype.type(0)
+
+    def kernel(start: int, stop: int) -> None:  # one pass, on the worker threads (NumPy: chunks of flat)
+        np.maximum(flat[start:stop], zero, out=y[start:stop])
+
+    parallel.for_each_chunk(flat.size, 1, kernel)
+    y = y.reshape(x.shape)
     return y, y
 
 
 def relu_backward(dout: Array, cache: Any) -> Array:
-    """dx = dout where x > 0 (read as y > 0), else 0 (torch's convention: the gradient at 0 is 0)."""
-    return dout * (cache > 0)
+    """dx = dout where x > 0 (read as y > 0), else 0 (torch's convention: the gradient at 0 is 0).
+
+    NumPy: in chunks on the worker threads, the mask in a per-thread buffer.
+    """
+    xp = get_array_module(dout, cache)
+    if xp is not np or dout.shape != cache.shape:
+        return dout * (cache > 0)
+    grad, y = dout.reshape(-1), cache.reshape(-1)
+    dx = np.empty_like(grad)
+
+    def kernel(start: int, stop: int) -> None:
+        mask = parallel.scratch("relu_mask", (stop - start,), np.bool_)
+        np.greater(y[start:stop], 0, out=mask)
+        np.multiply(grad[start:stop], mask, out=dx[start:stop])
+
+    parallel.for_each_chunk(dx.size, 1, kernel)
+    return dx.reshape(dout.shape)
 
 
 def softmax(x: Array, axis: int = -1, in_place: bool = False) -> Array:
