@@ -17,6 +17,7 @@ vectorised kernels is the only difference).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import numbers
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -27,7 +28,7 @@ import numpy as np
 from pvt_np import backend
 from pvt_np.backend import Array
 from pvt_np.nn.module import Module, Parameter
-from pvt_np.ops import cuda
+from pvt_np.ops import cuda, parallel
 
 __all__ = [
     "SGD",
@@ -269,7 +270,9 @@ class AdamW(Optimizer):
         p   <- p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
 
     ``m`` and ``v`` (state ``exp_avg``, ``exp_avg_sq``) start at zero. As in torch the lerp
-    is evaluated as ``g - (g - m) * beta1`` when ``1 - beta1 >= 0.5``.
+    is evaluated as ``g - (g - m) * beta1`` when ``1 - beta1 >= 0.5``. On NumPy every
+    parameter's update is a task for the worker threads, large ones cut into chunks of
+    ADAMW_CHUNK_ELEMENTS (elementwise, so the bits are those of the whole-array update).
     """
 
     state_keys = ("step", "exp_avg", "exp_avg_sq")
@@ -298,6 +301,7 @@ class AdamW(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One AdamW update of every parameter that has a gradient; returns ``closure()`` if given."""
         loss = closure() if closure is not None else None
+        tasks: list[Callable[[], None]] = []  # NumPy: every update, large ones in chunks, run on the worker threads
         for group in self.param_groups:
             lr = group["lr"]
             beta1, beta2 = group["betas"]
@@ -317,35 +321,87 @@ class AdamW(Optimizer):
                 state["step"] += 1
                 t = state["step"]
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                step_size = lr / (1 - beta1**t)
-                bc2_sqrt = (1 - beta2**t) ** 0.5
+                opts = {"decay": decay, "w": w, "beta2": beta2, "eps": eps}
+                opts["step_size"] = lr / (1 - beta1**t)
+                opts["bc2_sqrt"] = (1 - beta2**t) ** 0.5
                 if cuda.active(xp) and all(a.flags.c_contiguous for a in (data, m, v)):
-                    # the GPU: the lines below in one kernel (pvt_np.ops.cuda), not fourteen launches
-                    cuda.adamw_update(
-                        data, g, m, v, decay=decay, w=w, beta2=beta2, step_size=step_size, bc2_sqrt=bc2_sqrt, eps=eps
-                    )
-                    continue
-                if decay != 1:
-                    data *= decay
-                tmp = xp.subtract(g, m)  # m.lerp_(g, w)
-                if abs(w) < 0.5:
-                    tmp *= w
-                    m += tmp
+                    cuda.adamw_update(data, g, m, v, **opts)  # the GPU: the update in one kernel (pvt_np.ops.cuda)
+                elif xp is np and _chunkable(data, g, m, v):
+                    size = data.size
+                    flat = [a.reshape(-1) for a in (data, g, m, v)]
+                    for start in range(0, size, ADAMW_CHUNK_ELEMENTS):
+                        stop = min(size, start + ADAMW_CHUNK_ELEMENTS)
+                        tasks.append(functools.partial(_adamw_chunk, *flat, start, stop, opts))
+                elif xp is np:
+                    tasks.append(functools.partial(_adamw_whole, data, g, m, v, opts))
                 else:
-                    tmp *= 1 - w
-                    xp.subtract(g, tmp, out=m)
-                xp.multiply(g, 1 - beta2, out=tmp)  # v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                tmp *= g
-                v *= beta2
-                v += tmp
-
-                denom = xp.sqrt(v)
-                denom /= bc2_sqrt
-                denom += eps
-                xp.multiply(m, -step_size, out=tmp)  # p.addcdiv_(m, denom, value=-step_size)
-                tmp /= denom
-                data += tmp
+                    _adamw_whole(data, g, m, v, opts)
+        parallel.run_tasks(tasks)
         return loss
+
+
+# AdamW's update makes 14 NumPy calls per chunk; as for the GELU (pvt_np.ops.activation.GELU_CHUNK_ELEMENTS), chunks
+# twice the common size keep the GIL hand-offs between the threads from eating the second thread.
+ADAMW_CHUNK_ELEMENTS = 2 * parallel.CHUNK_ELEMENTS
+
+
+def _chunkable(data: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray) -> bool:
+    """Whether the update can run on flat slices: more than one chunk, contiguous, one dtype (so the scratch
+    buffers hold what the whole-array update's temporaries would)."""
+    arrays = (data, g, m, v)
+    return (
+        data.size > ADAMW_CHUNK_ELEMENTS
+        and all(a.flags.c_contiguous for a in arrays)
+        and len({a.dtype for a in arrays}) == 1
+    )
+
+
+def _adamw_update(
+    xp: Any, data: Array, g: Array, m: Array, v: Array, tmp: Array, denom: Array, opts: dict[str, float]
+) -> None:
+    """AdamW's update (class docstring) in place on arrays of one shape, in torch's order of operations.
+
+    ``tmp`` (the dtype of g - m) and ``denom`` (v's) are scratch of that shape. Elementwise only, so
+    any slicing of the arrays gives the same bits.
+    """
+    w, beta2 = opts["w"], opts["beta2"]
+    if opts["decay"] != 1:
+        data *= opts["decay"]
+    xp.subtract(g, m, out=tmp)  # m.lerp_(g, w)
+    if abs(w) < 0.5:
+        tmp *= w
+        m += tmp
+    else:
+        tmp *= 1 - w
+        xp.subtract(g, tmp, out=m)
+    xp.multiply(g, 1 - beta2, out=tmp)  # v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    tmp *= g
+    v *= beta2
+    v += tmp
+    xp.sqrt(v, out=denom)
+    denom /= opts["bc2_sqrt"]
+    denom += opts["eps"]
+    xp.multiply(m, -opts["step_size"], out=tmp)  # p.addcdiv_(m, denom, value=-step_size)
+    tmp /= denom
+    data += tmp
+
+
+def _adamw_whole(data: Array, g: Array, m: Array, v: Array, opts: dict[str, float]) -> None:
+    """The update on whole arrays, with fresh temporaries."""
+    xp = backend.get_array_module(data)
+    tmp = xp.empty(data.shape, dtype=xp.result_type(g, m))
+    _adamw_update(xp, data, g, m, v, tmp, xp.empty_like(v), opts)
+
+
+def _adamw_chunk(
+    data: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, start: int, stop: int, opts: dict[str, float]
+) -> None:
+    """The update on elements [start, stop) of flat, contiguous, same-dtype arrays, in per-thread scratch."""
+    n = stop - start
+    tmp = parallel.scratch("adamw_tmp", (n,), data.dtype)
+    denom = parallel.scratch("adamw_denom", (n,), data.dtype)
+    part = slice(start, stop)
+    _adamw_update(np, data[part], g[part], m[part], v[part], tmp, denom, opts)
 
 
 # -- SGD ------------------------------------------------------------------------

@@ -116,6 +116,45 @@ def test_adamw_matches_torch(case: str, dtype: Any) -> None:
     )
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.3, 0.95)], ids=["lerp-small-w", "lerp-large-w"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adamw_chunked_update_is_the_whole_array_update(dtype: Any, betas: tuple[float, float], threads: int) -> None:
+    """A parameter of 2.5 chunks is updated in chunks on the worker threads: bit for bit the update of the whole
+    array (the same operations, elementwise), and torch's to its tolerance; a small one alongside, whole."""
+    from pvt_np.ops import parallel
+    from pvt_np.optim import ADAMW_CHUNK_ELEMENTS, _adamw_whole
+
+    rng = np.random.default_rng(5)
+    shapes = [(5 * ADAMW_CHUNK_ELEMENTS // 2,), (3, 7)]
+    arrays = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    ours = [Parameter(a.copy()) for a in arrays]
+    theirs = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in arrays]
+    whole = [a.copy() for a in arrays]
+    moments = [(np.zeros_like(a), np.zeros_like(a)) for a in arrays]
+    kwargs = {"lr": 1e-2, "betas": betas, "weight_decay": 0.1}
+    before = parallel.get_num_threads()
+    parallel.configure_threads(threads)
+    try:
+        opt, topt = AdamW(ours, **kwargs), torch.optim.AdamW(theirs, foreach=False, **kwargs)
+        for t in range(1, 4):
+            for i, (p, tp) in enumerate(zip(ours, theirs, strict=True)):
+                g = (10.0 ** (t - 2) * rng.standard_normal(p.shape)).astype(dtype)
+                p.grad, tp.grad = g.copy(), torch.from_numpy(g.copy())
+                opts = {"decay": 1 - 1e-2 * 0.1, "w": 1 - betas[0], "beta2": betas[1], "eps": 1e-8,
+                        "step_size": 1e-2 / (1 - betas[0] ** t), "bc2_sqrt": (1 - betas[1] ** t) ** 0.5}  # fmt: skip
+                _adamw_whole(whole[i], g, *moments[i], opts)
+            opt.step()
+            topt.step()
+    finally:
+        parallel.configure_threads(before)
+    for i, (p, tp) in enumerate(zip(ours, theirs, strict=True)):
+        np.testing.assert_array_equal(p.data, whole[i])
+        np.testing.assert_array_equal(opt.state[p]["exp_avg"], moments[i][0])
+        np.testing.assert_array_equal(opt.state[p]["exp_avg_sq"], moments[i][1])
+        assert_close(p.data, tp.detach().numpy(), TOL[dtype], f"param {i}")
+
+
 def sgd_groups(ps: list[Any]) -> list[dict[str, Any]]:
     return [
         {"params": [ps[0], ps[3]], "momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
