@@ -173,6 +173,8 @@ LARGE_PAIRS = [
     _conv("dense-large-no-input-grad", (8, 32, 32, 16), 32, (3, 3), 1, 1, 1, input_grad=False),
     Pair("linear-large", "linear", _arrays((4, 1024, 64), (128, 64), (128,))),
     Pair("linear-large-nobias", "linear", _arrays((3000, 96), (200, 96))),
+    Pair("linear-few-rows-wide", "linear", _arrays((3, 40, 256), (520, 256), (520,))),  # 1 row chunk, 7 column blocks
+    Pair("linear-uneven-rows", "linear", _arrays((601, 64), (96, 64), (96,))),  # 2 row chunks of 301 and 300 rows
     Pair("layer_norm-large", "layer_norm", lambda rng: [randn(rng, 8, 2048, 32), 1 + randn(rng, 32), randn(rng, 32)]),
     Pair("gelu-none-large", "gelu", _arrays((4 * BIG + 7,), scale=3.0)),
     Pair("gelu-tanh-large", "gelu", _arrays((4 * BIG + 7,), scale=3.0), {"approximate": "tanh"}),
@@ -283,6 +285,31 @@ def test_gemm_ops_run_in_several_chunks(pair: Pair) -> None:
     finally:
         parallel.for_each_chunk = real
     assert chunks and max(chunks) >= 2, (pair.id, chunks)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(120, 256, 520), (196, 4096, 512), (784, 320, 2560), (601, 64, 96),
+                                           (12544, 64, 512), (5, 3, 2), (0, 4, 3), (4, 3, 0)])  # fmt: skip
+def test_gemm_blocks_cover_the_output_once(m: int, k: int, n: int) -> None:
+    """The linear forward's blocks tile the (m, n) output exactly, rows in near-equal chunks, columns cut only
+    where the rows leave fewer blocks than the work is worth, never narrower than MIN_COLUMNS (but the last)."""
+    from pvt_np.ops.linear import MAX_BLOCKS, MIN_COLUMNS, gemm_blocks
+
+    blocks = gemm_blocks(m, k, n)
+    seen = np.zeros((m, n), dtype=int)
+    for r0, r1, c0, c1 in blocks:
+        assert 0 <= r0 < r1 <= m and 0 <= c0 < c1 <= n
+        seen[r0:r1, c0:c1] += 1
+    assert (seen == 1).all()
+    if m and n:
+        heights = {r1 - r0 for r0, r1, _, _ in blocks}
+        assert max(heights) - min(heights) <= max(heights) // 2 + 1
+        widths = sorted({c1 - c0 for _, _, c0, c1 in blocks})
+        assert len(blocks) <= max(MAX_BLOCKS, len({r0 for r0, _, _, _ in blocks}))
+        assert len(widths) == 1 or widths[-1] >= MIN_COLUMNS
+    if (m, k, n) == (120, 256, 520):
+        assert len(blocks) == 7  # one row chunk; 15.9 M multiply-adds are worth 7 blocks
+    if (m, k, n) == (196, 4096, 512):
+        assert len(blocks) == MAX_BLOCKS
 
 
 @pytest.mark.parametrize("pair", GEMM_PAIRS, ids=lambda p: p.id)

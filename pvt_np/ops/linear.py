@@ -18,24 +18,50 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None, *, who: s
 
     x: (..., in), W: (out, in), b: (out,) -> y: (..., out).
     All leading dimensions are flattened into one, so the product is a GEMM of
-    shape (M, in) x (in, out) with M = prod(leading dims), run in row chunks of M on
-    the worker threads (pvt_np.ops.parallel; one call on CuPy).
+    shape (M, in) x (in, out) with M = prod(leading dims), run as the blocks of
+    :func:`gemm_blocks` on the worker threads (pvt_np.ops.parallel; one call on CuPy).
     """
     check_linear(x, weight, bias, who)
     xp = get_array_module(x, weight)
     x2 = x.reshape(-1, x.shape[-1])
     out_features = weight.shape[0]
-    y = xp.empty((x2.shape[0], out_features), dtype=xp.result_type(x2, weight))
-    w_t = weight.T
-
-    def kernel(start: int, stop: int) -> None:
-        xp.matmul(x2[start:stop], w_t, out=y[start:stop])
+    cache = (x2, weight, bias is not None, x.shape)
+    if xp is not np:
+        y = x2 @ weight.T
         if bias is not None:
-            y[start:stop] += bias
+            y += bias
+        return y.reshape(*x.shape[:-1], out_features), cache
+    y = np.empty((x2.shape[0], out_features), dtype=np.result_type(x2, weight))
 
-    rows = parallel.gemm_rows(x2.shape[1] * out_features)
-    parallel.for_each_chunk(x2.shape[0], 1, kernel, xp, rows_per_chunk=rows)
-    return y.reshape(*x.shape[:-1], out_features), (x2, weight, bias is not None, x.shape)
+    def block(r0: int, r1: int, c0: int, c1: int) -> None:
+        np.matmul(x2[r0:r1], weight[c0:c1].T, out=y[r0:r1, c0:c1])
+        if bias is not None:
+            y[r0:r1, c0:c1] += bias[c0:c1]
+
+    blocks = gemm_blocks(x2.shape[0], x2.shape[1], out_features)
+    parallel.run_tasks([functools.partial(block, *b) for b in blocks])
+    return y.reshape(*x.shape[:-1], out_features), cache
+
+
+MIN_COLUMNS = 64  # output columns per block at the least: narrower GEMMs run far below their peak
+MAX_BLOCKS = 8  # column blocks beyond this only add hand-offs at PVT v2's sizes
+
+
+def gemm_blocks(m: int, k: int, n: int) -> list[tuple[int, int, int, int]]:
+    """Blocks (r0, r1, c0, c1) of the output of an (m, k) x (k, n) GEMM, for the worker threads.
+
+    Rows first, in equal chunks of about :func:`parallel.gemm_rows` rows. Where that leaves
+    fewer chunks than the work is worth (one chunk per GEMM_CHUNK_MACS multiply-adds, at
+    most MAX_BLOCKS), the columns are cut too, in blocks of at least MIN_COLUMNS: b2_li's
+    last stage has M = 196 tokens, one row chunk, so its 512 -> 4096 layer ran on one thread.
+    The cut follows the shapes alone, so the result is the same with any thread count.
+    """
+    row_chunks = max(1, -(-m // parallel.gemm_rows(k * n)))
+    rows = max(1, -(-m // row_chunks))  # equal chunks: no short last one left for one thread alone
+    wanted = min(MAX_BLOCKS, m * k * n // parallel.GEMM_CHUNK_MACS)
+    col_blocks = max(1, min(-(-wanted // row_chunks), n // MIN_COLUMNS))
+    cols = max(1, -(-n // col_blocks))
+    return [(r0, min(m, r0 + rows), c0, min(n, c0 + cols)) for r0 in range(0, m, rows) for c0 in range(0, n, cols)]
 
 
 def linear_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None]:
@@ -46,7 +72,8 @@ def linear_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None
     db = sum_m G[m]     (out,)
     Returns (dx, dW, db); db is None when there was no bias.
     On NumPy dx runs in row chunks of M and dW, db as :func:`weight_grad_tasks`,
-    all taken from one shared counter.
+    all taken from one shared counter (the weight-gradient tasks fill in where dx has
+    few chunks, so dx keeps whole rows; column blocks as in the forward measured slower).
     """
     x2, weight, has_bias, x_shape = cache
     xp = get_array_module(dout, weight)
