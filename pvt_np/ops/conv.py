@@ -235,6 +235,7 @@ def _depthwise(
     n, c = x.shape[0], x.shape[3]
     kh, kw = taps.shape[:2]
     out = np.empty((n, ho, wo, c), dtype=x.dtype)
+    taps_rows = None  # the taps repeated Wo times along a row, for the W-stride-1 row windows
     if sw == 1:
         taps_rows = np.ascontiguousarray(np.broadcast_to(taps[:, :, None], (kh, kw, wo, c))).reshape(kh, kw, wo * c)
 
