@@ -569,7 +569,7 @@ BAD_FLAGS = [
      "--batch-size: expected at most 16 (the number of training images used), got 20"),
     (["--lr", "-1"], "--lr: expected a finite number > 0, got -1.0"),
     (["--lr", "nan"], "--lr: expected a finite number > 0, got nan"),
-    (["--min-lr", "0.01"], "--min-lr: expected a number in [0, 0.002] (at most the peak learning rate), got 0.01"),
+    (["--min-lr", "0.01"], "--min-lr: expected a number in [0, 0.001] (at most the peak learning rate), got 0.01"),
     (["--warmup-epochs", "4"], "--warmup-epochs: expected a number in [0, 3] (at most the number of epochs), got 4.0"),
     (["--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
     (["--train-subset", "1000000"],

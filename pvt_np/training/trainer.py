@@ -61,8 +61,8 @@ class TrainConfig:
     download: bool = False
     cache_dir: str | None = None  # decoded image-folder cache; None: $XDG_CACHE_HOME/pvt_np or ~/.cache/pvt_np
     epochs: int = 28  # with time_budget: replaced by the number of epochs fitted to the budget
-    batch_size: int = 128
-    lr: float = 2e-3
+    batch_size: int = 64
+    lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05
