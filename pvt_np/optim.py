@@ -27,6 +27,7 @@ import numpy as np
 
 from pvt_np import backend
 from pvt_np.backend import Array
+from pvt_np.data.staging import HostStager
 from pvt_np.nn.module import Module, Parameter
 from pvt_np.ops import cuda, parallel
 
@@ -286,6 +287,7 @@ class AdamW(Optimizer):
         weight_decay: float = 1e-2,
     ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        self._stager: HostStager | None = None  # the fused update's table of addresses goes through it
 
     def _check_options(self, options: dict[str, Any], where: str) -> dict[str, Any]:
         options["lr"] = _nonneg(options["lr"], "lr", where)
@@ -302,6 +304,7 @@ class AdamW(Optimizer):
         """One AdamW update of every parameter that has a gradient; returns ``closure()`` if given."""
         loss = closure() if closure is not None else None
         tasks: list[Callable[[], None]] = []  # NumPy: every update, large ones in chunks, run on the worker threads
+        fused: dict[tuple[Any, ...], tuple[Any, dict[str, float], list[tuple[Array, ...]]]] = {}  # same options
         for group in self.param_groups:
             lr = group["lr"]
             beta1, beta2 = group["betas"]
@@ -324,8 +327,9 @@ class AdamW(Optimizer):
                 opts = {"decay": decay, "w": w, "beta2": beta2, "eps": eps}
                 opts["step_size"] = lr / (1 - beta1**t)
                 opts["bc2_sqrt"] = (1 - beta2**t) ** 0.5
-                if cuda.active(xp) and all(a.flags.c_contiguous for a in (data, m, v)):
-                    cuda.adamw_update(data, g, m, v, **opts)  # the GPU: the update in one kernel (pvt_np.ops.cuda)
+                if cuda.active(xp) and _fusable(data, g, m, v):  # the GPU: one kernel per group (pvt_np.ops.cuda)
+                    key = (data.dtype, *opts.values())
+                    fused.setdefault(key, (xp, opts, []))[2].append((data, xp.ascontiguousarray(g), m, v))
                 elif xp is np and _chunkable(data, g, m, v):
                     size = data.size
                     flat = [a.reshape(-1) for a in (data, g, m, v)]
@@ -337,7 +341,35 @@ class AdamW(Optimizer):
                 else:
                     _adamw_whole(data, g, m, v, opts)
         parallel.run_tasks(tasks)
+        for (dtype, *_), (xp, opts, tensors) in fused.items():
+            self._fused_update(xp, dtype, opts, tensors)
         return loss
+
+    def _fused_update(self, xp: Any, dtype: Any, opts: dict[str, float], tensors: list[tuple[Array, ...]]) -> None:
+        """The update of ``tensors`` [(param, grad, exp_avg, exp_avg_sq), ...] with the same options, one launch.
+
+        The launch takes a table of the tensors' starts and addresses (:func:`pvt_np.ops.cuda.adamw_multi`),
+        sent in one asynchronous copy from pinned memory (a copy from pageable memory would make the host
+        wait for the GPU every step).
+        """
+        tensors = [t for t in tensors if t[0].size]
+        if not tensors:
+            return
+        starts = np.cumsum([0] + [t[0].size for t in tensors], dtype=np.int64)
+        addresses = np.array([cuda.address(a) for t in tensors for a in t], dtype=np.int64)
+        if self._stager is None or self._stager.xp is not xp:
+            self._stager = HostStager(xp)
+        (table,) = self._stager.upload([np.concatenate([starts, addresses])])
+        cuda.adamw_multi(table, len(tensors), int(starts[-1]), dtype, **opts)
+
+
+def _fusable(data: Array, g: Array, m: Array, v: Array) -> bool:
+    """Whether the fused kernel can update this parameter: one float dtype, contiguous state."""
+    return (
+        data.dtype == g.dtype == m.dtype == v.dtype
+        and data.dtype in cuda.C_TYPES
+        and all(a.flags.c_contiguous for a in (data, m, v))
+    )
 
 
 # AdamW's update makes 14 NumPy calls per chunk; as for the GELU (pvt_np.ops.activation.GELU_CHUNK_ELEMENTS), chunks

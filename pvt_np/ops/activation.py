@@ -198,10 +198,13 @@ def relu_forward(x: Array, *, who: str = "relu") -> tuple[Array, Any]:
 def relu_backward(dout: Array, cache: Any) -> Array:
     """dx = dout where x > 0 (read as y > 0), else 0 (torch's convention: the gradient at 0 is 0).
 
-    NumPy: in chunks on the worker threads, the mask in a per-thread buffer.
+    NumPy: in chunks on the worker threads, the mask in a per-thread buffer; the GPU: one kernel.
     """
     xp = get_array_module(dout, cache)
-    if xp is not np or dout.shape != cache.shape:
+    same = dout.shape == cache.shape and dout.dtype == cache.dtype
+    if cuda.active(xp) and same and dout.dtype in cuda.C_TYPES:  # the GPU: one kernel (pvt_np.ops.cuda)
+        return cuda.relu_backward(dout, cache)
+    if xp is not np or not same:
         return dout * (cache > 0)
     grad, y = dout.reshape(-1), cache.reshape(-1)
     dx = np.empty_like(grad)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from pvt_np.backend import Array, get_array_module, get_rng
-from pvt_np.ops import parallel
+from pvt_np.ops import cuda, parallel
 from pvt_np.ops.activation import softmax
 from pvt_np.ops.checks import check_attention
 from pvt_np.ops.dropout import keep_mask
@@ -46,10 +46,18 @@ def attention_forward(
     rest scaled by 1/(1-p), as torch's scaled_dot_product_attention;
     the mask is drawn from ``rng`` (default: pvt_np's shared generator), whole,
     before the work is split. On NumPy the batch is split into chunks run on the
-    worker threads, each chunk's two products, softmax and dropout in one go.
+    worker threads, each chunk's two products, softmax and dropout in one go; on the
+    GPU the scale and softmax are one kernel (:func:`pvt_np.ops.cuda.softmax_rows`), and
+    each product is one strided-batched cuBLAS call into its output
+    (:func:`pvt_np.ops.cuda.matmul`, ``xp.matmul`` elsewhere).
     """
     p = check_attention(q, k, v, dropout_p, who)
     xp = get_array_module(q, k, v)
+    if cuda.active(xp):
+        # The GPU: head-major copies made once and kept for the backward. The heads come in as strided
+        # views of the (B, N, heads * d) projections, and each batched product would copy its operands
+        # again (five products read q, k or v, each a launch and a pass over memory).
+        q, k, v = xp.ascontiguousarray(q), xp.ascontiguousarray(k), xp.ascontiguousarray(v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     b, h, n, _ = q.shape
     m = k.shape[2]
@@ -60,11 +68,14 @@ def attention_forward(
 
     def kernel(start: int, stop: int) -> None:
         scores = probs[start:stop]
-        xp.matmul(q[start:stop], k[start:stop].transpose(0, 1, 3, 2), out=scores)
-        scores *= scale
-        softmax(scores, axis=-1, in_place=True)  # the scores are not needed again
+        cuda.matmul(q[start:stop], k[start:stop], trans_b=True, out=scores)
+        if cuda.active(xp):  # the GPU: scale and softmax in one kernel (pvt_np.ops.cuda)
+            cuda.softmax_rows(scores, scale)
+        else:
+            scores *= scale
+            softmax(scores, axis=-1, in_place=True)  # the scores are not needed again
         dropped = scores if keep is None else scores * keep[start:stop]
-        xp.matmul(dropped, v[start:stop], out=out[start:stop])
+        cuda.matmul(dropped, v[start:stop], out=out[start:stop])
 
     parallel.for_each_chunk(b, 1, kernel, xp, rows_per_chunk=_batch_rows(q, m))
     return out, AttentionCache(q, k, v, probs, keep, scale)
@@ -77,26 +88,32 @@ def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Array
     dP = (G v^T) * keep                      (through the dropout mask)
     dS = P * (dP - rowsum(dP * P))           (softmax backward, fused in place)
     dq = dS k * scale,   dk = dS^T q * scale
-    Returns (dq, dk, dv). On NumPy the batch runs in chunks on the worker threads.
+    Returns (dq, dk, dv). On NumPy the batch runs in chunks on the worker threads; on the GPU
+    dS is one kernel (:func:`pvt_np.ops.cuda.softmax_rows_backward`).
     """
     q, k, v, probs, keep, scale = cache
     xp = get_array_module(dout, probs)
+    if cuda.active(xp):  # read by two batched products: copied once here, not once by each
+        dout = xp.ascontiguousarray(dout)
     dq, dk, dv = xp.empty(q.shape, probs.dtype), xp.empty(k.shape, probs.dtype), xp.empty(v.shape, probs.dtype)
 
     def kernel(start: int, stop: int) -> None:
         pc, g = probs[start:stop], dout[start:stop]
         kc = None if keep is None else keep[start:stop]
         dropped = pc if kc is None else pc * kc
-        xp.matmul(dropped.transpose(0, 1, 3, 2), g, out=dv[start:stop])
-        ds = g @ v[start:stop].transpose(0, 1, 3, 2)
+        cuda.matmul(dropped, g, trans_a=True, out=dv[start:stop])
+        ds = cuda.matmul(g, v[start:stop], trans_b=True)
         if kc is not None:
             ds *= kc
-        row = (ds * pc).sum(axis=-1, keepdims=True)
-        ds -= row
-        ds *= pc
-        ds *= scale
-        xp.matmul(ds, k[start:stop], out=dq[start:stop])
-        xp.matmul(ds.transpose(0, 1, 3, 2), q[start:stop], out=dk[start:stop])
+        if cuda.active(xp):  # the GPU: the four steps below in one kernel (pvt_np.ops.cuda)
+            cuda.softmax_rows_backward(ds, pc, scale)
+        else:
+            row = (ds * pc).sum(axis=-1, keepdims=True)
+            ds -= row
+            ds *= pc
+            ds *= scale
+        cuda.matmul(ds, k[start:stop], out=dq[start:stop])
+        cuda.matmul(ds, q[start:stop], trans_a=True, out=dk[start:stop])
 
     parallel.for_each_chunk(q.shape[0], 1, kernel, xp, rows_per_chunk=_batch_rows(q, k.shape[2]))
     return dq, dk, dv

@@ -145,7 +145,7 @@ def _dense_forward(xpad: Array, weight: Array, bias: Array | None, sh: int, sw: 
     n, c = xpad.shape[0], xpad.shape[3]
     o, _, kh, kw = weight.shape
     k = kh * kw * c
-    w_t = _weight_matrix(weight, 1)[0].T  # (K, O)
+    w_mat = _weight_matrix(weight, 1)[0]  # (O, K)
     out = xp.empty((n, ho, wo, o), dtype=xp.result_type(xpad, weight))
     out_rows = out.reshape(n * ho * wo, o)
     win = _windows(xpad, kh, kw, sh, sw, ho, wo)
@@ -153,7 +153,7 @@ def _dense_forward(xpad: Array, weight: Array, bias: Array | None, sh: int, sw: 
     def kernel(start: int, stop: int) -> None:
         cols = _cols(win, start, stop, k)
         rows = out_rows[start * wo : stop * wo]
-        xp.matmul(cols, w_t, out=rows)
+        cuda.matmul(cols, w_mat, trans_b=True, out=rows)  # rows = X W^T
         if bias is not None:
             rows += bias
 
@@ -258,7 +258,7 @@ def _depthwise_weight_grad(g: Array, x: Array, ph: int, pw: int, kh: int, kw: in
     (xpad: x zero-padded by (ph, pw)).
 
     NumPy: each chunk of images padded into a per-thread buffer, then one einsum over its
-    window view. CuPy: one CUDA kernel of per-image partial sums (pvt_np.ops.cuda), added.
+    window view. CuPy: one CUDA kernel of partial sums per output row of each image (pvt_np.ops.cuda), added.
     """
     xp = get_array_module(g)
     if cuda.active(xp):
@@ -298,7 +298,7 @@ def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> t
     _n, _ho, _wo, o = g.shape
     c = x.shape[3]
     depthwise, dense = groups == c == o, groups == 1 and not groups == c == o
-    db = g.reshape(-1, o).sum(axis=0) if has_bias and not dense else None  # the dense path sums it in its tasks
+    db = cuda.column_sums(g.reshape(-1, o)) if has_bias and not dense else None  # the dense path sums it in its tasks
     if depthwise:
         dx, dw = _depthwise_backward(g, x, weight, ph, pw, sh, sw, input_grad)
         return (dx if channels_last or dx is None else dx.transpose(0, 3, 1, 2)), dw, db
@@ -333,13 +333,13 @@ def _dense_backward(
     dtype = xp.result_type(g, weight)
     g_mat = g.reshape(m, o)
     win = _windows(xpad, kh, kw, sh, sw, ho, wo)
-    if xp is not np:
+    if cuda.active(xp):  # the GPU: the whole im2col matrix at once, cuBLAS (pvt_np.ops.cuda.matmul)
         cols = win.reshape(m, k)
-        dw_mat, db = g_mat.T @ cols, (g_mat.sum(axis=0) if has_bias else None)
+        dw_mat, db = cuda.matmul(g_mat, cols, trans_a=True), (cuda.column_sums(g_mat) if has_bias else None)
         dxpad = None
         if input_grad:
             dxpad = xp.empty(xpad.shape, dtype=dtype)
-            _col2im(g_mat @ _weight_matrix(weight, 1)[0], dxpad, kh, kw, sh, sw, ho, wo)
+            _col2im(cuda.matmul(g_mat, _weight_matrix(weight, 1)[0]), dxpad, kh, kw, sh, sw, ho, wo)
         return dxpad, _weight_from_matrix(dw_mat, weight.shape), db
     cols = np.empty((m, k), dtype=xpad.dtype)
     unit_rows = -(-parallel.gemm_rows(k) // wo)
@@ -373,10 +373,13 @@ def _col2im(dcols: Array, dxpad: Array, kh: int, kw: int, sh: int, sw: int, ho: 
     """Fill ``dxpad`` (the padded input's gradient) from the im2col matrix's: each window adds its row back.
 
     On NumPy, windows that do not overlap (stride >= kernel, as the SR conv's kernel ==
-    stride) are written through the window view in one strided copy; overlapping ones,
-    and every case on CuPy, by kh*kw strided slice-adds, one per tap. Pixels no window
-    reads get zero.
+    stride) are written through the window view in one strided copy; overlapping ones by
+    kh*kw strided slice-adds, one per tap. On the GPU one CUDA kernel gathers each pixel's
+    terms (:func:`pvt_np.ops.cuda.col2im`). Pixels no window reads get zero.
     """
+    if cuda.active(get_array_module(dxpad)) and dxpad.flags.c_contiguous:  # the GPU: one gather kernel
+        cuda.col2im(dcols, dxpad, kh, kw, sh, sw, ho, wo)
+        return
     n, hp, wp, c = dxpad.shape
     windows = dcols.reshape(n, ho, wo, kh, kw, c)
     if sh >= kh and sw >= kw and get_array_module(dxpad) is np:  # CuPy keeps the slice-adds its tests cover

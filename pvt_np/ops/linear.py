@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops import parallel
+from pvt_np.ops import cuda, parallel
 from pvt_np.ops.checks import check_linear
 
 
@@ -19,15 +19,15 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None, *, who: s
     x: (..., in), W: (out, in), b: (out,) -> y: (..., out).
     All leading dimensions are flattened into one, so the product is a GEMM of
     shape (M, in) x (in, out) with M = prod(leading dims), run as the blocks of
-    :func:`gemm_blocks` on the worker threads (pvt_np.ops.parallel; one call on CuPy).
+    :func:`gemm_blocks` on the worker threads (pvt_np.ops.parallel; one cuBLAS call on the GPU).
     """
     check_linear(x, weight, bias, who)
     xp = get_array_module(x, weight)
     x2 = x.reshape(-1, x.shape[-1])
     out_features = weight.shape[0]
     cache = (x2, weight, bias is not None, x.shape)
-    if xp is not np:
-        y = x2 @ weight.T
+    if cuda.active(xp):  # the GPU: one cuBLAS call (pvt_np.ops.cuda.matmul), the bias added in place
+        y = cuda.matmul(x2, weight, trans_b=True)
         if bias is not None:
             y += bias
         return y.reshape(*x.shape[:-1], out_features), cache
@@ -74,13 +74,15 @@ def linear_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None
     On NumPy dx runs in row chunks of M and dW, db as :func:`weight_grad_tasks`,
     all taken from one shared counter (the weight-gradient tasks fill in where dx has
     few chunks, so dx keeps whole rows; column blocks as in the forward measured slower).
+    On the GPU: three cuBLAS calls (:func:`pvt_np.ops.cuda.matmul`, db by :func:`pvt_np.ops.cuda.column_sums`).
     """
     x2, weight, has_bias, x_shape = cache
     xp = get_array_module(dout, weight)
     out_features, in_features = weight.shape
     g = dout.reshape(-1, out_features)
-    if xp is not np:
-        return (g @ weight).reshape(x_shape), g.T @ x2, g.sum(axis=0) if has_bias else None
+    if cuda.active(xp):
+        dx = cuda.matmul(g, weight).reshape(x_shape)
+        return dx, cuda.matmul(g, x2, trans_a=True), cuda.column_sums(g) if has_bias else None
     m = g.shape[0]
     dx = np.empty((m, in_features), dtype=np.result_type(g, weight))
 

@@ -21,7 +21,7 @@ def layer_norm_forward(
     Row means are matrix-vector products with a 1/C vector (BLAS), which beat
     NumPy's per-row reductions when rows are short (C = 32 at PVT v2's first stage);
     on NumPy the rows run in cache-sized chunks on the worker threads. CuPy: one
-    CUDA kernel, one thread per row (pvt_np.ops.cuda).
+    CUDA kernel, one warp of 32 threads per row (pvt_np.ops.cuda).
     """
     check_layer_norm(x, weight, bias, who)
     xp = get_array_module(x)
@@ -63,7 +63,7 @@ def layer_norm_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array]:
     On NumPy the rows run in cache-sized chunks on the worker threads; dweight and
     dbias are per-chunk partial sums added in chunk order (the chunks follow the
     shape alone, so the sum is the same with any thread count). CuPy: one CUDA kernel
-    for dx (one thread per row), and dweight, dbias as products with a ones vector.
+    for dx (one warp per row), and dweight, dbias in one product with a ones vector.
     Returns (dx, dweight, dbias).
     """
     xhat, rstd, weight = cache

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pvt_np.backend import Array, get_array_module
+from pvt_np.ops import cuda
 from pvt_np.ops.checks import check_adaptive_avg_pool2d, check_array, check_token_mean
 
 
@@ -51,7 +52,8 @@ def adaptive_avg_pool2d_forward(
 
     A rectangle's mean is the product of a row mean and a column mean, so the
     pooling is separable: out = A_h x A_w^T with the averaging matrices A of
-    :func:`adaptive_pool_matrix` -- two small GEMM-shaped contractions.
+    :func:`adaptive_pool_matrix` -- two small GEMM-shaped contractions (on the GPU each
+    one strided-batched cuBLAS call with the averaging matrix shared, :func:`pvt_np.ops.cuda.matmul`).
     """
     ph, pw = check_adaptive_avg_pool2d(x, output_size, channels_last, who)
     xp = get_array_module(x)
@@ -64,10 +66,10 @@ def adaptive_avg_pool2d_forward(
     # 3,584-long rows took a slow path).
     if channels_last:
         n, _, _, c = x.shape
-        cols = xp.matmul(a_w, x.reshape(n * h, w, c))  # pool over W: (N*H, Pw, C)
-        out = xp.matmul(a_h, cols.reshape(n, h, pw * c)).reshape(n, ph, pw, c)  # then over H
+        cols = cuda.matmul(a_w, x.reshape(n * h, w, c))  # pool over W: (N*H, Pw, C)
+        out = cuda.matmul(a_h, cols.reshape(n, h, pw * c)).reshape(n, ph, pw, c)  # then over H
     else:
-        out = xp.matmul(xp.matmul(a_h, x), a_w.T)  # (Ph, H) @ (N, C, H, W) @ (W, Pw)
+        out = cuda.matmul(cuda.matmul(a_h, x), a_w, trans_b=True)  # (Ph, H) @ (N, C, H, W) @ (W, Pw)
     return out, (a_h, a_w, channels_last)
 
 
@@ -75,13 +77,12 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: Any) -> Array:
     """dx = A_h^T G A_w: each output's gradient is spread evenly over its window
     (and summed where windows overlap)."""
     a_h, a_w, channels_last = cache
-    xp = get_array_module(dout)
     (ph, h), (pw, w) = a_h.shape, a_w.shape
     if channels_last:
         n, _, _, c = dout.shape
-        rows = xp.matmul(a_h.T, dout.reshape(n, ph, pw * c))  # spread over H first (short rows, as forward)
-        return xp.matmul(a_w.T, rows.reshape(n * h, pw, c)).reshape(n, h, w, c)  # then over W
-    return xp.matmul(xp.matmul(a_h.T, dout), a_w)
+        rows = cuda.matmul(a_h, dout.reshape(n, ph, pw * c), trans_a=True)  # spread over H first (short rows)
+        return cuda.matmul(a_w, rows.reshape(n * h, pw, c), trans_a=True).reshape(n, h, w, c)  # then over W
+    return cuda.matmul(cuda.matmul(a_h, dout, trans_a=True), a_w)
 
 
 def token_mean_forward(x: Array, *, who: str = "token_mean") -> tuple[Array, Any]:
