@@ -274,6 +274,8 @@ class AdamW(Optimizer):
     is evaluated as ``g - (g - m) * beta1`` when ``1 - beta1 >= 0.5``. On NumPy every
     parameter's update is a task for the worker threads, large ones cut into chunks of
     ADAMW_CHUNK_ELEMENTS (elementwise, so the bits are those of the whole-array update).
+    On the GPU the parameters of a group that share a step count are updated by one
+    kernel launch (:func:`pvt_np.ops.cuda.adamw_multi`), with the same bits.
     """
 
     state_keys = ("step", "exp_avg", "exp_avg_sq")
