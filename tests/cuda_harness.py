@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,7 @@ class HostBlas:
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
         self.pointer_mode: int | None = None
+        self._lock = threading.Lock()  # the ops call it from the worker threads
 
     def setPointerMode(self, handle: int, mode: int) -> None:
         self.pointer_mode = mode
@@ -180,7 +182,8 @@ class HostBlas:
     def _count(self, name: str) -> None:
         if self.pointer_mode != 0:
             raise RuntimeError(f"{name}: called in pointer mode {self.pointer_mode}, not host (0)")
-        self.calls[name] = self.calls.get(name, 0) + 1
+        with self._lock:
+            self.calls[name] = self.calls.get(name, 0) + 1
 
     def _gemm(self, dtype, name, handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         self._count(name)
@@ -248,6 +251,7 @@ class HostModule:
         self.lib = ctypes.CDLL(str(lib))
         self.lib.pvt_warp_diverged.restype = ctypes.c_int
         self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
         self.blas = HostBlas()
         self.expressions: dict[str, int] = {}  # launches per instantiation (which index type ran)
 
@@ -263,11 +267,13 @@ class HostModule:
         def launch(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
             if name in cuda.WARP_KERNELS and block[0] % cuda.WARP_SIZE:
                 raise ValueError(f"{name}: {block[0]} threads a block, not whole warps of {cuda.WARP_SIZE}")
-            self.calls[name] = self.calls.get(name, 0) + 1
-            self.expressions[name_expression] = self.expressions.get(name_expression, 0) + 1
             values = [a.ctypes.data if isinstance(a, np.ndarray) else a.item() for a in args]
-            fn(grid[0], block[0], *values)
-            if self.lib.pvt_warp_diverged():
+            with self._lock:  # the warp scheduler's state is global, and ctypes calls let other threads run
+                self.calls[name] = self.calls.get(name, 0) + 1
+                self.expressions[name_expression] = self.expressions.get(name_expression, 0) + 1
+                fn(grid[0], block[0], *values)
+                diverged = self.lib.pvt_warp_diverged()
+            if diverged:
                 raise RuntimeError(f"{name}: the lanes of a warp did not all make the same shuffles")
 
         return launch
