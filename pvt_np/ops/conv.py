@@ -382,7 +382,7 @@ def _col2im(dcols: Array, dxpad: Array, kh: int, kw: int, sh: int, sw: int, ho: 
         return
     n, hp, wp, c = dxpad.shape
     windows = dcols.reshape(n, ho, wo, kh, kw, c)
-    if sh >= kh and sw >= kw and get_array_module(dxpad) is np:  # CuPy keeps the slice-adds its tests cover
+    if sh >= kh and sw >= kw and get_array_module(dxpad) is np:  # (a strided CuPy dxpad: the slice-adds)
         if (sh, sw) != (kh, kw) or (hp, wp) != (ho * kh, wo * kw):  # some pixels lie in no window
             dxpad[...] = 0
         _windows(dxpad, kh, kw, sh, sw, ho, wo)[...] = windows

@@ -454,13 +454,10 @@ def _blas(xp: Any) -> tuple[Any, int]:
     return blas, handle
 
 
-def _float_dtype(name: str, *arrays: Array) -> np.dtype:
+def _blas_dtype(*arrays: Array) -> np.dtype | None:
+    """The arrays' dtype where cuBLAS's s/d routines take them all (float32 or float64, one dtype), else None."""
     dtype = arrays[0].dtype
-    if dtype not in C_TYPES or any(a.dtype != dtype for a in arrays):
-        raise TypeError(
-            f"{name}: expected float32 or float64 arrays of one dtype, got {[str(a.dtype) for a in arrays]}"
-        )
-    return dtype
+    return dtype if dtype in C_TYPES and all(a.dtype == dtype for a in arrays) else None
 
 
 def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, out: Array | None = None) -> Array:
@@ -474,12 +471,13 @@ def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, 
     cuBLAS is column-major, where a row-major (r, c) matrix reads as its (c, r) transpose,
     so each row-major C = op(a) op(b) is computed as the column-major C^T = op(b)^T op(a)^T:
     b first, each operand transposed by cuBLAS exactly when it is not by the caller.
-    Elsewhere: ``xp.matmul`` of the transposed views.
+    Elsewhere, and for operands cuBLAS's s/d GEMMs do not take (mixed or non-float dtypes):
+    ``xp.matmul`` of the transposed views.
     """
     xp = get_array_module(a, b)
-    if not active(xp):
+    dtype = _blas_dtype(a, b)
+    if not active(xp) or dtype is None:  # (mixed or other dtypes: xp.matmul's promotion, as the CPU path)
         return xp.matmul(a.swapaxes(-1, -2) if trans_a else a, b.swapaxes(-1, -2) if trans_b else b, out=out)
-    dtype = _float_dtype("matmul", a, b)
     a, b = xp.ascontiguousarray(a), xp.ascontiguousarray(b)
     m, k = a.shape[-1:-3:-1] if trans_a else a.shape[-2:]
     k_b, n = b.shape[-1:-3:-1] if trans_b else b.shape[-2:]
@@ -532,13 +530,13 @@ def column_sums(m: Array) -> Array:
     There it is one cuBLAS matrix-vector product: the row-major (rows, C) array read
     column-major is its (C, rows) transpose, times a cached ones vector. CuPy's
     ``m.sum(axis=0)``, a reduction along the strided axis, took 47% of b0's training
-    step at 224x224, batch 32, on an H200 (25.8 of 55.4 ms of kernel time). On NumPy:
-    ``m.sum(axis=0)``.
+    step at 224x224, batch 32, on an H200 (25.8 of 55.4 ms of kernel time). On NumPy, and
+    for dtypes cuBLAS does not take: ``m.sum(axis=0)``.
     """
     xp = get_array_module(m)
-    if not active(xp):
+    dtype = _blas_dtype(m)
+    if not active(xp) or dtype is None:
         return m.sum(axis=0)
-    dtype = _float_dtype("column_sums", m)
     m = xp.ascontiguousarray(m)
     rows, c = m.shape
     out = xp.empty(c, dtype=dtype)
