@@ -131,7 +131,9 @@ def conv2d_forward(
     copies it into its padded buffer, so the ReLU costs no pass of its own and its
     output is never stored; the other paths rectify a copy first.
     """
-    (sh, sw), (ph, pw), (ho, wo) = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who)
+    (sh, sw), (ph, pw), (ho, wo) = check_conv2d(
+        x, weight, bias, stride, padding, groups, channels_last, who, input_relu
+    )
     xp = get_array_module(x)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
     c = x_nhwc.shape[3]

@@ -120,7 +120,7 @@ def conv2d_forward(
     with ``channels_last``; W is torch's (O, C/G, kh, kw). ``input_relu=True`` convolves
     max(x, 0) instead of x: the same formula with xpad = max(x, 0) zero-padded.
     """
-    stride, padding, out_size = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who)
+    stride, padding, out_size = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who, input_relu)
     xp = get_array_module(x)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
     if input_relu:
