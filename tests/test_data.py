@@ -47,6 +47,7 @@ from pvt_np.data import (
     sample_crop_flip,
     sample_mix,
     sample_trivial,
+    translate,
     trivial_augment,
 )
 from pvt_np.data import cifar as cifar_mod
@@ -825,6 +826,41 @@ def test_crop_flip_matches_reference(pad: int) -> None:
     )
     assert (corner[0, :pad] == 0).all() and (corner[0, :, :pad] == 0).all() and (corner[0, pad:, pad:] == 255).all()
     assert (corner[1, 9 - pad :] == 0).all() and (corner[1, : 9 - pad, : 7 - pad] == 255).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_translate_is_a_fixed_crop_of_the_padded_image(dtype: Any) -> None:
+    """translate(x, dy, dx, loader.zero_pixel) on a loader's normalised batch equals the normalised crop at offset
+    (p + dy, p + dx) of the image zero-padded by p (the crops of training), for every shift up to p = 3; the
+    image itself at (0, 0); a new array."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(1, 256, size=(6, 9, 7, 3), dtype=np.uint8)  # no zero pixels: the fill is visible
+    loader = BatchLoader(images, np.zeros(6, np.int64), 6, shuffle=False, mean=(0.5, 0.4, 0.3),
+                         std=(0.2, 0.25, 0.3), dtype=dtype)  # fmt: skip
+    x, _ = next(iter(loader.epoch(0)))
+    pad = 3
+    for dy in range(-pad, pad + 1):
+        for dx in range(-pad, pad + 1):
+            out = translate(x, dy, dx, loader.zero_pixel)
+            assert out.shape == x.shape and out.dtype == dtype and out is not x
+            crops = np.stack([reference_crop_flip(im, pad + dy, pad + dx, False, pad) for im in images])
+            want = ((crops / 255.0 - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.3])).transpose(0, 3, 1, 2)
+            np.testing.assert_allclose(out, want, rtol=1e-6 if dtype == np.float32 else 1e-13, atol=1e-6)
+    # The content moves up by dy and left by dx: the pixel at (i + dy, j + dx) lands at (i, j).
+    out = translate(x, 2, -1, loader.zero_pixel)
+    np.testing.assert_array_equal(out[:, :, :7, 1:], x[:, :, 2:, :6])
+    np.testing.assert_array_equal(translate(x, 0, 0, loader.zero_pixel), x)
+
+
+def test_translate_refuses_bad_shifts() -> None:
+    x = np.zeros((2, 3, 5, 4), np.float32)
+    fill = np.zeros((1, 3, 1, 1), np.float32)
+    with pytest.raises(ValueError, match=r"translate: dy, dx must be whole pixels inside the 5x4 image, got 0, 4"):
+        translate(x, 0, 4, fill)
+    with pytest.raises(ValueError, match=r"got 1.5, 0"):
+        translate(x, 1.5, 0, fill)
+    with pytest.raises(ValueError, match=r"translate: expected an \(N, C, H, W\) batch, got shape \(3, 5, 4\)"):
+        translate(x[0], 1, 0, fill)
 
 
 def test_loader_augmentation_uses_documented_seeds() -> None:

@@ -306,6 +306,18 @@ def test_resize_bilinear_matches_cpu(dtype: Any, target: Target) -> None:
         assert_close(y, resize_bilinear(x, size), 1e-6 if dtype == np.float32 else 1e-13, f"resize to {size}")
 
 
+def test_translate_matches_cpu(target: Target) -> None:
+    """The shifted test views of --tta flip-shift (a fill and a slice copy) on the target: the CPU's, exactly."""
+    from pvt_np.data import translate
+
+    x = np.random.default_rng(5).standard_normal((4, 3, 9, 7)).astype(np.float32)
+    fill = np.array([-1.5, 0.5, 2.0], np.float32).reshape(1, 3, 1, 1)
+    for dy, dx in ((2, 0), (-2, 0), (0, 2), (0, -2), (1, -3)):
+        y = translate(target.put(x), dy, dx, target.put(fill))
+        assert target.owns(y)
+        np.testing.assert_array_equal(backend.to_numpy(y), translate(x, dy, dx, fill), err_msg=f"shift {dy}, {dx}")
+
+
 def test_manual_seed_reuses_the_device_generator(target: Target) -> None:
     """On the target manual_seed re-keys (GPU: the same CounterRng object) and restarts the same masks."""
     x = target.put(np.ones((64, 50), dtype=np.float32))

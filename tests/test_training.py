@@ -330,9 +330,11 @@ def test_reference_run_shows_progress(image_folder: Path, reference_run: tuple[P
     for epoch in (1, 2, 3):
         low_res = " at 12x12" if epoch == 1 else ""  # the first half of the 3 epochs, progressive resizing
         assert f"epoch {epoch}/3{low_res or ':'}" in proc.stderr, proc.stderr  # each epoch's bar
+        # --tta flip-shift (the default): the flip before the last epoch, ten views after it.
+        scored = r"flip TTA; single view [\d.]+" if epoch < 3 else r"flip-shift TTA; flip [\d.]+, single view [\d.]+"
         assert re.search(
             rf"^epoch {epoch}: train loss [\d.]+ acc [\d.]+{low_res} \| test loss [\d.]+ acc [\d.]+ "
-            rf"\(flip TTA; single view [\d.]+\) \| EMA test loss",
+            rf"\({scored}\) \| EMA test loss",
             proc.stdout,
             re.M,
         )
@@ -430,12 +432,14 @@ def test_outputs_metrics_plots_best_and_evaluate(
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert all(list(r) == METRIC_FIELDS for r in rows)
+    # --tta flip-shift (the default): the last row also has the flip's accuracy (its test_accuracy: ten views).
+    assert [list(r) for r in rows] == [METRIC_FIELDS, METRIC_FIELDS, [*METRIC_FIELDS, "test_accuracy_flip"]]
     with open(out / "metrics.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
-    assert [list(r) for r in csv_rows] == [METRIC_FIELDS] * 3
+    assert [list(r) for r in csv_rows] == [[*METRIC_FIELDS, "test_accuracy_flip"]] * 3
+    assert [r["test_accuracy_flip"] for r in csv_rows[:2]] == ["", ""]  # not scored so in the first two epochs
     for row, csv_row in zip(rows, csv_rows, strict=True):
-        assert {k: float(v) for k, v in csv_row.items()} == {k: float(v) for k, v in row.items()}
+        assert {k: float(v) for k, v in csv_row.items() if v != ""} == {k: float(v) for k, v in row.items()}
     for r in rows:
         assert all(math.isfinite(r[k]) for k in METRIC_FIELDS)
         assert 0.0 <= r["train_accuracy"] <= 1.0 and 0.0 <= r["test_accuracy"] <= 1.0
@@ -456,7 +460,8 @@ def test_outputs_metrics_plots_best_and_evaluate(
     if best_epoch == 3:
         assert all(np.array_equal(best["model"][k], v) for k, v in last["model"].items())
 
-    # pvt-np evaluate reproduces the recorded test loss and accuracy exactly.
+    # pvt-np evaluate reproduces the recorded test loss and accuracy exactly, scoring each checkpoint as the run did
+    # (ten views after the last epoch, the flip before).
     results = _record_evaluations(monkeypatch)
     for name, row in (("last.npz", rows[-1]), ("best.npz", rows[best_epoch - 1])):
         code, stdout, stderr = _main(capsys, ["evaluate", str(out / name), "--confusion", str(tmp_path / "c.png")])
@@ -464,9 +469,18 @@ def test_outputs_metrics_plots_best_and_evaluate(
         assert results[-1]["accuracy"] == row["test_accuracy"] and results[-1]["loss"] == row["test_loss"]
         assert results[-1]["confusion"].sum() == tf.N_TEST
         assert f"accuracy {row['test_accuracy']:.4f}" in stdout and f"{tf.N_TEST} images" in stdout
-        assert f"flip TTA; single view {row['test_accuracy_single_view']:.4f}" in stdout
+        single = f"single view {row['test_accuracy_single_view']:.4f}"
+        if row["epoch"] == 3:
+            assert f"flip-shift TTA; flip {row['test_accuracy_flip']:.4f}, {single}" in stdout
+            assert results[-1]["flip_accuracy"] == row["test_accuracy_flip"]
+        else:
+            assert f"(flip TTA; {single})" in stdout
         assert results[-1]["single_view_accuracy"] == row["test_accuracy_single_view"]
         _assert_png(tmp_path / "c.png")
+    # --tta flip rescores the last epoch's weights as the earlier epochs were scored: its recorded flip accuracy.
+    code, stdout, stderr = _main(capsys, ["evaluate", str(out / "last.npz"), "--tta", "flip"])
+    assert code == 0, stderr
+    assert results[-1]["accuracy"] == rows[-1]["test_accuracy_flip"] and "flip_accuracy" not in results[-1]
     # --tta none scores the image alone: the single-view accuracy the run recorded.
     code, stdout, stderr = _main(capsys, ["evaluate", str(out / "last.npz"), "--tta", "none"])
     assert code == 0, stderr
@@ -1075,7 +1089,7 @@ def test_train_config_checks_its_fields() -> None:
         trainer_mod.TrainConfig(trivial_augment="yes")  # type: ignore[arg-type]
     with pytest.raises(trainer_mod.ConfigError, match=r"ema_decay: expected a number in \(0, 1\)"):
         trainer_mod.TrainConfig(ema_decay=float("nan"))
-    with pytest.raises(trainer_mod.ConfigError, match="tta: expected 'none' or 'flip', got 'both'"):
+    with pytest.raises(trainer_mod.ConfigError, match="tta: expected 'none' or 'flip' or 'flip-shift', got 'both'"):
         trainer_mod.TrainConfig(tta="both")
 
 
@@ -1182,8 +1196,9 @@ def test_metrics_csv_has_every_rows_columns(tmp_path: Path) -> None:
 class _Batches:
     """A loader over fixed (x, y) batches: what evaluate reads (len and epoch)."""
 
-    def __init__(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def __init__(self, batches: list[tuple[np.ndarray, np.ndarray]], zero_pixel: Any = None) -> None:
         self.batches = batches
+        self.zero_pixel = zero_pixel
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -1215,8 +1230,46 @@ def test_flip_tta_scores_the_mean_of_the_image_and_its_mirror(dtype: Any) -> Non
     np.testing.assert_array_equal(flip["confusion"], np.bincount(y * 5 + z.argmax(axis=1), minlength=25).reshape(5, 5))
     assert flip["loss"] == pytest.approx(expected_loss, rel=1e-6 if dtype == np.float32 else 1e-12)
     assert flip["accuracy"] != none["accuracy"] or flip["loss"] != none["loss"]  # the mirror view counted
-    with pytest.raises(ValueError, match="tta must be one of none, flip, got 'both'"):
+    with pytest.raises(ValueError, match="tta must be one of none, flip, flip-shift, got 'both'"):
         trainer_mod.evaluate(model, _Batches(batches), 5, tta="both")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flip_shift_tta_scores_the_mean_of_ten_views(dtype: Any) -> None:
+    """evaluate(tta="flip-shift"): z = the mean of f over the image and its mirror, each as is and moved by 2 pixels
+    up, down, left and right with the loader's zero_pixel coming in (built here by padding and slicing), on three
+    uneven batches; single_view_accuracy is f(x)'s, flip_accuracy is tta="flip"'s accuracy."""
+    rng = np.random.default_rng(6)
+    model = create_model("pvt_v2_b0", num_classes=5, cifar=True, depths=(1, 1, 1, 1), seed=3, dtype=dtype)
+    batches = [(rng.standard_normal((n, 3, 20, 28)).astype(dtype), rng.integers(0, 5, n)) for n in (4, 7, 1)]
+    zero_pixel = np.array([-1.5, 0.25, 2.0], dtype=dtype).reshape(1, 3, 1, 1)
+
+    def moved(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+        padded = np.broadcast_to(zero_pixel, (x.shape[0], 3, 24, 32)).copy()  # 2 pixels of black around
+        padded[:, :, 2:22, 2:30] = x
+        return np.ascontiguousarray(padded[:, :, 2 + dy : 22 + dy, 2 + dx : 30 + dx])
+
+    shifts = [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)]
+    model.eval()
+    with no_grad():
+        views = [[model(moved(v, dy, dx)) for v in (x, x[..., ::-1]) for dy, dx in shifts] for x, _ in batches]
+    z = np.concatenate([sum(v) / 10 for v in views]).astype(np.float64)
+    y = np.concatenate([labels for _, labels in batches])
+    expected_loss = np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y])
+    loader = _Batches(batches, zero_pixel)
+    ten = trainer_mod.evaluate(model, loader, 5, tta="flip-shift")
+    flip = trainer_mod.evaluate(model, loader, 5, tta="flip")
+    assert ten["accuracy"] == np.mean(z.argmax(axis=1) == y)
+    assert ten["flip_accuracy"] == flip["accuracy"] and ten["single_view_accuracy"] == flip["single_view_accuracy"]
+    assert "flip_accuracy" not in flip
+    np.testing.assert_array_equal(ten["confusion"], np.bincount(y * 5 + z.argmax(axis=1), minlength=25).reshape(5, 5))
+    assert ten["loss"] == pytest.approx(expected_loss, rel=1e-6 if dtype == np.float32 else 1e-12)
+    assert ten["loss"] != flip["loss"]  # the shifted views counted
+    assert trainer_mod.scoring_tta("flip-shift", last=False) == "flip"
+    assert trainer_mod.scoring_tta("flip-shift", last=True) == "flip-shift"
+    assert [trainer_mod.scoring_tta(t, last) for t in ("none", "flip") for last in (False, True)] == [
+        "none", "none", "flip", "flip"
+    ]  # fmt: skip
 
 
 def test_ema_and_eval_every(
@@ -1290,6 +1343,10 @@ def test_fit_epochs() -> None:
     assert trainer_mod.fit_epochs(100.0, 10.0, 5.0, 1, 5.0) == 8
     assert trainer_mod.fit_epochs(99.9, 10.0, 5.0, 1, 5.0) == 7  # 3 * 5 + 4 * 10 + 7 * 5 = 90 s
     assert trainer_mod.fit_epochs(14.9, 10.0, 5.0, 1, 1.0) == 0  # one epoch has no low-resolution half
+    # A dearer last evaluation (flip-shift's ten views): 8 epochs, 2 evaluations (3, 6) and the last: 80 + 10 + 20.
+    assert trainer_mod.fit_epochs(110.0, 10.0, 5.0, 3, None, 20.0) == 8
+    assert trainer_mod.fit_epochs(109.9, 10.0, 5.0, 3, None, 20.0) == 7  # 70 + 10 + 20 = 100 s
+    assert trainer_mod.fit_epochs(29.9, 10.0, 5.0, 3, None, 20.0) == 0  # one epoch and its last evaluation: 30 s
 
 
 def _budget_args(image_folder: Path, out: Path, *extra: str) -> list[str]:

@@ -31,6 +31,7 @@ from pvt_np.data.augment import (
     sample_mix,
     sample_trivial,
     to_float_nchw,
+    translate,
     trivial_augment,
 )
 from pvt_np.data.cifar import CIFAR_SPECS, find_cifar, load_cifar
@@ -79,5 +80,6 @@ __all__ = [
     "sample_mix",
     "sample_trivial",
     "to_float_nchw",
+    "translate",
     "trivial_augment",
 ]

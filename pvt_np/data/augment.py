@@ -17,6 +17,8 @@ Semantics follow the usual PyTorch pipeline:
 * ``resize_bilinear`` = ``torch.nn.functional.interpolate(x, size, mode="bilinear",
   antialias=True)`` on the normalised float batch (the low-resolution epochs of
   progressive resizing).
+* ``translate`` = a fixed crop of the zero-padded image: ``RandomCrop``'s output at one
+  offset, on the normalised float batch (the shifted views of ``--tta flip-shift``).
 * ``mixup`` / ``cutmix`` / ``mix_targets`` = timm's ``Mixup`` in its default
   ``mode='batch'``: one coefficient per batch, image ``i`` mixed with image
   ``B - 1 - i`` (the batch reversed), cutmix's coefficient corrected to the box's
@@ -54,6 +56,7 @@ __all__ = [
     "sample_mix",
     "sample_trivial",
     "to_float_nchw",
+    "translate",
     "trivial_augment",
 ]
 
@@ -237,6 +240,30 @@ def crop_flip_gather(images: Array, index: Array, dy: Array, dx: Array, flip: Ar
     if padding > 0:
         inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
         out *= inside[..., None].astype(out.dtype)
+    return out
+
+
+def translate(x: Array, dy: int, dx: int, fill: Array) -> Array:
+    """Shift a float (N, C, H, W) batch by whole pixels: out[..., i, j] = x[..., i + dy, j + dx], ``fill`` outside.
+
+    ``fill`` is the value of a zero (black) pixel after normalisation, per channel, broadcastable
+    to (1, C, 1, 1): what the crops of training put in their padding, so (dy, dx) is the crop of
+    the image zero-padded by p taken at offset (p + dy, p + dx), normalised, for any p >= |dy|, |dx|.
+    The content moves up by dy rows and left by dx columns. A new array, on x's device.
+    """
+    xp = get_array_module(x)
+    if x.ndim != 4:
+        raise ValueError(f"translate: expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    c, h, w = x.shape[1:]
+    if int(dy) != dy or int(dx) != dx or abs(dy) >= h or abs(dx) >= w:
+        raise ValueError(f"translate: dy, dx must be whole pixels inside the {h}x{w} image, got {dy}, {dx}")
+    dy, dx = int(dy), int(dx)
+    out = xp.empty_like(x)
+    out[...] = xp.asarray(fill, dtype=x.dtype).reshape(1, c, 1, 1)
+    # Rows [max(-dy, 0), h - max(dy, 0)) of the output come from rows shifted by dy (likewise columns).
+    out[:, :, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = x[
+        :, :, max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)
+    ]
     return out
 
 

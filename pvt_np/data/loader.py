@@ -139,6 +139,12 @@ class BatchLoader:
         self._order_cache: tuple[int, np.ndarray] | None = None
         self._stager = staging.HostStager(xp) if staging.use_staging(xp) else None
 
+    @property
+    def zero_pixel(self) -> Array:
+        """A zero (black) pixel after normalisation, per channel, (1, C, 1, 1) on the loader's device: the
+        value the crops' padding takes in the batches (and the shifted test views fill with)."""
+        return self._shift
+
     @staticmethod
     def _affine(mean: Sequence[float] | None, std: Sequence[float] | None, c: int) -> tuple[np.ndarray, np.ndarray]:
         """(scale, shift) with x = u8 * scale + shift = (u8 / 255 - mean) / std."""

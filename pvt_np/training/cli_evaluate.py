@@ -11,7 +11,7 @@ from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
 from pvt_np.training.checkpoint import CheckpointError
 from pvt_np.training.cli_train import positive_int
-from pvt_np.training.trainer import TrainConfig, _subset, evaluate
+from pvt_np.training.trainer import TrainConfig, _subset, evaluate, scoring_tta
 from pvt_np.training.validation import TTA_MODES
 from pvt_np.weights import load_model, read_checkpoint
 
@@ -26,8 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to evaluate")
     p.add_argument("--tta", choices=TTA_MODES,
-                   help="test-time augmentation (see pvt-np train --tta); none given: the run's (runs from before "
-                   "the option: none), flip for a weights file, as pvt-np train scores")  # fmt: skip
+                   help="test-time augmentation (see pvt-np train --tta; flip-shift here scores every image by its "
+                   "ten views); none given: as the run scored the checkpoint (a flip-shift run: ten views after its "
+                   "last epoch, the flip before; runs from before the option: none), flip-shift for a weights "
+                   "file")  # fmt: skip
     p.add_argument("--confusion", metavar="PNG", help="also save the confusion matrix plot here")
 
 
@@ -64,16 +66,21 @@ def run(args: argparse.Namespace) -> int:
             min(args.batch_size, len(test)), shuffle=False, device=args.device,
             mean=model.meta.mean, std=model.meta.std, dtype=model.dtype,
         )  # fmt: skip
-        # A run records its --tta (runs from before the option scored the image alone); a weights file
-        # records no run, and is scored as pvt-np train scores by default.
-        tta = args.tta or (saved.get("tta", "none") if ckpt.training else TrainConfig().tta)
+        # A run records its --tta (runs from before the option scored the image alone) and its checkpoint is
+        # scored as the run scored it (flip-shift: ten views after the last epoch, the flip before); a weights
+        # file records no run, and is scored as pvt-np train scores its last evaluation by default.
+        tta = args.tta or TrainConfig().tta
+        if ckpt.training and args.tta is None:
+            epoch = (ckpt.training.get("progress") or {}).get("epoch")
+            tta = scoring_tta(saved.get("tta", "none"), last=epoch == saved.get("epochs"))
         result = evaluate(model, loader, test.num_classes, progress=True, tta=tta)
     except (CheckpointError, DataError, ValueError, RuntimeError, OSError, KeyError, ImportError) as err:
         print(f"pvt-np evaluate: error: {err}", file=sys.stderr)
         return 1
     confusion = result["confusion"]
     print(f"{args.checkpoint}: {dataset} test, {confusion.sum()} images{note}")
-    scored = f" ({tta} TTA; single view {result['single_view_accuracy']:.4f})" if tta != "none" else ""
+    flip = f"flip {result['flip_accuracy']:.4f}, " if "flip_accuracy" in result else ""
+    scored = f" ({tta} TTA; {flip}single view {result['single_view_accuracy']:.4f})" if tta != "none" else ""
     print(f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}{scored}")
     per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
     for name, acc in zip(test.classes, per_class, strict=True):

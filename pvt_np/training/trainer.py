@@ -33,7 +33,7 @@ import numpy as np
 
 from pvt_np import backend, distributed
 from pvt_np.backend import Array
-from pvt_np.data.augment import resize_bilinear
+from pvt_np.data.augment import resize_bilinear, translate
 from pvt_np.io_utils import atomic_write
 from pvt_np.models import ModelMeta, create_model
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
@@ -86,9 +86,10 @@ class TrainConfig:
     eval_batch_size: int = 500
     eval_every: int = 5  # evaluate on the test set every K epochs, and always after the last one
     # Test-time augmentation: "flip" scores each test image by the mean of its logits and its mirror image's
-    # (the single-view accuracy is recorded beside it); "none": the image alone. Evaluation only: not a
-    # trajectory field.
-    tta: str = "flip"
+    # (the single-view accuracy is recorded beside it); "flip-shift" scores the last evaluation with those two
+    # views each also shifted by 2 pixels four ways (ten views; the flip's accuracy recorded beside it) and the
+    # earlier ones with the flip; "none": the image alone. Evaluation only: not a trajectory field.
+    tta: str = "flip-shift"
     ema_decay: float | None = None  # an exponential moving average of the weights, updated every step; None: off
     # Minutes from the command's start to its last evaluation: the epochs (and so the cosine) are fitted to it
     # from a timed probe before training (see Trainer._fit_budget); None: train ``epochs``.
@@ -143,17 +144,21 @@ def fit_epochs(
     eval_seconds: float,
     eval_every: int,
     low_res_epoch_seconds: float | None = None,
+    last_eval_seconds: float | None = None,
 ) -> int:
     """The most epochs E whose cost, E * epoch_seconds plus eval_seconds for each evaluation (after every
     eval_every-th epoch and after the last), is at most ``available`` seconds (0 if not even one fits).
 
-    With ``low_res_epoch_seconds`` the first E // 2 epochs (progressive resizing's default) cost that instead.
+    With ``low_res_epoch_seconds`` the first E // 2 epochs (progressive resizing's default) cost that instead;
+    with ``last_eval_seconds`` the last evaluation costs that instead (``--tta flip-shift``'s ten views).
     """
+    last = eval_seconds if last_eval_seconds is None else last_eval_seconds
 
     def cost(epochs: int) -> float:
         evaluations = epochs // eval_every + (epochs % eval_every != 0)
         low = epochs // 2 if low_res_epoch_seconds is not None else 0
-        return low * (low_res_epoch_seconds or 0.0) + (epochs - low) * epoch_seconds + evaluations * eval_seconds
+        trained = low * (low_res_epoch_seconds or 0.0) + (epochs - low) * epoch_seconds
+        return trained + (evaluations - 1) * eval_seconds + last
 
     # Every epoch costs at least the cheaper of the two, plus its share of the evaluations: a bound to count down from.
     cheapest = epoch_seconds if low_res_epoch_seconds is None else min(epoch_seconds, low_res_epoch_seconds)
@@ -235,6 +240,27 @@ def train_step(
     return loss, logits
 
 
+# The views each TTA mode averages: (mirrored, dy, dx), the image moved up by dy rows and left by dx columns,
+# black coming in (as in the padding of the training crops, which move the image by up to 4 pixels). Every mode
+# starts with the image, then its mirror: evaluate reads the single-view and flip accuracies off the first two.
+TTA_SHIFT = 2
+TTA_VIEWS: dict[str, tuple[tuple[bool, int, int], ...]] = {
+    "none": ((False, 0, 0),),
+    "flip": ((False, 0, 0), (True, 0, 0)),
+    "flip-shift": tuple(
+        (mirrored, dy, dx)
+        for dy, dx in ((0, 0), (TTA_SHIFT, 0), (-TTA_SHIFT, 0), (0, TTA_SHIFT), (0, -TTA_SHIFT))
+        for mirrored in (False, True)
+    ),
+}
+
+
+def scoring_tta(tta: str, last: bool) -> str:
+    """The TTA mode of one of a run's evaluations: ``flip-shift`` scores the run's last evaluation with its
+    ten views and the ones before it with the image and its mirror (a fifth of the cost); others: as given."""
+    return "flip" if tta == "flip-shift" and not last else tta
+
+
 def evaluate(
     model: PyramidVisionTransformerV2,
     loader: Any,
@@ -245,11 +271,15 @@ def evaluate(
 ) -> dict[str, Any]:
     """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted).
 
-    ``tta="flip"``: each image is scored by the mean of the logits of the image and of its
-    mirror image, z = (f(x) + f(flip_W(x))) / 2, which the loss, accuracy and confusion use;
-    the accuracy of f(x) alone is returned as ``single_view_accuracy``. A model trained with
-    random horizontal flips sees both views as equally likely, so their mean is a cheaper
-    ensemble (one more forward pass) with the same weights.
+    Test-time augmentation scores each image by the mean of its views' logits,
+    z = (1/V) sum_v f(view_v(x)), which the loss, accuracy and confusion use:
+    ``tta="flip"``: the image and its mirror image (V = 2); ``"flip-shift"``: those two, each
+    also shifted by TTA_SHIFT pixels up, down, left and right with black coming in (V = 10;
+    ``loader.zero_pixel`` gives black's normalised value). A model trained with random flips
+    and padded crops sees all of them as likely inputs, so their mean is an ensemble of the
+    same weights, for V forward passes. The accuracy of f(x) alone is returned as
+    ``single_view_accuracy`` (with any TTA), that of the image and its mirror as
+    ``flip_accuracy`` (with ``flip-shift``).
     With a data-parallel ``world`` each rank scores its own part of the test set and the
     sums are added over the ranks, so every rank returns the whole set's figures.
     """
@@ -257,36 +287,47 @@ def evaluate(
         raise ValueError(f"evaluate: tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     from tqdm import tqdm
 
+    views = TTA_VIEWS[tta]
     model.eval()
     criterion = CrossEntropyLoss()
     xp = backend.get_array_module(model.patch_embed.proj.weight.data)
     confusion = xp.zeros((num_classes, num_classes), dtype=np.int64)
     loss_sum = xp.zeros((), dtype=np.float64)
     count = 0
-    single_view_correct = xp.zeros((), dtype=np.int64)
+    # Correct answers of the first view alone and of the first two (the image and its mirror).
+    partial_correct = {1: xp.zeros((), dtype=np.int64), 2: xp.zeros((), dtype=np.int64)}
     with no_grad():
         for x, y in tqdm(loader.epoch(0), total=len(loader), desc="evaluate", leave=False, disable=not progress):
-            logits = model(x)
-            if tta == "flip":
-                single_view_correct += (logits.argmax(axis=1) == y).sum()
-                logits = (logits + model(xp.ascontiguousarray(x[..., ::-1]))) * 0.5
+            logits = None
+            for k, (mirrored, dy, dx) in enumerate(views):
+                view = xp.ascontiguousarray(x[..., ::-1]) if mirrored else x
+                if dy or dx:
+                    view = translate(view, dy, dx, loader.zero_pixel)
+                out = model(view)
+                logits = out if logits is None else logits + out
+                if k + 1 in partial_correct and len(views) > k + 1:
+                    partial_correct[k + 1] += (logits.argmax(axis=1) == y).sum()
+            if len(views) > 1:
+                logits = logits * (1.0 / len(views))
             loss_sum += criterion(logits, y) * y.shape[0]
             pred = logits.argmax(axis=1)
             confusion += xp.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(confusion.shape)
             count += int(y.shape[0])
     confusion = backend.to_numpy(confusion)
-    single_view = int(single_view_correct)
+    single_view, flip = int(partial_correct[1]), int(partial_correct[2])
     if world is not None and world.size > 1:
         confusion = world.allreduce_sum(confusion)
         loss_sum, count = world.allreduce_sum(float(loss_sum)), world.allreduce_sum(count)
-        single_view = world.allreduce_sum(single_view)
+        single_view, flip = world.allreduce_sum(single_view), world.allreduce_sum(flip)
     result = {
         "loss": float(loss_sum) / max(count, 1),
         "accuracy": float(np.trace(confusion)) / max(count, 1),
         "confusion": confusion,
     }
-    if tta != "none":
+    if len(views) > 1:
         result["single_view_accuracy"] = single_view / max(count, 1)
+    if len(views) > 2:
+        result["flip_accuracy"] = flip / max(count, 1)
     return result
 
 
@@ -449,9 +490,11 @@ class Trainer:
                 if k == eval_batches:
                     break
                 float(model(x).sum())
-        eval_seconds = (time.monotonic() - now) / eval_batches * len(self.test_loader)
-        eval_seconds *= 2 if cfg.ema_decay is not None else 1
-        eval_seconds *= 2 if cfg.tta == "flip" else 1  # a second forward pass per batch
+        view_seconds = (time.monotonic() - now) / eval_batches * len(self.test_loader)
+        view_seconds *= 2 if cfg.ema_decay is not None else 1
+        # One forward pass over the test set per view; the last evaluation may have more views than the others.
+        eval_seconds = view_seconds * len(TTA_VIEWS[scoring_tta(cfg.tta, last=False)])
+        last_eval_seconds = view_seconds * len(TTA_VIEWS[cfg.tta])
         write_seconds = 0.0
         if self.world.is_root:  # what rank 0 writes after each epoch, into a scratch folder: timed the second time
             with tempfile.TemporaryDirectory() as scratch:  # (the first imports matplotlib)
@@ -462,14 +505,16 @@ class Trainer:
         elapsed = time.monotonic() - self.started
         if self.world.size > 1:  # rank 0's measurements, on every rank
             root = self.world.is_root
-            step_seconds, low_step_seconds, eval_seconds, write_seconds, elapsed = (
+            step_seconds, low_step_seconds, eval_seconds, last_eval_seconds, write_seconds, elapsed = (
                 self.world.allreduce_sum(v if root else 0.0)
-                for v in (step_seconds, low_step_seconds, eval_seconds, write_seconds, elapsed)
+                for v in (step_seconds, low_step_seconds, eval_seconds, last_eval_seconds, write_seconds, elapsed)
             )
         available = cfg.time_budget * 60.0 * (1.0 - BUDGET_MARGIN) - elapsed
         epoch_seconds = steps_per_epoch * step_seconds + write_seconds
         low_epoch_seconds = steps_per_epoch * low_step_seconds + write_seconds if low_res else None
-        epochs = fit_epochs(available, epoch_seconds, eval_seconds, cfg.eval_every, low_epoch_seconds)
+        epochs = fit_epochs(
+            available, epoch_seconds, eval_seconds, cfg.eval_every, low_epoch_seconds, last_eval_seconds
+        )
         if epochs < max(cfg.warmup_epochs, 1):
             raise TrainingError(
                 f"--time-budget {cfg.time_budget:g} minutes holds {epochs} epochs here, fewer than "
@@ -486,6 +531,8 @@ class Trainer:
         }  # fmt: skip
         if low_res:
             fit["low_res_step_seconds"] = low_step_seconds
+        if last_eval_seconds != eval_seconds:
+            fit["last_eval_seconds"] = last_eval_seconds
         self.config = replace(cfg, epochs=epochs, budget_fit=fit)
         self._build_schedule()
 
@@ -522,9 +569,10 @@ class Trainer:
             low_step = ""
             if "low_res_step_seconds" in fit:
                 low_step = f" ({fit['low_res_step_seconds']:.3g} at low resolution)"
+            last_eval = f" ({fit['last_eval_seconds']:.3g} the last)" if "last_eval_seconds" in fit else ""
             fitted = (
                 f" (fitted to --time-budget {cfg.time_budget:g} minutes: {fit['step_seconds']:.3g} s/step{low_step}, "
-                f"{fit['eval_seconds']:.3g} s/evaluation, {fit['start_seconds']:.0f} s to start)"
+                f"{fit['eval_seconds']:.3g} s/evaluation{last_eval}, {fit['start_seconds']:.0f} s to start)"
             )
         low_epochs = self.low_res_epochs()
         low = self._low_res_size()
@@ -756,7 +804,7 @@ class Trainer:
             average *= decay
             average += (1.0 - decay) * p.data
 
-    def _evaluate_ema(self) -> dict[str, Any]:
+    def _evaluate_ema(self, tta: str) -> dict[str, Any]:
         """The test-set figures of the EMA weights, swapped into the model and back (the same arrays)."""
         params = list(self.model.named_parameters())
         trained = [p.data for _, p in params]
@@ -764,7 +812,7 @@ class Trainer:
             for name, p in params:
                 p.data = self.ema[name]
             return evaluate(self.model, self.test_loader, self.num_classes, progress=self.config.progress,
-                            world=self.world, tta=self.config.tta)  # fmt: skip
+                            world=self.world, tta=tta)  # fmt: skip
         finally:
             for (_, p), data in zip(params, trained, strict=True):
                 p.data = data
@@ -777,12 +825,13 @@ class Trainer:
         cfg = self.config
         p = self.partial
         distributed.check_replicas(self.world, self.model.parameters(), f"end of epoch {self.epoch + 1}")
+        tta = scoring_tta(cfg.tta, last=self.epoch + 1 == cfg.epochs)
         if self._evaluates(self.epoch + 1):
             test = evaluate(
-                self.model, self.test_loader, self.num_classes, progress=cfg.progress, world=self.world, tta=cfg.tta
+                self.model, self.test_loader, self.num_classes, progress=cfg.progress, world=self.world, tta=tta
             )
             spoiled = not np.isfinite(test["loss"])
-            ema = self._evaluate_ema() if self.ema is not None and not spoiled else None
+            ema = self._evaluate_ema(tta) if self.ema is not None and not spoiled else None
         else:  # no test loss to tell: look at the weights themselves (the same on every rank)
             xp = backend.get_array_module(self.model.patch_embed.proj.weight.data)
             test = ema = None
@@ -804,6 +853,8 @@ class Trainer:
         }
         if cfg.tta != "none":
             row["test_accuracy_single_view"] = test["single_view_accuracy"] if test is not None else None
+        if tta == "flip-shift":  # the last evaluation of a flip-shift run: the flip alone, as the others scored
+            row["test_accuracy_flip"] = test["flip_accuracy"] if test is not None else None
         if self.ema is not None:
             row["ema_test_loss"] = ema["loss"] if ema is not None else None
             row["ema_test_accuracy"] = ema["accuracy"] if ema is not None else None
@@ -824,8 +875,11 @@ class Trainer:
                 scores = f"test not evaluated (every {cfg.eval_every} epochs)"
             else:
                 scores = f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
-                if cfg.tta != "none":
-                    scores += f" ({cfg.tta} TTA; single view {row['test_accuracy_single_view']:.4f})"
+                if tta == "flip-shift":
+                    scores += f" ({tta} TTA; flip {row['test_accuracy_flip']:.4f}"
+                    scores += f", single view {row['test_accuracy_single_view']:.4f})"
+                elif tta != "none":
+                    scores += f" ({tta} TTA; single view {row['test_accuracy_single_view']:.4f})"
                 if ema is not None:
                     scores += f" | EMA test loss {ema['loss']:.4f} acc {ema['accuracy']:.4f}"
             best = {None: "", "raw": " (best)", "ema": " (best: EMA)"}[best_weights]

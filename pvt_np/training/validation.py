@@ -16,8 +16,10 @@ from typing import Any
 __all__ = ["ConfigError", "check_subset", "check_train_config"]
 
 
-# Test-time augmentation of the evaluation: the image alone, or the mean with its mirror image (see evaluate).
-TTA_MODES = ("none", "flip")
+# Test-time augmentation of the evaluation (see trainer.evaluate): the image alone; the mean of its logits and its
+# mirror image's; those two and each shifted by 2 pixels in four directions (ten views; a run scores its last
+# evaluation so and the ones before it with the flip alone).
+TTA_MODES = ("none", "flip", "flip-shift")
 
 
 class ConfigError(ValueError):
