@@ -861,6 +861,8 @@ def test_translate_refuses_bad_shifts() -> None:
         translate(x, 1.5, 0, fill)
     with pytest.raises(ValueError, match=r"translate: expected an \(N, C, H, W\) batch, got shape \(3, 5, 4\)"):
         translate(x[0], 1, 0, fill)
+    with pytest.raises(ValueError, match=r"translate: fill must hold one value per channel \(3\), got"):
+        translate(x, 1, 0, fill[:, :2])
 
 
 def test_loader_augmentation_uses_documented_seeds() -> None:

@@ -257,6 +257,8 @@ def translate(x: Array, dy: int, dx: int, fill: Array) -> Array:
     c, h, w = x.shape[1:]
     if int(dy) != dy or int(dx) != dx or abs(dy) >= h or abs(dx) >= w:
         raise ValueError(f"translate: dy, dx must be whole pixels inside the {h}x{w} image, got {dy}, {dx}")
+    if getattr(fill, "size", None) != c:
+        raise ValueError(f"translate: fill must hold one value per channel ({c}), got {fill!r}")
     dy, dx = int(dy), int(dx)
     out = xp.empty_like(x)
     out[...] = xp.asarray(fill, dtype=x.dtype).reshape(1, c, 1, 1)

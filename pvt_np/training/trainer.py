@@ -294,8 +294,9 @@ def evaluate(
     confusion = xp.zeros((num_classes, num_classes), dtype=np.int64)
     loss_sum = xp.zeros((), dtype=np.float64)
     count = 0
-    # Correct answers of the first view alone and of the first two (the image and its mirror).
-    partial_correct = {1: xp.zeros((), dtype=np.int64), 2: xp.zeros((), dtype=np.int64)}
+    # Correct answers of the first view alone (the image) and of the first two (with its mirror).
+    single_view_correct = xp.zeros((), dtype=np.int64)
+    flip_correct = xp.zeros((), dtype=np.int64)
     with no_grad():
         for x, y in tqdm(loader.epoch(0), total=len(loader), desc="evaluate", leave=False, disable=not progress):
             logits = None
@@ -305,8 +306,10 @@ def evaluate(
                     view = translate(view, dy, dx, loader.zero_pixel)
                 out = model(view)
                 logits = out if logits is None else logits + out
-                if k + 1 in partial_correct and len(views) > k + 1:
-                    partial_correct[k + 1] += (logits.argmax(axis=1) == y).sum()
+                if k == 0 and len(views) > 1:
+                    single_view_correct += (logits.argmax(axis=1) == y).sum()
+                elif k == 1 and len(views) > 2:
+                    flip_correct += (logits.argmax(axis=1) == y).sum()
             if len(views) > 1:
                 logits = logits * (1.0 / len(views))
             loss_sum += criterion(logits, y) * y.shape[0]
@@ -314,7 +317,7 @@ def evaluate(
             confusion += xp.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(confusion.shape)
             count += int(y.shape[0])
     confusion = backend.to_numpy(confusion)
-    single_view, flip = int(partial_correct[1]), int(partial_correct[2])
+    single_view, flip = int(single_view_correct), int(flip_correct)
     if world is not None and world.size > 1:
         confusion = world.allreduce_sum(confusion)
         loss_sum, count = world.allreduce_sum(float(loss_sum)), world.allreduce_sum(count)
