@@ -20,15 +20,17 @@ is never imported.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -473,10 +475,19 @@ def fail(
 
 
 def launch(nprocs: int, argv: Sequence[str], started: float | None = None) -> int:
-    """Run ``pvt-np`` under ``mpiexec -n nprocs``; returns its exit code (Ctrl-C reaches the ranks via mpiexec).
+    """Run ``pvt-np`` under ``mpiexec -n nprocs``; returns its exit code.
 
     ``started``: the ``time.time()`` at which the command started, passed to the ranks (see
     :func:`command_started`) so that a ``--time-budget`` counts mpiexec's own start-up too.
+
+    mpiexec runs in a session of its own, without the terminal's input, and this process
+    forwards the signals it gets (:class:`_SignalForwarder`): SIGINT as SIGINT, which
+    MPICH's mpiexec passes on to the ranks (they finish the step, save and exit 130; a
+    second one makes mpiexec abort them at once), SIGTERM and SIGHUP as SIGTERM. So a
+    SIGINT sent to this process alone (``kill -INT``, a notebook's interrupt) stops the
+    run as a Ctrl-C at the terminal does, and a ``kill`` or a closed terminal leaves no
+    ranks training behind it. (In the terminal's process group mpiexec would get each
+    Ctrl-C from the terminal as well, and two copies of one Ctrl-C make it abort.)
     """
     try:
         command = launch_command(nprocs, argv)
@@ -486,9 +497,54 @@ def launch(nprocs: int, argv: Sequence[str], started: float | None = None) -> in
     env = dict(os.environ)
     if started is not None:
         env[STARTED_AT_VARIABLE] = repr(float(started))
-    with subprocess.Popen(command, env=env) as process:
-        while True:
-            try:
-                return process.wait()
-            except KeyboardInterrupt:  # mpiexec got it too and stops the ranks, which save a checkpoint
-                continue
+    forwarder = _SignalForwarder()
+    with forwarder.installed():
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        with process:
+            forwarder.attach(process)
+            return process.wait()
+
+
+class _SignalForwarder:
+    """Signal handlers that pass SIGINT, SIGTERM and SIGHUP on to the launched mpiexec.
+
+    A signal that arrives before mpiexec has started is held and sent as soon as it has
+    (:meth:`attach`), so none is lost to the moment between the handlers and the process.
+    """
+
+    # the signal received -> the signal sent on
+    FORWARDED: ClassVar[dict[str, str]] = {"SIGINT": "SIGINT", "SIGTERM": "SIGTERM", "SIGHUP": "SIGTERM"}
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pending: list[int] = []
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        sent = getattr(signal, self.FORWARDED[signal.Signals(signum).name])
+        if self.process is None:
+            self.pending.append(sent)
+        elif self.process.poll() is None:
+            self.process.send_signal(sent)
+
+    def attach(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        while self.pending:
+            process.send_signal(self.pending.pop(0))
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Install the handlers for the duration (the ones before are put back); off the main thread,
+        where Python lets no handler be set, nothing is installed and mpiexec still runs."""
+        previous: dict[int, Any] = {}
+        try:
+            for name in self.FORWARDED:
+                if hasattr(signal, name):  # (Windows has no SIGHUP)
+                    number = getattr(signal, name)
+                    previous[number] = signal.signal(number, self)
+        except ValueError:  # not the main thread
+            pass
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -458,3 +459,51 @@ def test_download_is_fetched_once_by_rank_0(tmp_path: Path) -> None:
     assert Path(f"{served}.fetches").read_text().split() == ["0"]
     assert (data / "cifar-10-python.tar.gz").read_bytes() == served.read_bytes()
     assert (out / "last.npz").exists()
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of the running processes that contain ``text`` (Linux's /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended while we looked
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process table from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_to_the_launcher_alone_reaches_the_ranks(sig: signal.Signals, tmp_path: Path) -> None:
+    """pvt-np train --nprocs 2, signalled once it has saved its first epoch: SIGINT sent to the launching
+    process alone (kill -INT, a notebook's interrupt) stops the ranks after a step with a checkpoint and exit
+    130, as a Ctrl-C at the terminal does; SIGTERM and SIGHUP (a closed terminal) end them. Either way no
+    rank trains on after the launcher has returned. (The run would take minutes if the signal were lost.)"""
+    import time
+
+    data, out = write_image_folder(tmp_path / "data"), tmp_path / "run"
+    args = train_args(data, out, "--nprocs", "2", "--no-progress", epochs=500)
+    with subprocess.Popen(
+        [sys.executable, "-m", "pvt_np", *args], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    ) as launcher:  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not (out / "last.npz").exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert launcher.poll() is None, launcher.communicate()
+        launcher.send_signal(sig)
+        try:
+            _, stderr = launcher.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            os.killpg(launcher.pid, signal.SIGKILL)  # mpiexec and the ranks share the launcher's new session
+            raise AssertionError(f"{sig.name}: the run went on after the launcher was signalled") from None
+    assert _processes_naming(str(out)) == []
+    if sig == signal.SIGINT:
+        assert launcher.returncode == 130, stderr
+        assert "pvt-np train: interrupted at " in stderr and "(continue with --resume)" in stderr, stderr
+        assert load_checkpoint(out / "last.npz")["progress"]["epoch"] < 500
+    else:
+        assert launcher.returncode != 0, stderr
