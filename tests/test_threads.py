@@ -70,6 +70,33 @@ def test_configure_threads_sets_the_count_and_limits_blas() -> None:
         parallel.configure_threads(before)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_chunks_run_on_the_calling_thread_and_threads_minus_one_workers(threads: int) -> None:
+    """Every thread that runs chunks keeps its own scratch buffers, so a job must not spread over more than
+    the configured count: the caller and threads - 1 pool workers, over many jobs in a row (a pool of
+    ``threads`` workers had grown a spare one, whose buffers were as large as the others')."""
+    import threading
+    import time
+
+    before = parallel.get_num_threads()
+    seen: set[int] = set()
+    lock = threading.Lock()
+
+    def kernel(start: int, stop: int) -> None:
+        with lock:
+            seen.add(threading.get_ident())
+        time.sleep(0.0002)
+
+    try:
+        parallel.configure_threads(threads)
+        for _ in range(300):
+            parallel.for_each_chunk(4 * threads, 1, kernel, rows_per_chunk=1)
+        assert threading.get_ident() in seen
+        assert len(seen) == threads
+    finally:
+        parallel.configure_threads(before)
+
+
 # The page faults of a second 64 MiB array after the first was freed, before and after the first op, and with
 # glibc's sizes put back. 64 MiB is above the largest mmap threshold glibc's default ever reaches (32 MiB).
 REUSE = r"""

@@ -184,8 +184,8 @@ def for_each_chunk(
         return
     job = _Job(starts, rows, num_rows, kernel)
     global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=get_num_threads(), thread_name_prefix="pvt_np")
+    if _pool is None:  # the calling thread works too: threads - 1 workers (each keeps its own scratch buffers)
+        _pool = ThreadPoolExecutor(max_workers=max(1, get_num_threads() - 1), thread_name_prefix="pvt_np")
     for _ in range(threads - 1):
         _pool.submit(job.work)
     job.work()
