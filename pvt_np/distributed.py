@@ -498,8 +498,8 @@ def launch(nprocs: int, argv: Sequence[str], started: float | None = None) -> in
     if started is not None:
         env[STARTED_AT_VARIABLE] = repr(float(started))
     forwarder = _SignalForwarder()
-    with forwarder.installed():
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    with forwarder.installed() as forwarding:  # (off the main thread: mpiexec stays in the terminal's group)
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=forwarding)
         with process:
             forwarder.attach(process)
             return process.wait()
@@ -532,9 +532,9 @@ class _SignalForwarder:
             process.send_signal(self.pending.pop(0))
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """Install the handlers for the duration (the ones before are put back); off the main thread,
-        where Python lets no handler be set, nothing is installed and mpiexec still runs."""
+    def installed(self) -> Iterator[bool]:
+        """Install the handlers for the duration (the ones before are put back); yields whether they are in
+        place: off the main thread Python lets no handler be set, and nothing is installed."""
         previous: dict[int, Any] = {}
         try:
             for name in self.FORWARDED:
@@ -544,7 +544,7 @@ class _SignalForwarder:
         except ValueError:  # not the main thread
             pass
         try:
-            yield
+            yield bool(previous)
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)

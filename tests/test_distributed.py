@@ -16,8 +16,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -507,3 +508,55 @@ def test_a_signal_to_the_launcher_alone_reaches_the_ranks(sig: signal.Signals, t
         assert load_checkpoint(out / "last.npz")["progress"]["epoch"] < 500
     else:
         assert launcher.returncode != 0, stderr
+
+
+class _FakeMpiexec:
+    """Stands for the mpiexec Popen in launch(): records its arguments and the signals sent to it; ``signals``
+    are raised in this process, one before launch() has the process (as from __init__) and the rest in wait()."""
+
+    made: ClassVar[list[_FakeMpiexec]] = []
+
+    def __init__(self, command: list[str], **kwargs: Any) -> None:
+        self.kwargs, self.sent = kwargs, []
+        _FakeMpiexec.made.append(self)
+        if threading.current_thread() is threading.main_thread():
+            os.kill(os.getpid(), signal.SIGINT)  # before launch() has attached the process: held, then sent
+
+    def __enter__(self) -> _FakeMpiexec:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def poll(self) -> None:
+        return None
+
+    def send_signal(self, sig: int) -> None:
+        self.sent.append(sig)
+
+    def wait(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                os.kill(os.getpid(), sig)
+        return 130
+
+
+def test_launch_forwards_the_signals_it_gets_to_mpiexec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the main thread: mpiexec in a session of its own, no terminal input; SIGINT forwarded as SIGINT (also
+    one that came before the process was attached), SIGTERM and SIGHUP as SIGTERM; the handlers before are put
+    back. Off the main thread no handler can be set: mpiexec then stays in the terminal's process group."""
+    monkeypatch.setattr(distributed, "launch_command", lambda nprocs, argv: ["mpiexec", "-n", str(nprocs)])
+    monkeypatch.setattr(distributed.subprocess, "Popen", _FakeMpiexec)
+    _FakeMpiexec.made.clear()
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    assert distributed.launch(2, ["train"]) == 130
+    (main,) = _FakeMpiexec.made
+    assert main.kwargs["start_new_session"] is True and main.kwargs["stdin"] == subprocess.DEVNULL
+    assert main.sent == [signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGTERM]
+    assert {s: signal.getsignal(s) for s in before} == before
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(distributed.launch(2, ["train"])))
+    worker.start()
+    worker.join()
+    assert codes == [130] and _FakeMpiexec.made[1].kwargs["start_new_session"] is False
+    assert {s: signal.getsignal(s) for s in before} == before
