@@ -523,7 +523,7 @@ class _SignalForwarder:
         sent = getattr(signal, self.FORWARDED[signal.Signals(signum).name])
         if self.process is None:
             self.pending.append(sent)
-        elif self.process.poll() is None:
+        else:  # (send_signal does nothing once mpiexec has exited)
             self.process.send_signal(sent)
 
     def attach(self, process: subprocess.Popen[bytes]) -> None:

@@ -10,6 +10,7 @@ with the test extra); each has a timeout, so a hang fails the test instead of th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -462,16 +463,16 @@ def test_download_is_fetched_once_by_rank_0(tmp_path: Path) -> None:
     assert (out / "last.npz").exists()
 
 
-def _processes_naming(text: str) -> list[str]:
-    """Command lines of the running processes that contain ``text`` (Linux's /proc)."""
-    found = []
+def _processes_naming(text: str) -> dict[int, str]:
+    """The running processes whose command line contains ``text``: pid -> command line (Linux's /proc)."""
+    found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # the process ended while we looked
             continue
         if text in args:
-            found.append(args)
+            found[int(cmdline.parent.name)] = args
     return found
 
 
@@ -493,15 +494,18 @@ def test_a_signal_to_the_launcher_alone_reaches_the_ranks(sig: signal.Signals, t
         deadline = time.monotonic() + 60
         while not (out / "last.npz").exists() and launcher.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert launcher.poll() is None, launcher.communicate()
-        launcher.send_signal(sig)
         try:
+            assert launcher.poll() is None and (out / "last.npz").exists(), "no first epoch saved within 60 s"
+            launcher.send_signal(sig)
             _, stderr = launcher.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            launcher.kill()
-            os.killpg(launcher.pid, signal.SIGKILL)  # mpiexec and the ranks share the launcher's new session
+        except (AssertionError, subprocess.TimeoutExpired) as err:
+            for pid in [launcher.pid, *_processes_naming(str(out))]:  # mpiexec may be in a session of its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if isinstance(err, AssertionError):
+                raise
             raise AssertionError(f"{sig.name}: the run went on after the launcher was signalled") from None
-    assert _processes_naming(str(out)) == []
+    assert _processes_naming(str(out)) == {}
     if sig == signal.SIGINT:
         assert launcher.returncode == 130, stderr
         assert "pvt-np train: interrupted at " in stderr and "(continue with --resume)" in stderr, stderr
@@ -526,9 +530,6 @@ class _FakeMpiexec:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
-
-    def poll(self) -> None:
         return None
 
     def send_signal(self, sig: int) -> None:
