@@ -147,4 +147,4 @@ def test_help_shows_defaults_but_not_empty_ones(command: str, capsys: pytest.Cap
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text
     if command == "train":
-        assert "epochs to train (default: 28)" in text and "images per step (default: 64)" in text
+        assert "epochs to train (default: 48)" in text and "images per step (default: 64)" in text

@@ -46,6 +46,7 @@ from pvt_np.optim import AdamW, CosineWarmupSchedule, cosine_warmup_lr, param_gr
 from pvt_np.training import cli_evaluate, cli_train, load_checkpoint, train_step
 from pvt_np.training import trainer as trainer_mod
 from pvt_np.training.checkpoint import save_checkpoint
+from pvt_np.weights import load_model
 
 # Parity with PyTorch ---------------------------------------------------------------------------------
 
@@ -1410,3 +1411,51 @@ def test_time_budget_too_short(image_folder: Path, tmp_path: Path, capsys: pytes
     assert stderr.startswith("pvt-np train: error: --time-budget 0.0001 minutes holds 0 epochs here, fewer than one: ")
     assert "Give a longer --time-budget (nothing was written)." in stderr
     assert not out.exists()
+
+
+def _tiny_args_without_mlp(image_folder: Path, out: Path, *extra: str) -> list[str]:
+    """train_args with the tiny model's overrides but not its mlp_ratios (and one epoch)."""
+    args = tf.train_args(image_folder, out, "--no-progress", *extra, epochs=1)
+    i = args.index(f"mlp_ratios={tf.TINY_MODEL[-1].split('=')[1]}")
+    return args[: i - 1] + args[i + 1 :]
+
+
+def test_a_cifar_run_trains_mlp_ratio_4_and_records_it(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CIFAR config of a run adds mlp_ratios (4, 4, 4, 4) to its model_overrides when it starts (config.json,
+    the checkpoint's model record and the start line say so); a typed mlp_ratios wins, and --cifar-stem no keeps
+    the variant's own (8, 8, 4, 4). A run started before (none recorded) resumes with the variant's own."""
+    assert trainer_mod.CIFAR_TRAIN_OVERRIDES == {"mlp_ratios": (4, 4, 4, 4)}
+    parser = cli.build_parser()
+
+    def built(*extra: str, out: Path = tmp_path / "probe") -> trainer_mod.Trainer:
+        trainer = trainer_mod.Trainer(
+            cli_train.config_from_args(parser.parse_args(_tiny_args_without_mlp(image_folder, out, *extra))), out
+        )
+        trainer._setup()
+        return trainer
+
+    t = built()
+    assert t.config.cifar_stem and t.config.model_overrides["mlp_ratios"] == (4, 4, 4, 4)
+    assert t.model.mlp_ratios == (4, 4, 4, 4) and t.model.patch_embed.proj.weight.shape[-1] == 3  # CIFAR stem
+    assert t.model.mlp_ratios == built("--cifar-stem", "yes").model.mlp_ratios
+    assert built("--override", "mlp_ratios=2,3,2,3").model.mlp_ratios == (2, 3, 2, 3)
+    t = built("--cifar-stem", "no", "--override", "sr_ratios=1,1,1,1")  # the ImageNet stem: a 4x4 map at 16 px
+    assert "mlp_ratios" not in t.config.model_overrides and t.model.mlp_ratios == (8, 8, 4, 4)
+
+    out = tmp_path / "run"
+    code, _, stderr = _main(capsys, _tiny_args_without_mlp(image_folder, out))
+    assert code == 0, stderr
+    assert json.loads((out / "config.json").read_text())["model_overrides"]["mlp_ratios"] == [4, 4, 4, 4]
+    assert load_model(out / "last.npz").mlp_ratios == (4, 4, 4, 4)
+
+    monkeypatch.setattr(trainer_mod, "CIFAR_TRAIN_OVERRIDES", {})  # the code before the CIFAR config had it
+    old = tmp_path / "old"
+    code, _, stderr = _main(capsys, _tiny_args_without_mlp(image_folder, old, "--epochs", "2"))
+    assert code == 0, stderr
+    monkeypatch.undo()
+    assert "mlp_ratios" not in cli_train.saved_config(old).model_overrides
+    resumed = trainer_mod.Trainer(cli_train.saved_config(old), old, resume=True)
+    resumed._setup()  # restores last.npz: a model of other shapes would not load
+    assert resumed.model.mlp_ratios == (8, 8, 4, 4) and "mlp_ratios" not in resumed.config.model_overrides

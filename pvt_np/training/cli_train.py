@@ -97,7 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--override", action=_GivenAppend, type=parse_override, default=[], metavar="KEY=VALUE",
                    help="any create_model override, e.g. sr_ratios=4,2,1,1 or patch_size=3 (repeatable)")  # fmt: skip
     m.add_argument("--cifar-stem", action=_Given, choices=("auto", "yes", "no"), default="auto",
-                   help="3x3 stride-2 stem and sr_ratios (4,2,1,1); auto: for images of 64 px or less")  # fmt: skip
+                   help="the CIFAR config: 3x3 stride-2 stem, sr_ratios (4,2,1,1) and, unless --override gives them, "
+                   "mlp_ratios (4,4,4,4); auto: for images of 64 px or less")  # fmt: skip
     m.add_argument("--drop-rate", action=_Given, type=float, default=DEFAULTS.drop_rate,
                    help="dropout before the head, in [0, 1)")  # fmt: skip
     m.add_argument("--drop-path-rate", action=_Given, type=float, default=DEFAULTS.drop_path_rate,
