@@ -1071,6 +1071,29 @@ def test_curves_show_the_single_view_beside_the_flip_tta(tmp_path: Path, monkeyp
     assert list(lines["test (single view)"].get_xdata()) == [2, 3]
     assert list(lines["test (single view)"].get_ydata()) == [40.0, 65.0]
     assert lines["test (single view)"].get_linestyle() == "--"
+    assert "test (ten views)" not in lines
+
+
+def test_curves_mark_the_ten_views_apart_from_the_flip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --tta flip-shift run's last row holds the ten views' accuracy and the flip's beside it: the flip line
+    ends at the flip's score, and the ten views are a marker of their own."""
+    from pvt_np.training import plots
+
+    figures: list[Any] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    history = [
+        {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 0.9, "test_accuracy": 0.5,
+         "test_accuracy_single_view": 0.4},
+        {"epoch": 2, "train_loss": 0.8, "train_accuracy": 0.6, "test_loss": 0.7, "test_accuracy": 0.75,
+         "test_accuracy_single_view": 0.625, "test_accuracy_flip": 0.6875},
+    ]  # fmt: skip
+    plots.plot_curves(history, tmp_path / "c.png")
+    ax_loss, ax_acc = figures[0].axes
+    lines = {line.get_label(): line for line in ax_acc.get_lines()}
+    assert list(lines["test (flip TTA)"].get_ydata()) == [50.0, 68.75]
+    assert list(lines["test (ten views)"].get_xdata()) == [2] and list(lines["test (ten views)"].get_ydata()) == [75.0]
+    assert list(lines["test (single view)"].get_ydata()) == [40.0, 62.5]
+    assert [line.get_label() for line in ax_loss.get_lines()][-1] == "test (flip TTA); ten views last"
 
 
 def test_train_config_checks_its_fields() -> None:
@@ -1381,7 +1404,11 @@ def test_time_budget_fits_the_schedule_and_resume_keeps_it(
     epoch_seconds = tf.STEPS_PER_EPOCH * fit["step_seconds"] + fit["write_seconds"]
     low_epoch_seconds = tf.STEPS_PER_EPOCH * fit["low_res_step_seconds"] + fit["write_seconds"]
     available = 0.1 * 60 * (1 - trainer_mod.BUDGET_MARGIN) - fit["start_seconds"]
-    assert fit["epochs"] == trainer_mod.fit_epochs(available, epoch_seconds, fit["eval_seconds"], 1, low_epoch_seconds)
+    # The last evaluation is the ten views of --tta flip-shift, timed apart (the others score the flip).
+    expected = trainer_mod.fit_epochs(
+        available, epoch_seconds, fit["eval_seconds"], 1, low_epoch_seconds, fit["last_eval_seconds"]
+    )
+    assert fit["epochs"] == expected
     assert load_checkpoint(out / "last.npz")["schedule"]["total_steps"] == fit["epochs"] * tf.STEPS_PER_EPOCH
 
     def no_second_probe(self: Any) -> None:
