@@ -1450,8 +1450,8 @@ def _tiny_args_without_mlp(image_folder: Path, out: Path, *extra: str) -> list[s
 def test_a_cifar_run_trains_mlp_ratio_4_and_records_it(
     image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The CIFAR config of a run adds mlp_ratios (4, 4, 4, 4) to its model_overrides when it starts (config.json,
-    the checkpoint's model record and the start line say so); a typed mlp_ratios wins, and --cifar-stem no keeps
+    """The CIFAR config of a run adds mlp_ratios (4, 4, 4, 4) to its model_overrides when it starts (config.json
+    and the checkpoint's model record say so); a typed mlp_ratios wins, and --cifar-stem no keeps
     the variant's own (8, 8, 4, 4). A run started before (none recorded) resumes with the variant's own."""
     assert trainer_mod.CIFAR_TRAIN_OVERRIDES == {"mlp_ratios": (4, 4, 4, 4)}
     parser = cli.build_parser()

@@ -71,8 +71,10 @@ def plot_curves(
             at = [r["epoch"] for r in scored]
             loss_label = f"{label}; ten views last" if prefix == "test" and ten_views else label
             ax_loss.plot(at, [r[f"{prefix}_loss"] for r in scored], "o-", color=colour, label=loss_label)
-            flip = f"{prefix}_accuracy_flip"
-            accuracy = [r[flip] if r.get(flip) is not None else r[f"{prefix}_accuracy"] for r in scored]
+            accuracy = [  # a row the ten views scored puts its flip's score on the flip line
+                r["test_accuracy_flip"] if prefix == "test" and r.get("test_accuracy_flip") is not None
+                else r[f"{prefix}_accuracy"] for r in scored
+            ]  # fmt: skip
             ax_acc.plot(at, [100 * a for a in accuracy], "o-", color=colour, label=label)
     if ten_views:
         ax_acc.plot([r["epoch"] for r in ten_views], [100 * r["test_accuracy"] for r in ten_views], "*",
