@@ -331,8 +331,11 @@ def test_reference_run_shows_progress(image_folder: Path, reference_run: tuple[P
     for epoch in (1, 2, 3):
         low_res = " at 12x12" if epoch == 1 else ""  # the first half of the 3 epochs, progressive resizing
         assert f"epoch {epoch}/3{low_res or ':'}" in proc.stderr, proc.stderr  # each epoch's bar
-        # --tta flip-shift (the default): the flip before the last epoch, ten views after it.
-        scored = r"flip TTA; single view [\d.]+" if epoch < 3 else r"flip-shift TTA; flip [\d.]+, single view [\d.]+"
+        # --tta flip-grid (the default): the flip before the last epoch, fifty views after it.
+        scored = (
+            r"flip TTA; single view [\d.]+" if epoch < 3
+            else r"flip-grid TTA; ten views [\d.]+, flip [\d.]+, single view [\d.]+"
+        )  # fmt: skip
         assert re.search(
             rf"^epoch {epoch}: train loss [\d.]+ acc [\d.]+{low_res} \| test loss [\d.]+ acc [\d.]+ "
             rf"\({scored}\) \| EMA test loss",
@@ -433,12 +436,14 @@ def test_outputs_metrics_plots_best_and_evaluate(
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    # --tta flip-shift (the default): the last row also has the flip's accuracy (its test_accuracy: ten views).
-    assert [list(r) for r in rows] == [METRIC_FIELDS, METRIC_FIELDS, [*METRIC_FIELDS, "test_accuracy_flip"]]
+    # --tta flip-grid (the default): the last row also has the flip's and the ten views' accuracies (its
+    # test_accuracy: fifty views).
+    many = ["test_accuracy_flip", "test_accuracy_flip_shift"]
+    assert [list(r) for r in rows] == [METRIC_FIELDS, METRIC_FIELDS, [*METRIC_FIELDS, *many]]
     with open(out / "metrics.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
-    assert [list(r) for r in csv_rows] == [[*METRIC_FIELDS, "test_accuracy_flip"]] * 3
-    assert [r["test_accuracy_flip"] for r in csv_rows[:2]] == ["", ""]  # not scored so in the first two epochs
+    assert [list(r) for r in csv_rows] == [[*METRIC_FIELDS, *many]] * 3
+    assert [[r[k] for k in many] for r in csv_rows[:2]] == [["", ""]] * 2  # not scored so in the first two epochs
     for row, csv_row in zip(rows, csv_rows, strict=True):
         assert {k: float(v) for k, v in csv_row.items() if v != ""} == {k: float(v) for k, v in row.items()}
     for r in rows:
@@ -462,7 +467,7 @@ def test_outputs_metrics_plots_best_and_evaluate(
         assert all(np.array_equal(best["model"][k], v) for k, v in last["model"].items())
 
     # pvt-np evaluate reproduces the recorded test loss and accuracy exactly, scoring each checkpoint as the run did
-    # (ten views after the last epoch, the flip before).
+    # (fifty views after the last epoch, the flip before).
     results = _record_evaluations(monkeypatch)
     for name, row in (("last.npz", rows[-1]), ("best.npz", rows[best_epoch - 1])):
         code, stdout, stderr = _main(capsys, ["evaluate", str(out / name), "--confusion", str(tmp_path / "c.png")])
@@ -472,8 +477,9 @@ def test_outputs_metrics_plots_best_and_evaluate(
         assert f"accuracy {row['test_accuracy']:.4f}" in stdout and f"{tf.N_TEST} images" in stdout
         single = f"single view {row['test_accuracy_single_view']:.4f}"
         if row["epoch"] == 3:
-            assert f"flip-shift TTA; flip {row['test_accuracy_flip']:.4f}, {single}" in stdout
-            assert results[-1]["flip_accuracy"] == row["test_accuracy_flip"]
+            ten, flip = row["test_accuracy_flip_shift"], row["test_accuracy_flip"]
+            assert f"flip-grid TTA; ten views {ten:.4f}, flip {flip:.4f}, {single}" in stdout
+            assert results[-1]["flip_accuracy"] == flip and results[-1]["flip_shift_accuracy"] == ten
         else:
             assert f"(flip TTA; {single})" in stdout
         assert results[-1]["single_view_accuracy"] == row["test_accuracy_single_view"]
@@ -482,6 +488,10 @@ def test_outputs_metrics_plots_best_and_evaluate(
     code, stdout, stderr = _main(capsys, ["evaluate", str(out / "last.npz"), "--tta", "flip"])
     assert code == 0, stderr
     assert results[-1]["accuracy"] == rows[-1]["test_accuracy_flip"] and "flip_accuracy" not in results[-1]
+    # --tta flip-shift rescores them by the ten views, which the fifty began with.
+    code, stdout, stderr = _main(capsys, ["evaluate", str(out / "last.npz"), "--tta", "flip-shift"])
+    assert code == 0, stderr
+    assert results[-1]["accuracy"] == rows[-1]["test_accuracy_flip_shift"] and "flip_shift_accuracy" not in results[-1]
     # --tta none scores the image alone: the single-view accuracy the run recorded.
     code, stdout, stderr = _main(capsys, ["evaluate", str(out / "last.npz"), "--tta", "none"])
     assert code == 0, stderr
@@ -1088,12 +1098,17 @@ def test_curves_mark_the_ten_views_apart_from_the_flip(tmp_path: Path, monkeypat
          "test_accuracy_single_view": 0.625, "test_accuracy_flip": 0.6875},
     ]  # fmt: skip
     plots.plot_curves(history, tmp_path / "c.png")
-    ax_loss, ax_acc = figures[0].axes
-    lines = {line.get_label(): line for line in ax_acc.get_lines()}
-    assert list(lines["test (flip TTA)"].get_ydata()) == [50.0, 68.75]
-    assert list(lines["test (ten views)"].get_xdata()) == [2] and list(lines["test (ten views)"].get_ydata()) == [75.0]
-    assert list(lines["test (single view)"].get_ydata()) == [40.0, 62.5]
-    assert [line.get_label() for line in ax_loss.get_lines()][-1] == "test (flip TTA); ten views last"
+    # A --tta flip-grid run's last row has the ten views' accuracy too: its marker says fifty views.
+    grid = [*history[:1], {**history[1], "test_accuracy_flip_shift": 0.71875}]
+    plots.plot_curves(grid, tmp_path / "g.png")
+    for figure, views in zip(figures, ("ten views", "fifty views"), strict=True):
+        ax_loss, ax_acc = figure.axes
+        lines = {line.get_label(): line for line in ax_acc.get_lines()}
+        assert list(lines["test (flip TTA)"].get_ydata()) == [50.0, 68.75]
+        marker = lines[f"test ({views})"]
+        assert list(marker.get_xdata()) == [2] and list(marker.get_ydata()) == [75.0]
+        assert list(lines["test (single view)"].get_ydata()) == [40.0, 62.5]
+        assert [line.get_label() for line in ax_loss.get_lines()][-1] == f"test (flip TTA); {views} last"
 
 
 def test_train_config_checks_its_fields() -> None:
@@ -1113,7 +1128,8 @@ def test_train_config_checks_its_fields() -> None:
         trainer_mod.TrainConfig(trivial_augment="yes")  # type: ignore[arg-type]
     with pytest.raises(trainer_mod.ConfigError, match=r"ema_decay: expected a number in \(0, 1\)"):
         trainer_mod.TrainConfig(ema_decay=float("nan"))
-    with pytest.raises(trainer_mod.ConfigError, match="tta: expected 'none' or 'flip' or 'flip-shift', got 'both'"):
+    expected = "tta: expected 'none' or 'flip' or 'flip-shift' or 'flip-grid', got 'both'"
+    with pytest.raises(trainer_mod.ConfigError, match=expected):
         trainer_mod.TrainConfig(tta="both")
 
 
@@ -1254,7 +1270,7 @@ def test_flip_tta_scores_the_mean_of_the_image_and_its_mirror(dtype: Any) -> Non
     np.testing.assert_array_equal(flip["confusion"], np.bincount(y * 5 + z.argmax(axis=1), minlength=25).reshape(5, 5))
     assert flip["loss"] == pytest.approx(expected_loss, rel=1e-6 if dtype == np.float32 else 1e-12)
     assert flip["accuracy"] != none["accuracy"] or flip["loss"] != none["loss"]  # the mirror view counted
-    with pytest.raises(ValueError, match="tta must be one of none, flip, flip-shift, got 'both'"):
+    with pytest.raises(ValueError, match="tta must be one of none, flip, flip-shift, flip-grid, got 'both'"):
         trainer_mod.evaluate(model, _Batches(batches), 5, tta="both")
 
 
@@ -1294,6 +1310,46 @@ def test_flip_shift_tta_scores_the_mean_of_ten_views(dtype: Any) -> None:
     assert [trainer_mod.scoring_tta(t, last) for t in ("none", "flip") for last in (False, True)] == [
         "none", "none", "flip", "flip"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flip_grid_tta_scores_the_mean_of_fifty_views(dtype: Any) -> None:
+    """evaluate(tta="flip-grid"): z = the mean of f over the image and its mirror, each moved by every (dy, dx) in
+    {-2..2}^2 with the loader's zero_pixel coming in (built here by padding and slicing), on three uneven batches;
+    flip_shift_accuracy is tta="flip-shift"'s accuracy, flip_accuracy and single_view_accuracy tta="flip"'s."""
+    rng = np.random.default_rng(7)
+    model = create_model("pvt_v2_b0", num_classes=5, cifar=True, depths=(1, 1, 1, 1), seed=4, dtype=dtype)
+    batches = [(rng.standard_normal((n, 3, 20, 12)).astype(dtype), rng.integers(0, 5, n)) for n in (6, 3, 1)]
+    zero_pixel = np.array([0.5, -2.0, 1.25], dtype=dtype).reshape(1, 3, 1, 1)
+
+    def moved(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+        padded = np.broadcast_to(zero_pixel, (x.shape[0], 3, 24, 16)).copy()  # 2 pixels of black around
+        padded[:, :, 2:22, 2:14] = x
+        return np.ascontiguousarray(padded[:, :, 2 + dy : 22 + dy, 2 + dx : 14 + dx])
+
+    model.eval()
+    with no_grad():
+        views = [
+            [model(moved(v, dy, dx)) for v in (x, x[..., ::-1]) for dy in range(-2, 3) for dx in range(-2, 3)]
+            for x, _ in batches
+        ]
+    z = np.concatenate([sum(v) / 50 for v in views]).astype(np.float64)
+    y = np.concatenate([labels for _, labels in batches])
+    expected_loss = np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y])
+    loader = _Batches(batches, zero_pixel)
+    grid = trainer_mod.evaluate(model, loader, 5, tta="flip-grid")
+    ten = trainer_mod.evaluate(model, loader, 5, tta="flip-shift")
+    assert len(set(trainer_mod.TTA_VIEWS["flip-grid"])) == 50
+    assert trainer_mod.TTA_VIEWS["flip-grid"][:10] == trainer_mod.TTA_VIEWS["flip-shift"]
+    assert grid["accuracy"] == np.mean(z.argmax(axis=1) == y)
+    assert grid["flip_shift_accuracy"] == ten["accuracy"] and "flip_shift_accuracy" not in ten
+    assert grid["flip_accuracy"] == ten["flip_accuracy"]
+    assert grid["single_view_accuracy"] == ten["single_view_accuracy"]
+    np.testing.assert_array_equal(grid["confusion"], np.bincount(y * 5 + z.argmax(axis=1), minlength=25).reshape(5, 5))
+    assert grid["loss"] == pytest.approx(expected_loss, rel=1e-6 if dtype == np.float32 else 1e-12)
+    assert grid["loss"] != ten["loss"]  # the diagonal and one-pixel views counted
+    assert trainer_mod.scoring_tta("flip-grid", last=False) == "flip"
+    assert trainer_mod.scoring_tta("flip-grid", last=True) == "flip-grid"
 
 
 def test_ema_and_eval_every(
@@ -1367,7 +1423,7 @@ def test_fit_epochs() -> None:
     assert trainer_mod.fit_epochs(100.0, 10.0, 5.0, 1, 5.0) == 8
     assert trainer_mod.fit_epochs(99.9, 10.0, 5.0, 1, 5.0) == 7  # 3 * 5 + 4 * 10 + 7 * 5 = 90 s
     assert trainer_mod.fit_epochs(14.9, 10.0, 5.0, 1, 1.0) == 0  # one epoch has no low-resolution half
-    # A dearer last evaluation (flip-shift's ten views): 8 epochs, 2 evaluations (3, 6) and the last: 80 + 10 + 20.
+    # A dearer last evaluation (flip-grid's fifty views): 8 epochs, 2 evaluations (3, 6) and the last: 80 + 10 + 20.
     assert trainer_mod.fit_epochs(110.0, 10.0, 5.0, 3, None, 20.0) == 8
     assert trainer_mod.fit_epochs(109.9, 10.0, 5.0, 3, None, 20.0) == 7  # 70 + 10 + 20 = 100 s
     assert trainer_mod.fit_epochs(29.9, 10.0, 5.0, 3, None, 20.0) == 0  # one epoch and its last evaluation: 30 s
@@ -1404,7 +1460,7 @@ def test_time_budget_fits_the_schedule_and_resume_keeps_it(
     epoch_seconds = tf.STEPS_PER_EPOCH * fit["step_seconds"] + fit["write_seconds"]
     low_epoch_seconds = tf.STEPS_PER_EPOCH * fit["low_res_step_seconds"] + fit["write_seconds"]
     available = 0.1 * 60 * (1 - trainer_mod.BUDGET_MARGIN) - fit["start_seconds"]
-    # The last evaluation is the ten views of --tta flip-shift, timed apart (the others score the flip).
+    # The last evaluation is the fifty views of --tta flip-grid, timed apart (the others score the flip).
     expected = trainer_mod.fit_epochs(
         available, epoch_seconds, fit["eval_seconds"], 1, low_epoch_seconds, fit["last_eval_seconds"]
     )

@@ -26,10 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to evaluate")
     p.add_argument("--tta", choices=TTA_MODES,
-                   help="test-time augmentation (see pvt-np train --tta; flip-shift here scores every image by its "
-                   "ten views); none given: as the run scored the checkpoint (a flip-shift run: ten views after its "
-                   "last epoch, the flip before; runs from before the option: none), flip-shift for a weights "
-                   "file")  # fmt: skip
+                   help="test-time augmentation (see pvt-np train --tta; flip-shift and flip-grid here score every "
+                   "image by their ten or fifty views); none given: as the run scored the checkpoint (a flip-grid "
+                   "run: fifty views after its last epoch, the flip before; runs from before the option: none), "
+                   "flip-grid for a weights file")  # fmt: skip
     p.add_argument("--confusion", metavar="PNG", help="also save the confusion matrix plot here")
 
 
@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
             mean=model.meta.mean, std=model.meta.std, dtype=model.dtype,
         )  # fmt: skip
         # A run records its --tta (runs from before the option scored the image alone) and its checkpoint is
-        # scored as the run scored it (flip-shift: ten views after the last epoch, the flip before); a weights
-        # file records no run, and is scored as pvt-np train scores its last evaluation by default.
+        # scored as the run scored it (flip-shift, flip-grid: ten or fifty views after the last epoch, the flip
+        # before); a weights file records no run, and is scored as pvt-np train scores its last evaluation by
+        # default.
         tta = args.tta or TrainConfig().tta
         if ckpt.training and args.tta is None:
             epoch = (ckpt.training.get("progress") or {}).get("epoch")
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     confusion = result["confusion"]
     print(f"{args.checkpoint}: {dataset} test, {confusion.sum()} images{note}")
     flip = f"flip {result['flip_accuracy']:.4f}, " if "flip_accuracy" in result else ""
+    if "flip_shift_accuracy" in result:
+        flip = f"ten views {result['flip_shift_accuracy']:.4f}, {flip}"
     scored = f" ({tta} TTA; {flip}single view {result['single_view_accuracy']:.4f})" if tta != "none" else ""
     print(f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}{scored}")
     per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)

@@ -169,8 +169,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: flip scores each test image by the mean of its logits and its "
                    "mirror image's (the single-view accuracy is logged beside it); flip-shift scores the last "
                    "evaluation by ten views, those two each also shifted by 2 pixels up, down, left and right "
-                   "(the flip's accuracy logged beside it), and the earlier ones by the flip; none: the image "
-                   "alone")  # fmt: skip
+                   "(the flip's accuracy logged beside it), and the earlier ones by the flip; flip-grid likewise "
+                   "by fifty views, those two at every shift of up to 2 pixels each way (the flip's and the ten "
+                   "views' accuracies logged beside it); none: the image alone")  # fmt: skip
     r.add_argument("--log-every", action=_Given, type=int, default=DEFAULTS.log_every,
                    help="steps between progress-bar updates (and, on a GPU, loss reads)")  # fmt: skip
     r.add_argument("--no-progress", action=_GivenTrue,

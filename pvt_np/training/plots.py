@@ -41,7 +41,8 @@ def plot_curves(
     history: one row per epoch (``epoch``, ``train_loss``, ``test_loss``, ``train_accuracy``, ``test_accuracy``;
         the test figures None where the epoch was not evaluated; ``ema_test_loss`` and ``ema_test_accuracy`` too
         when the run keeps an EMA of its weights, ``test_accuracy_single_view`` when it scores with the flip TTA,
-        ``test_accuracy_flip`` in a row scored by the ten views of ``--tta flip-shift``).
+        ``test_accuracy_flip`` in a row scored by the ten views of ``--tta flip-shift`` or the fifty of
+        ``flip-grid``, which has ``test_accuracy_flip_shift`` too).
     steps: the step log (``epoch`` as a fraction, ``loss``): drawn faintly as read and smoothed over
         about a twentieth of the run, so the noise of single batches does not hide the trend.
     """
@@ -62,23 +63,24 @@ def plot_curves(
     # the single view's only when the test images were scored with their mirror images (--tta flip).
     single = [r for r in history if r.get("test_accuracy_single_view") is not None]
     test_label = "test (flip TTA)" if single else "test"
-    # A flip-shift run scores its last epoch by ten views and records the flip's accuracy beside it
-    # (test_accuracy_flip): the flip line takes that, and the ten views get a marker of their own.
-    ten_views = [r for r in history if r.get("test_accuracy_flip") is not None]
+    # A flip-shift (flip-grid) run scores its last epoch by ten (fifty) views and records the flip's accuracy
+    # beside it (test_accuracy_flip): the flip line takes that, and the many views get a marker of their own.
+    many_views = [r for r in history if r.get("test_accuracy_flip") is not None]
+    views = "fifty views" if any(r.get("test_accuracy_flip_shift") is not None for r in many_views) else "ten views"
     for prefix, label, colour in (("test", test_label, "tab:orange"), ("ema_test", "test (EMA)", "tab:green")):
         scored = [r for r in history if r.get(f"{prefix}_loss") is not None]
         if scored:
             at = [r["epoch"] for r in scored]
-            loss_label = f"{label}; ten views last" if prefix == "test" and ten_views else label
+            loss_label = f"{label}; {views} last" if prefix == "test" and many_views else label
             ax_loss.plot(at, [r[f"{prefix}_loss"] for r in scored], "o-", color=colour, label=loss_label)
             accuracy = [  # a row the ten views scored puts its flip's score on the flip line
                 r["test_accuracy_flip"] if prefix == "test" and r.get("test_accuracy_flip") is not None
                 else r[f"{prefix}_accuracy"] for r in scored
             ]  # fmt: skip
             ax_acc.plot(at, [100 * a for a in accuracy], "o-", color=colour, label=label)
-    if ten_views:
-        ax_acc.plot([r["epoch"] for r in ten_views], [100 * r["test_accuracy"] for r in ten_views], "*",
-                    markersize=12, color="tab:red", label="test (ten views)")  # fmt: skip
+    if many_views:
+        ax_acc.plot([r["epoch"] for r in many_views], [100 * r["test_accuracy"] for r in many_views], "*",
+                    markersize=12, color="tab:red", label=f"test ({views})")  # fmt: skip
     if single:
         ax_acc.plot([r["epoch"] for r in single], [100 * r["test_accuracy_single_view"] for r in single], "o--",
                     color="tab:orange", alpha=0.6, label="test (single view)")  # fmt: skip

@@ -96,8 +96,10 @@ class TrainConfig:
     # Test-time augmentation: "flip" scores each test image by the mean of its logits and its mirror image's
     # (the single-view accuracy is recorded beside it); "flip-shift" scores the last evaluation with those two
     # views each also shifted by 2 pixels four ways (ten views; the flip's accuracy recorded beside it) and the
-    # earlier ones with the flip; "none": the image alone. Evaluation only: not a trajectory field.
-    tta: str = "flip-shift"
+    # earlier ones with the flip; "flip-grid" likewise with those two at every shift of up to 2 pixels each way
+    # (fifty views; the flip's and the ten views' accuracies beside it); "none": the image alone. Evaluation
+    # only: not a trajectory field.
+    tta: str = "flip-grid"
     ema_decay: float | None = None  # an exponential moving average of the weights, updated every step; None: off
     # Minutes from the command's start to its last evaluation: the epochs (and so the cosine) are fitted to it
     # from a timed probe before training (see Trainer._fit_budget); None: train ``epochs``.
@@ -158,7 +160,7 @@ def fit_epochs(
     eval_every-th epoch and after the last), is at most ``available`` seconds (0 if not even one fits).
 
     With ``low_res_epoch_seconds`` the first E // 2 epochs (progressive resizing's default) cost that instead;
-    with ``last_eval_seconds`` the last evaluation costs that instead (``--tta flip-shift``'s ten views).
+    with ``last_eval_seconds`` the last evaluation costs that instead (``--tta flip-grid``'s fifty views).
     """
     last = eval_seconds if last_eval_seconds is None else last_eval_seconds
 
@@ -250,23 +252,31 @@ def train_step(
 
 # The views each TTA mode averages: (mirrored, dy, dx), the image moved up by dy rows and left by dx columns,
 # black coming in (as in the padding of the training crops, which move the image by up to 4 pixels). Every mode
-# starts with the image, then its mirror: evaluate reads the single-view and flip accuracies off the first two.
+# starts with the image, then its mirror, and flip-grid with flip-shift's ten views: evaluate reads the accuracies
+# of the single view, the flip and the ten views off those first one, two and ten views of one pass.
 TTA_SHIFT = 2
+_FLIP_SHIFT_OFFSETS = ((0, 0), (TTA_SHIFT, 0), (-TTA_SHIFT, 0), (0, TTA_SHIFT), (0, -TTA_SHIFT))
+_GRID_OFFSETS = _FLIP_SHIFT_OFFSETS + tuple(
+    (dy, dx)
+    for dy in range(-TTA_SHIFT, TTA_SHIFT + 1)
+    for dx in range(-TTA_SHIFT, TTA_SHIFT + 1)
+    if (dy, dx) not in _FLIP_SHIFT_OFFSETS
+)
 TTA_VIEWS: dict[str, tuple[tuple[bool, int, int], ...]] = {
     "none": ((False, 0, 0),),
     "flip": ((False, 0, 0), (True, 0, 0)),
-    "flip-shift": tuple(
-        (mirrored, dy, dx)
-        for dy, dx in ((0, 0), (TTA_SHIFT, 0), (-TTA_SHIFT, 0), (0, TTA_SHIFT), (0, -TTA_SHIFT))
-        for mirrored in (False, True)
-    ),
+    "flip-shift": tuple((mirrored, dy, dx) for dy, dx in _FLIP_SHIFT_OFFSETS for mirrored in (False, True)),
+    "flip-grid": tuple((mirrored, dy, dx) for dy, dx in _GRID_OFFSETS for mirrored in (False, True)),
 }
+# The modes that score only a run's last evaluation with all their views (the ones before it: the flip).
+LAST_ONLY_TTA = ("flip-shift", "flip-grid")
 
 
 def scoring_tta(tta: str, last: bool) -> str:
-    """The TTA mode of one of a run's evaluations: ``flip-shift`` scores the run's last evaluation with its
-    ten views and the ones before it with the image and its mirror (a fifth of the cost); others: as given."""
-    return "flip" if tta == "flip-shift" and not last else tta
+    """The TTA mode of one of a run's evaluations: ``flip-shift`` and ``flip-grid`` score the run's last
+    evaluation with their ten or fifty views and the ones before it with the image and its mirror (a fifth or
+    a twenty-fifth of the cost); others: as given."""
+    return "flip" if tta in LAST_ONLY_TTA and not last else tta
 
 
 def evaluate(
@@ -283,11 +293,13 @@ def evaluate(
     z = (1/V) sum_v f(view_v(x)), which the loss, accuracy and confusion use:
     ``tta="flip"``: the image and its mirror image (V = 2); ``"flip-shift"``: those two, each
     also shifted by TTA_SHIFT pixels up, down, left and right with black coming in (V = 10;
-    ``loader.zero_pixel`` gives black's normalised value). A model trained with random flips
-    and padded crops sees all of them as likely inputs, so their mean is an ensemble of the
-    same weights, for V forward passes. The accuracy of f(x) alone is returned as
-    ``single_view_accuracy`` (with any TTA), that of the image and its mirror as
-    ``flip_accuracy`` (with ``flip-shift``).
+    ``loader.zero_pixel`` gives black's normalised value); ``"flip-grid"``: those two at every
+    shift of up to TTA_SHIFT pixels down or up and right or left, a 5x5 grid (V = 50). A model
+    trained with random flips and padded crops sees all of them as likely inputs, so their mean
+    is an ensemble of the same weights, for V forward passes. The accuracy of f(x) alone is
+    returned as ``single_view_accuracy`` (with any TTA), that of the image and its mirror as
+    ``flip_accuracy`` (with ``flip-shift`` and ``flip-grid``), that of flip-shift's ten views
+    as ``flip_shift_accuracy`` (with ``flip-grid``).
     With a data-parallel ``world`` each rank scores its own part of the test set and the
     sums are added over the ranks, so every rank returns the whole set's figures.
     """
@@ -302,9 +314,12 @@ def evaluate(
     confusion = xp.zeros((num_classes, num_classes), dtype=np.int64)
     loss_sum = xp.zeros((), dtype=np.float64)
     count = 0
-    # Correct answers of the first view alone (the image) and of the first two (with its mirror).
+    # Correct answers of the first view alone (the image), of the first two (with its mirror) and of the first
+    # ten (flip-shift's views), read off the running sum of the views' logits.
     single_view_correct = xp.zeros((), dtype=np.int64)
     flip_correct = xp.zeros((), dtype=np.int64)
+    flip_shift_correct = xp.zeros((), dtype=np.int64)
+    flip_shift_views = len(TTA_VIEWS["flip-shift"])
     with no_grad():
         for x, y in tqdm(loader.epoch(0), total=len(loader), desc="evaluate", leave=False, disable=not progress):
             logits = None
@@ -318,6 +333,8 @@ def evaluate(
                     single_view_correct += (logits.argmax(axis=1) == y).sum()
                 elif k == 1 and len(views) > 2:
                     flip_correct += (logits.argmax(axis=1) == y).sum()
+                elif k == flip_shift_views - 1 and len(views) > flip_shift_views:
+                    flip_shift_correct += (logits.argmax(axis=1) == y).sum()
             if len(views) > 1:
                 logits = logits * (1.0 / len(views))
             loss_sum += criterion(logits, y) * y.shape[0]
@@ -325,11 +342,12 @@ def evaluate(
             confusion += xp.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(confusion.shape)
             count += int(y.shape[0])
     confusion = backend.to_numpy(confusion)
-    single_view, flip = int(single_view_correct), int(flip_correct)
+    single_view, flip, flip_shift = int(single_view_correct), int(flip_correct), int(flip_shift_correct)
     if world is not None and world.size > 1:
         confusion = world.allreduce_sum(confusion)
         loss_sum, count = world.allreduce_sum(float(loss_sum)), world.allreduce_sum(count)
         single_view, flip = world.allreduce_sum(single_view), world.allreduce_sum(flip)
+        flip_shift = world.allreduce_sum(flip_shift)
     result = {
         "loss": float(loss_sum) / max(count, 1),
         "accuracy": float(np.trace(confusion)) / max(count, 1),
@@ -339,6 +357,8 @@ def evaluate(
         result["single_view_accuracy"] = single_view / max(count, 1)
     if len(views) > 2:
         result["flip_accuracy"] = flip / max(count, 1)
+    if len(views) > flip_shift_views:
+        result["flip_shift_accuracy"] = flip_shift / max(count, 1)
     return result
 
 
@@ -867,8 +887,10 @@ class Trainer:
         }
         if cfg.tta != "none":
             row["test_accuracy_single_view"] = test["single_view_accuracy"] if test is not None else None
-        if tta == "flip-shift":  # the last evaluation of a flip-shift run: the flip alone, as the others scored
+        if tta in LAST_ONLY_TTA:  # the last evaluation of a flip-shift/grid run: the flip, as the others scored
             row["test_accuracy_flip"] = test["flip_accuracy"] if test is not None else None
+        if tta == "flip-grid":  # and flip-shift's ten views of it
+            row["test_accuracy_flip_shift"] = test["flip_shift_accuracy"] if test is not None else None
         if self.ema is not None:
             row["ema_test_loss"] = ema["loss"] if ema is not None else None
             row["ema_test_accuracy"] = ema["accuracy"] if ema is not None else None
@@ -889,8 +911,9 @@ class Trainer:
                 scores = f"test not evaluated (every {cfg.eval_every} epochs)"
             else:
                 scores = f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
-                if tta == "flip-shift":
-                    scores += f" ({tta} TTA; flip {row['test_accuracy_flip']:.4f}"
+                if tta in LAST_ONLY_TTA:
+                    ten = f"ten views {row['test_accuracy_flip_shift']:.4f}, " if tta == "flip-grid" else ""
+                    scores += f" ({tta} TTA; {ten}flip {row['test_accuracy_flip']:.4f}"
                     scores += f", single view {row['test_accuracy_single_view']:.4f})"
                 elif tta != "none":
                     scores += f" ({tta} TTA; single view {row['test_accuracy_single_view']:.4f})"

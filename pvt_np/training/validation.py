@@ -17,9 +17,10 @@ __all__ = ["ConfigError", "check_subset", "check_train_config"]
 
 
 # Test-time augmentation of the evaluation (see trainer.evaluate): the image alone; the mean of its logits and its
-# mirror image's; those two and each shifted by 2 pixels in four directions (ten views; a run scores its last
-# evaluation so and the ones before it with the flip alone).
-TTA_MODES = ("none", "flip", "flip-shift")
+# mirror image's; those two and each shifted by 2 pixels in four directions (ten views); those two at every shift of
+# up to 2 pixels each way (fifty views). A run scores its last evaluation by the ten or fifty views and the ones
+# before it with the flip alone.
+TTA_MODES = ("none", "flip", "flip-shift", "flip-grid")
 
 
 class ConfigError(ValueError):
