@@ -1274,6 +1274,26 @@ def test_flip_tta_scores_the_mean_of_the_image_and_its_mirror(dtype: Any) -> Non
         trainer_mod.evaluate(model, _Batches(batches), 5, tta="both")
 
 
+def _mean_of_views(
+    model: Any, batches: list[tuple[np.ndarray, np.ndarray]], zero_pixel: np.ndarray, shifts: list[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The expected TTA logits z (float64), labels and loss: the mean of f over each image and its mirror, each
+    moved by every (dy, dx) of ``shifts`` with zero_pixel coming in (built here by padding by 2 and slicing)."""
+
+    def moved(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+        n, c, h, w = x.shape
+        padded = np.broadcast_to(zero_pixel, (n, c, h + 4, w + 4)).copy()  # 2 pixels of black around
+        padded[:, :, 2 : 2 + h, 2 : 2 + w] = x
+        return np.ascontiguousarray(padded[:, :, 2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w])
+
+    model.eval()
+    with no_grad():
+        views = [[model(moved(v, dy, dx)) for v in (x, x[..., ::-1]) for dy, dx in shifts] for x, _ in batches]
+    z = np.concatenate([sum(v) / (2 * len(shifts)) for v in views]).astype(np.float64)
+    y = np.concatenate([labels for _, labels in batches])
+    return z, y, float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_flip_shift_tta_scores_the_mean_of_ten_views(dtype: Any) -> None:
     """evaluate(tta="flip-shift"): z = the mean of f over the image and its mirror, each as is and moved by 2 pixels
@@ -1283,19 +1303,7 @@ def test_flip_shift_tta_scores_the_mean_of_ten_views(dtype: Any) -> None:
     model = create_model("pvt_v2_b0", num_classes=5, cifar=True, depths=(1, 1, 1, 1), seed=3, dtype=dtype)
     batches = [(rng.standard_normal((n, 3, 20, 28)).astype(dtype), rng.integers(0, 5, n)) for n in (4, 7, 1)]
     zero_pixel = np.array([-1.5, 0.25, 2.0], dtype=dtype).reshape(1, 3, 1, 1)
-
-    def moved(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
-        padded = np.broadcast_to(zero_pixel, (x.shape[0], 3, 24, 32)).copy()  # 2 pixels of black around
-        padded[:, :, 2:22, 2:30] = x
-        return np.ascontiguousarray(padded[:, :, 2 + dy : 22 + dy, 2 + dx : 30 + dx])
-
-    shifts = [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)]
-    model.eval()
-    with no_grad():
-        views = [[model(moved(v, dy, dx)) for v in (x, x[..., ::-1]) for dy, dx in shifts] for x, _ in batches]
-    z = np.concatenate([sum(v) / 10 for v in views]).astype(np.float64)
-    y = np.concatenate([labels for _, labels in batches])
-    expected_loss = np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y])
+    z, y, expected_loss = _mean_of_views(model, batches, zero_pixel, [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)])
     loader = _Batches(batches, zero_pixel)
     ten = trainer_mod.evaluate(model, loader, 5, tta="flip-shift")
     flip = trainer_mod.evaluate(model, loader, 5, tta="flip")
@@ -1321,21 +1329,8 @@ def test_flip_grid_tta_scores_the_mean_of_fifty_views(dtype: Any) -> None:
     model = create_model("pvt_v2_b0", num_classes=5, cifar=True, depths=(1, 1, 1, 1), seed=4, dtype=dtype)
     batches = [(rng.standard_normal((n, 3, 20, 12)).astype(dtype), rng.integers(0, 5, n)) for n in (6, 3, 1)]
     zero_pixel = np.array([0.5, -2.0, 1.25], dtype=dtype).reshape(1, 3, 1, 1)
-
-    def moved(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
-        padded = np.broadcast_to(zero_pixel, (x.shape[0], 3, 24, 16)).copy()  # 2 pixels of black around
-        padded[:, :, 2:22, 2:14] = x
-        return np.ascontiguousarray(padded[:, :, 2 + dy : 22 + dy, 2 + dx : 14 + dx])
-
-    model.eval()
-    with no_grad():
-        views = [
-            [model(moved(v, dy, dx)) for v in (x, x[..., ::-1]) for dy in range(-2, 3) for dx in range(-2, 3)]
-            for x, _ in batches
-        ]
-    z = np.concatenate([sum(v) / 50 for v in views]).astype(np.float64)
-    y = np.concatenate([labels for _, labels in batches])
-    expected_loss = np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y])
+    shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    z, y, expected_loss = _mean_of_views(model, batches, zero_pixel, shifts)
     loader = _Batches(batches, zero_pixel)
     grid = trainer_mod.evaluate(model, loader, 5, tta="flip-grid")
     ten = trainer_mod.evaluate(model, loader, 5, tta="flip-shift")
