@@ -270,6 +270,8 @@ TTA_VIEWS: dict[str, tuple[tuple[bool, int, int], ...]] = {
 }
 # The modes that score only a run's last evaluation with all their views (the ones before it: the flip).
 LAST_ONLY_TTA = ("flip-shift", "flip-grid")
+# The accuracies evaluate reads off the first views of a longer mode: name -> how many views (a prefix of it).
+TTA_PREFIXES = {"single_view_accuracy": 1, "flip_accuracy": 2, "flip_shift_accuracy": len(TTA_VIEWS["flip-shift"])}
 
 
 def scoring_tta(tta: str, last: bool) -> str:
@@ -315,11 +317,9 @@ def evaluate(
     loss_sum = xp.zeros((), dtype=np.float64)
     count = 0
     # Correct answers of the first view alone (the image), of the first two (with its mirror) and of the first
-    # ten (flip-shift's views), read off the running sum of the views' logits.
-    single_view_correct = xp.zeros((), dtype=np.int64)
-    flip_correct = xp.zeros((), dtype=np.int64)
-    flip_shift_correct = xp.zeros((), dtype=np.int64)
-    flip_shift_views = len(TTA_VIEWS["flip-shift"])
+    # ten (flip-shift's views), read off the running sum of the views' logits: those the mode has more views than.
+    at_view = {n - 1: name for name, n in TTA_PREFIXES.items() if len(views) > n}
+    correct = {name: xp.zeros((), dtype=np.int64) for name in at_view.values()}
     with no_grad():
         for x, y in tqdm(loader.epoch(0), total=len(loader), desc="evaluate", leave=False, disable=not progress):
             logits = None
@@ -329,12 +329,8 @@ def evaluate(
                     view = translate(view, dy, dx, loader.zero_pixel)
                 out = model(view)
                 logits = out if logits is None else logits + out
-                if k == 0 and len(views) > 1:
-                    single_view_correct += (logits.argmax(axis=1) == y).sum()
-                elif k == 1 and len(views) > 2:
-                    flip_correct += (logits.argmax(axis=1) == y).sum()
-                elif k == flip_shift_views - 1 and len(views) > flip_shift_views:
-                    flip_shift_correct += (logits.argmax(axis=1) == y).sum()
+                if k in at_view:
+                    correct[at_view[k]] += (logits.argmax(axis=1) == y).sum()
             if len(views) > 1:
                 logits = logits * (1.0 / len(views))
             loss_sum += criterion(logits, y) * y.shape[0]
@@ -342,23 +338,17 @@ def evaluate(
             confusion += xp.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(confusion.shape)
             count += int(y.shape[0])
     confusion = backend.to_numpy(confusion)
-    single_view, flip, flip_shift = int(single_view_correct), int(flip_correct), int(flip_shift_correct)
+    correct_counts = {name: int(c) for name, c in correct.items()}
     if world is not None and world.size > 1:
         confusion = world.allreduce_sum(confusion)
         loss_sum, count = world.allreduce_sum(float(loss_sum)), world.allreduce_sum(count)
-        single_view, flip = world.allreduce_sum(single_view), world.allreduce_sum(flip)
-        flip_shift = world.allreduce_sum(flip_shift)
+        correct_counts = {name: world.allreduce_sum(c) for name, c in correct_counts.items()}
     result = {
         "loss": float(loss_sum) / max(count, 1),
         "accuracy": float(np.trace(confusion)) / max(count, 1),
         "confusion": confusion,
     }
-    if len(views) > 1:
-        result["single_view_accuracy"] = single_view / max(count, 1)
-    if len(views) > 2:
-        result["flip_accuracy"] = flip / max(count, 1)
-    if len(views) > flip_shift_views:
-        result["flip_shift_accuracy"] = flip_shift / max(count, 1)
+    result.update({name: c / max(count, 1) for name, c in correct_counts.items()})
     return result
 
 
