@@ -726,22 +726,18 @@ def test_cpu_memory_meter_counts_what_the_first_step_keeps() -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_gpu_extras_match_readme() -> None:
-    """gpu-cuda12 / gpu-cuda13 install the matching CuPy wheel, gpu is gpu-cuda12, and README says how to pick."""
+def test_gpu_extras_name_the_matching_cupy() -> None:
+    """gpu-cuda12 / gpu-cuda13 install the matching CuPy wheel, and gpu is gpu-cuda12."""
     tomllib = pytest.importorskip("tomllib")
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert [r.split(">=")[0] for r in extras["gpu-cuda12"]] == ["cupy-cuda12x"]
     assert [r.split(">=")[0] for r in extras["gpu-cuda13"]] == ["cupy-cuda13x"]
     assert extras["gpu"] == extras["gpu-cuda12"]
-    readme = (REPO / "README.md").read_text()
-    gpu_section = readme[readme.index("### On a GPU") : readme.index("## What is inside")]
-    for text in ("gpu-cuda12", "gpu-cuda13", "nvidia-smi", "cupy-cuda12x", "cupy-cuda13x"):
-        assert text in gpu_section, text
 
 
-def test_gpu_check_script_matches_readme() -> None:
-    """The device script exists, is executable, runs each check under a limit totalling <= 9 minutes,
-    writes at most 8 files (what the device tool brings back), and README gives its call."""
+def test_gpu_check_script_runs_every_check_within_its_limits() -> None:
+    """The GPU script exists, is executable, runs each check under a limit totalling <= 9 minutes and
+    writes a small, fixed set of result files."""
     import os
     import re
 
@@ -754,7 +750,3 @@ def test_gpu_check_script_matches_readme() -> None:
         assert needed in text, needed
     outputs = set(re.findall(r'\$OUT/([A-Za-z0-9_.-]+)"', text)) | {"summary.txt"}
     assert 0 < len(outputs) <= 8, outputs
-    readme = (REPO / "README.md").read_text()
-    gpu_section = readme[readme.index("### On a GPU") : readme.index("## What is inside")]
-    for text in (".ci/gpu-check", 'carry `["data/cifar10-jpeg.tar.gz"]`', "`timeout_s` 600", *sorted(outputs)):
-        assert text in gpu_section, text
