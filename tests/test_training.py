@@ -522,6 +522,15 @@ def test_evaluate_uses_the_runs_test_subset(
     assert code == 0, stderr
     assert results[0]["confusion"].sum() == 12 and "12 images (the run's --test-subset)" in stdout, stdout
     assert results[0]["accuracy"] == row["test_accuracy"] and results[0]["loss"] == row["test_loss"]
+    # --test-subset N picks the subset pvt-np train --test-subset N scores: 12 gives the run's own score again.
+    code, stdout, stderr = _main(capsys, ["evaluate", str(out / "last.npz"), "--test-subset", "12"])
+    assert code == 0, stderr
+    assert results[-1]["accuracy"] == row["test_accuracy"] and results[-1]["loss"] == row["test_loss"]
+    code, stdout, stderr = _main(capsys, ["evaluate", str(out / "last.npz"), "--test-subset", "5"])
+    assert code == 0, stderr
+    assert results[-1]["confusion"].sum() == 5 and "5 images (--test-subset)" in stdout, stdout
+    code, stdout, stderr = _main(capsys, ["evaluate", str(out / "last.npz"), "--test-subset", str(tf.N_TEST + 1)])
+    assert code == 1 and "--test-subset" in stderr and str(tf.N_TEST) in stderr, stderr
 
 
 # Bad input -----------------------------------------------------------------------------------------------------
@@ -1059,6 +1068,21 @@ def test_curves_have_whole_epoch_ticks_and_the_step_loss(tmp_path: Path, monkeyp
     assert np.abs(smoothed[6:] - expected[6:]).max() < 0.1
     assert list(lines["train (epoch mean)"].get_xdata()) == [1, 2, 3]
     assert list(lines["test"].get_ydata()) == [r["test_loss"] for r in history]
+
+
+def test_one_epoch_curves_span_the_run_from_its_start() -> None:
+    """A one-epoch run (a smoke test) draws its points at the end of a 0-1 axis with whole-epoch ticks, not alone
+    in a window of fractions around epoch 1."""
+    from pvt_np.training import plots
+
+    history = [{"epoch": 1, "train_loss": 2.0, "test_loss": 1.9, "train_accuracy": 0.3, "test_accuracy": 0.35}]
+    for steps in (None, [{"epoch": (i + 1) / 8, "loss": 2.3 - i / 10} for i in range(8)]):
+        for ax in plots.curves_figure(history, steps).axes:
+            low, high = ax.get_xlim()
+            assert low <= 0 < 1 <= high < 1.1, (low, high)
+            ticks = [t for t in ax.get_xticks() if low <= t <= high]
+            assert ticks == [0, 1], ticks
+            assert all(list(line.get_xdata())[-1] == 1 for line in ax.get_lines())
 
 
 def test_curves_show_the_single_view_beside_the_flip_tta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", help="data location (none given: the one the run was trained with)")
     p.add_argument("--dataset", choices=DATASETS, help="none given: the run's dataset")
     p.add_argument("--cache-dir", help="decoded image-folder cache (none given: the run's, else ~/.cache/pvt_np)")
+    p.add_argument("--test-subset", type=positive_int, metavar="N",
+                   help="score a fixed random subset of N test images, the same as pvt-np train --test-subset N "
+                   "draws (none given: the run's own --test-subset on its own data, else all)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to evaluate")
     p.add_argument("--tta", choices=TTA_MODES,
@@ -50,10 +53,14 @@ def run(args: argparse.Namespace) -> int:
             )
         test = load_dataset(dataset, data_path, "test", cache_dir=args.cache_dir or saved.get("cache_dir"))
         # A run trained with --test-subset was scored on that subset: evaluate the same images
-        # (when evaluating on the run's own data).
+        # (when evaluating on the run's own data), unless --test-subset asks for another.
         own_data = (dataset, data_path) == (saved.get("dataset"), saved.get("data_path"))
-        subset = _subset(test, saved.get("test_subset"), 0) if own_data else test
-        note = " (the run's --test-subset)" if len(subset) < len(test) else ""
+        size = args.test_subset or (saved.get("test_subset") if own_data else None)
+        if size is not None and size > len(test):
+            raise ValueError(f"--test-subset: expected at most {len(test)} (the test images), got {size}")
+        subset = _subset(test, size, 0)
+        whose = "--test-subset" if args.test_subset else "the run's --test-subset"
+        note = f" ({whose})" if len(subset) < len(test) else ""
         test = subset
         if test.num_classes != model.num_classes:
             raise CheckpointError(

@@ -36,6 +36,11 @@ def smooth(values: Sequence[float], width: int) -> np.ndarray:
 def plot_curves(
     history: Sequence[dict[str, Any]], path: str | Path, steps: Sequence[dict[str, Any]] | None = None
 ) -> None:
+    """Save :func:`curves_figure` of the run as a PNG at ``path``."""
+    _save(curves_figure(history, steps), path)
+
+
+def curves_figure(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]] | None = None) -> Any:
     """Train/test loss and accuracy against the epoch, with the per-step training loss when ``steps`` is given.
 
     history: one row per epoch (``epoch``, ``train_loss``, ``test_loss``, ``train_accuracy``, ``test_accuracy``;
@@ -86,11 +91,15 @@ def plot_curves(
                     color="tab:orange", alpha=0.6, label="test (single view)")  # fmt: skip
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    # Both panels span the run from its start (epoch 0) to its last epoch, so a one-epoch run shows its points at
+    # the end of a 0-1 axis instead of alone in a window of +-5% around epoch 1.
+    last = max(epochs, default=1)
     for ax in (ax_loss, ax_acc):
+        ax.set_xlim(-0.03 * last, 1.03 * last)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no 0.5, 1.5 ticks
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    return fig
 
 
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: str | Path) -> None:
