@@ -41,6 +41,7 @@ _FUNCTIONS = {
     "manual_seed": "backend",
     "predict": "inference",
     "relative_error": "grad_check",
+    "set_threads": "backend",
     "to_device": "backend",
     "to_numpy": "backend",
 }
@@ -65,7 +66,14 @@ if TYPE_CHECKING:  # what the lazy attributes are, for type checkers and IDEs
         training,
         weights,
     )
-    from pvt_np.backend import get_array_module, gpu_available, manual_seed, to_device, to_numpy  # noqa: F401
+    from pvt_np.backend import (  # noqa: F401
+        get_array_module,
+        gpu_available,
+        manual_seed,
+        set_threads,
+        to_device,
+        to_numpy,
+    )
     from pvt_np.complexity import count_flops, count_params  # noqa: F401
     from pvt_np.grad_check import gradcheck, relative_error  # noqa: F401
     from pvt_np.inference import predict  # noqa: F401

@@ -92,6 +92,22 @@ def check_float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
     return dt
 
 
+def set_threads(threads: int) -> int:
+    """Run pvt_np's CPU ops on ``threads`` threads, and hold BLAS at one thread; returns the count.
+
+    Set at run time (threadpoolctl), so it works whenever it is called: before or after
+    NumPy has loaded its BLAS, no environment variable and no kernel restart needed.
+    BLAS stays at one thread whatever ``threads`` is, because pvt_np splits its GEMMs into
+    chunks on its own threads (see :mod:`pvt_np.ops.parallel`, whose ``configure_threads``
+    this calls). Without a call, the first op uses the cores this process may run on, at most 8.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"set_threads: threads must be a positive integer, got {threads!r}")
+    from pvt_np.ops import parallel
+
+    return parallel.configure_threads(int(threads))
+
+
 # Random numbers ------------------------------------------------------------
 # Dropout and drop-path draw from one generator per backend. Seeding it with
 # manual_seed makes every mask reproducible; the trainer reseeds it from

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+import pvt_np
 from pvt_np.ops import parallel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +70,28 @@ def test_configure_threads_sets_the_count_and_limits_blas() -> None:
         assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
     finally:
         parallel.configure_threads(before)
+
+
+def test_set_threads_sets_pvt_np_threads_and_holds_blas_at_one() -> None:
+    """pvt_np.set_threads, the public call (notebooks use it after NumPy has loaded its BLAS)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before = parallel.get_num_threads()
+    try:
+        threadpool_limits(limits=2, user_api="blas")  # as if BLAS had started with two threads
+        assert pvt_np.set_threads(3) == 3 == parallel.get_num_threads()
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
+        assert pvt_np.set_threads(np.int64(1)) == 1 == parallel.get_num_threads()
+    finally:
+        parallel.configure_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.0, "4", None, False])
+def test_set_threads_refuses_a_bad_count(bad: object) -> None:
+    before = parallel.get_num_threads()
+    with pytest.raises(ValueError, match=r"set_threads: threads must be a positive integer, got"):
+        pvt_np.set_threads(bad)  # type: ignore[arg-type]
+    assert parallel.get_num_threads() == before
 
 
 @pytest.mark.parametrize("threads", [2, 3])
