@@ -17,7 +17,7 @@ Every ``notebooks/*.ipynb`` is picked up (no list to update when a notebook is a
   (they catch ``ImportError``) with ``torch`` made unimportable.
 
 To re-execute notebooks and save their outputs (what is committed), run this file as a script:
-``python tests/test_notebooks.py notebooks/02_overlapping_patch_embedding.ipynb ...`` (all when none given).
+``python tests/test_notebooks.py notebooks/01_overlapping_patch_embedding.ipynb ...`` (all when none given).
 """
 
 from __future__ import annotations
