@@ -4,7 +4,7 @@ Each test takes a ``target``: the GPU (marked ``gpu``: skipped without CuPy and 
 device; ``python -m pytest -m gpu`` selects exactly these), or a NumPy stand-in
 that runs the same comparison with host arrays on both sides. The stand-in runs
 everywhere and checks the harness itself (what is compared, that every gradient
-is reached), so a lent device runs tests that have already run.
+is reached), so a GPU runs tests whose harness has already run on every machine.
 
 Random ops draw from :class:`pvt_np.counter_rng.CounterRng`, whose stream is the
 same on both devices, so dropout masks are compared exactly too.
