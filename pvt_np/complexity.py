@@ -16,9 +16,7 @@ sees. mmcv's "FLOPs" are multiply-accumulates for convs and linears, so one
   counted (mmcv ``linear_flops_counter_hook``).
 * layer_norm: 2 per input element (normalise, then the affine scale/shift;
   pvt_np's LayerNorm is always affine, mmcv doubles when ``elementwise_affine``).
-* relu: 1 per output element (mmcv ``relu_flops_counter_hook``); a conv with
-  ``input_relu`` (the linear variant's ReLU folded into its depthwise conv) is
-  charged the same 1 per input element on top of its own count.
+* relu: 1 per output element (mmcv ``relu_flops_counter_hook``).
 * adaptive_avg_pool2d: 1 per INPUT element (mmcv ``pool_flops_counter_hook``).
 * gelu, softmax, dropout, drop_path, token_mean (the final pooling of tokens)
   and cross_entropy: 0 (mmcv has no hook for them, or they are not modules);
@@ -143,8 +141,7 @@ def _conv_flops(args: Arguments, out: Shape) -> int:
     weight = args["weight"]
     positions = prod(out) // weight.shape[0]  # batch * H_out * W_out
     bias_adds = weight.shape[0] * positions if args["bias"] is not None else 0
-    relu = prod(args["x"].shape) if args["input_relu"] else 0  # the ReLU it folds in, as mmcv's ReLU hook
-    return weight.size * positions + bias_adds + relu  # weight.size = C_out * (C_in / groups) * kh * kw
+    return weight.size * positions + bias_adds  # weight.size = C_out * (C_in / groups) * kh * kw
 
 
 def _pool_shape(args: Arguments) -> Shape:

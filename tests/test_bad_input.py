@@ -143,8 +143,6 @@ OP_CASES: list[tuple[str, Callable[[], Any], type[Exception], tuple[str, ...]]] 
      ("conv2d", "stride", "1.5")),
     ("conv-too-small", lambda: ops.conv2d_forward(_x(1, 3, 2, 7), _x(4, 3, 3, 3)), ValueError,
      ("conv2d", "2x7", "(3, 3)", "0x5")),
-    ("conv-input-relu", lambda: ops.conv2d_forward(_x(1, 3, 7, 7), _x(4, 3, 3, 3), input_relu="no"), TypeError,
-     ("conv2d", "input_relu", "True or False", "'no'")),
     ("layer_norm-features", lambda: ops.layer_norm_forward(_x(2, 5), _x(4), _x(4)), ValueError,
      ("layer_norm", "(..., 4)", "(2, 5)")),
     ("gelu-approximate", lambda: ops.gelu_forward(_x(2), "fast"), ValueError, ("gelu", "'none' or 'tanh'", "'fast'")),

@@ -77,11 +77,9 @@ def _assert_all_close(actual: list[Any], expected: list[Any], names: list[str], 
         assert_close(a, e, tol, name)
 
 
-def _depthwise_run(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Any, padding: Any, input_relu: bool = False
-) -> list[Any]:
+def _depthwise_run(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Any, padding: Any) -> list[Any]:
     c = x.shape[3]
-    out, cache = ops.conv2d_forward(x, w, b, stride, padding, groups=c, channels_last=True, input_relu=input_relu)
+    out, cache = ops.conv2d_forward(x, w, b, stride, padding, groups=c, channels_last=True)
     g = np.random.default_rng(5).standard_normal(out.shape).astype(out.dtype)
     return [out, *(a for a in ops.conv2d_backward(g, cache) if a is not None)]
 
@@ -102,26 +100,6 @@ def test_depthwise_cuda_kernels_match_numpy(
     for name in ("depthwise_forward", "depthwise_input_grad", "depthwise_weight_grad"):
         assert host_kernels.calls.get(name, 0) == before.get(name, 0) + 1, f"{name} did not run"
     _assert_all_close(actual, expected, ["out", "dx", "dw", "db"][: len(expected)], dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_input_relu_cuda_path_matches_numpy(
-    stride: int, dtype: Any, host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A depthwise conv of max(x, 0): the GPU path rectifies a copy and masks dX with the ReLU-backward kernel;
-    NumPy rectifies as it pads and masks its dX per chunk. Both give the same out, dx, dw, db (20 images: several
-    NumPy chunks)."""
-    rng = np.random.default_rng(8)
-    x = randn(rng, 20, 16, 16, 64, dtype=dtype)
-    weight = randn(rng, 64, 1, 3, 3, dtype=dtype)
-    b = randn(rng, 64, dtype=dtype)
-    before = dict(host_kernels.calls)
-    actual, expected = _run_both(lambda: _depthwise_run(x, weight, b, stride, 1, True), host_kernels, monkeypatch)
-    for name in ("depthwise_forward", "depthwise_input_grad", "depthwise_weight_grad", "relu_backward"):
-        assert host_kernels.calls.get(name, 0) == before.get(name, 0) + 1, f"{name} did not run"
-    _assert_all_close(actual, expected, ["out", "dx", "dw", "db"], dtype)
-    assert np.all(actual[1][x <= 0] == 0), "dx is not zero where the ReLU blocked"
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

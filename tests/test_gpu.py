@@ -114,18 +114,6 @@ OP_CASES = [
     _conv("depthwise-large", (6, 16, 16, 64), (64, 1, 3, 3), True, padding=1, groups=64, channels_last=True),
     _conv("depthwise-pad3", (2, 6, 5, 3), (3, 1, 3, 3), True, padding=3, groups=3, channels_last=True),
     _conv("depthwise-s3-5x5", (1, 11, 10, 7), (7, 1, 5, 5), False, stride=3, padding=2, groups=7, channels_last=True),
-    # input_relu: the GPU rectifies a copy and masks dX with the ReLU-backward kernel
-    _conv(
-        "depthwise-input-relu",
-        (6, 16, 16, 64),
-        (64, 1, 3, 3),
-        True,
-        padding=1,
-        groups=64,
-        channels_last=True,
-        input_relu=True,
-    ),
-    _conv("dense-input-relu", (2, 3, 13, 7), (5, 3, 3, 3), True, stride=2, padding=1, input_relu=True),
     OpCase(
         "linear",
         "linear",

@@ -414,6 +414,19 @@ def test_parameters_equal_timm_state_dict(name: str) -> None:
     assert sum(p.size for p in model.parameters()) == sum(v.numel() for v in timm_state.values())
 
 
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li"])
+def test_mlp_modules_equal_timm(name: str) -> None:
+    """Every block's MLP runs timm's layers in timm's order (fc1, relu, dwconv, act, fc2; timm has one dropout
+    module where ours has two), relu a ReLU in the linear variant, else an Identity."""
+    model = pvt_np.create_model(name)
+    layers = (".mlp.fc1", ".mlp.relu", ".mlp.dwconv", ".mlp.act", ".mlp.fc2")
+    ours, theirs = ([(k, type(m).__name__) for k, m in modules if k.endswith(layers)]
+                    for modules in (model.named_modules(), _timm_meta(name).named_modules()))  # fmt: skip
+    assert ours == theirs
+    relus = [kind for k, kind in ours if k.endswith(".mlp.relu")]
+    assert relus == ["ReLU" if model.linear else "Identity"] * sum(model.depths)
+
+
 def test_cifar_overrides_are_documented() -> None:
     assert CIFAR_OVERRIDES == {"patch_size": CIFAR_PATCH_SIZE, "stride": CIFAR_STRIDE, "sr_ratios": CIFAR_SR_RATIOS}
     model = pvt_np.create_model("pvt_v2_b0", cifar=True)

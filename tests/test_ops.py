@@ -77,20 +77,18 @@ def _conv_case(
     groups: int,
     channels_last: bool,
     bias: bool = True,
-    input_relu: bool = False,
 ) -> OpCase:
     h, w = hw
     kh, kw = kernel
     layout = "nhwc" if channels_last else "nchw"
 
     def make(rng: np.random.Generator) -> list[np.ndarray]:
-        sample = away_from_zero if input_relu else randn  # the ReLU's kink out of the finite differences
-        x = sample(rng, n, h, w, c) if channels_last else sample(rng, n, c, h, w)
+        x = randn(rng, n, h, w, c) if channels_last else randn(rng, n, c, h, w)
         arrays = [x, randn(rng, o, c // groups, kh, kw) * 0.5]
         return [*arrays, randn(rng, o)] if bias else arrays
 
     def fwd(x: Any, wt: Any, b: Any = None) -> tuple[Any, Any]:
-        return ops.conv2d_forward(x, wt, b, stride, padding, groups, channels_last, input_relu=input_relu)
+        return ops.conv2d_forward(x, wt, b, stride, padding, groups, channels_last)
 
     def bwd(g: Any, cache: Any) -> tuple[Any, ...]:
         dx, dw, db = ops.conv2d_backward(g, cache)
@@ -99,11 +97,11 @@ def _conv_case(
 
     def ref(_cache: Any, x: Any, wt: Any, b: Any = None) -> Any:
         xin = _nchw(x) if channels_last else x
-        out = F.conv2d(F.relu(xin) if input_relu else xin, wt, b, stride=stride, padding=padding, groups=groups)
+        out = F.conv2d(xin, wt, b, stride=stride, padding=padding, groups=groups)
         return _nhwc(out) if channels_last else out
 
     names = ("x", "weight", "bias") if bias else ("x", "weight")
-    return OpCase(f"conv2d-{name}{'-input-relu' if input_relu else ''}-{layout}", fwd, bwd, make, ref, names)
+    return OpCase(f"conv2d-{name}-{layout}", fwd, bwd, make, ref, names)
 
 
 CONV_SPECS: list[tuple[Any, ...]] = [
@@ -127,12 +125,6 @@ CONV_SPECS: list[tuple[Any, ...]] = [
 
 CONV_CASES = [_conv_case(*spec[:9], channels_last=cl, bias=spec[9] if len(spec) > 9 else True)
               for spec in CONV_SPECS for cl in (False, True)]  # fmt: skip
-# conv2d of max(x, 0) (input_relu): the depthwise paths that fold the ReLU in (stride 1: the flipped conv masks
-# its chunks; other strides and padding beyond the kernel: the tap slice-adds), and a dense and a grouped conv
-CONV_CASES += [_conv_case(*spec[:9], channels_last=cl, input_relu=True)
-               for spec in CONV_SPECS if spec[0] in ("depthwise", "depthwise-strided", "depthwise-unpadded",
-                                                     "depthwise-padding-beyond-kernel", "strided-padded", "grouped")
-               for cl in (False, True)]  # fmt: skip
 
 
 # -- linear, layer norm --------------------------------------------------------

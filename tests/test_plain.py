@@ -83,16 +83,15 @@ def _arrays(*shapes: tuple[int, ...], scale: float = 1.0) -> Callable[[np.random
 
 def _conv(
     pid: str, x: tuple[int, ...], o: int, k: tuple[int, int], stride: Any, padding: Any, groups: int,
-    channels_last: bool = True, bias: bool = True, input_grad: bool = True, input_relu: bool = False,
+    channels_last: bool = True, bias: bool = True, input_grad: bool = True,
 ) -> Pair:  # fmt: skip
     c = x[3] if channels_last else x[1]
     shapes = [x, (o, c // groups, *k)] + ([(o,)] if bias else [])
-    kwargs = {"stride": stride, "padding": padding, "groups": groups, "channels_last": channels_last}
     return Pair(
         f"conv2d-{pid}",
         "conv2d",
         _arrays(*shapes),
-        {**kwargs, "input_relu": True} if input_relu else kwargs,
+        {"stride": stride, "padding": padding, "groups": groups, "channels_last": channels_last},
         {"input_grad": input_grad},
     )
 
@@ -128,14 +127,6 @@ SMALL_PAIRS = [
     _conv("depthwise-stride-1x2", (2, 7, 9, 5), 5, (3, 3), (1, 2), 1, 5),  # W stride 2: the pixel-window einsum
     _conv("sr-no-input-grad", (2, 8, 6, 4), 4, (2, 2), 2, 0, 1, bias=False, input_grad=False),
     _conv("depthwise-no-input-grad", (2, 13, 7, 5), 5, (3, 3), 2, 1, 5, input_grad=False),
-    # conv of max(x, 0): NumPy's depthwise conv rectifies as it pads and masks its dX chunks; the rest rectify a copy
-    _conv("depthwise-s1-input-relu", (2, 13, 7, 5), 5, (3, 3), 1, 1, 5, input_relu=True),
-    _conv("depthwise-s2-input-relu-nchw", (1, 4, 13, 7), 4, (3, 3), 2, 1, 4, channels_last=False, input_relu=True),
-    _conv("depthwise-padding-beyond-kernel-input-relu", (2, 6, 5, 3), 3, (3, 3), 1, 3, 3, input_relu=True),
-    _conv("depthwise-input-relu-no-input-grad", (2, 13, 7, 5), 5, (3, 3), 1, 1, 5, input_grad=False,
-          input_relu=True),
-    _conv("dense-input-relu", (2, 13, 7, 3), 4, (3, 3), 2, 1, 1, input_relu=True),
-    _conv("grouped-input-relu-nchw", (2, 4, 7, 5), 6, (3, 3), 1, 1, 2, channels_last=False, input_relu=True),
     Pair("layer_norm", "layer_norm", lambda rng: [randn(rng, 2, 13, 7) + 0.3, 1 + randn(rng, 7), randn(rng, 7)]),
     Pair("layer_norm-small-var", "layer_norm", lambda rng: [randn(rng, 3, 6) * 0.01, randn(rng, 6), randn(rng, 6)],
          {"eps": 1e-6}),
@@ -175,7 +166,6 @@ LARGE_PAIRS = [
     _conv("depthwise-s1-large", (6, 40, 40, 48), 48, (3, 3), 1, 1, 48),  # 6 chunks of one image
     _conv("depthwise-s2-large", (24, 40, 40, 32), 32, (3, 3), 2, 1, 32),  # output 24x20x20x32: 3 chunks
     _conv("depthwise-cifar-stage1-large", (7, 16, 16, 256), 256, (3, 3), 1, 1, 256),  # 2 images a chunk, 1 last
-    _conv("depthwise-s1-large-input-relu", (6, 40, 40, 48), 48, (3, 3), 1, 1, 48, input_relu=True),  # b2_li's MLP
     _conv("dense-s2-large", (2, 64, 64, 16), 32, (3, 3), 2, 1, 1),
     _conv("stem-c3-large", (16, 32, 32, 3), 32, (3, 3), 2, 1, 1),  # C = 3: the CIFAR stem
     _conv("sr-kernel-eq-stride-large", (32, 16, 16, 32), 32, (4, 4), 4, 0, 1),  # windows tile the map: col2im copy

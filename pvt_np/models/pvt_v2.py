@@ -38,6 +38,7 @@ from pvt_np.nn import (
     Linear,
     Module,
     ModuleList,
+    ReLU,
 )
 from pvt_np.ops.checks import check_array
 
@@ -240,9 +241,6 @@ class MlpWithDepthwiseConv(Module):
     The depthwise conv mixes each channel over its 3x3 neighbourhood; its zero
     padding lets the network tell borders from the centre, which is the
     position information that PVT v1's position-embedding table provided.
-    The linear variant's ReLU is the depthwise conv's ``input_relu`` (timm has a
-    ``relu`` module there, with no parameters): the conv rectifies its input as it
-    reads it, so the ReLU adds no pass over the hidden map and stores no copy of it.
     """
 
     def __init__(
@@ -258,16 +256,9 @@ class MlpWithDepthwiseConv(Module):
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
         self.fc1 = Linear(in_features, hidden_features, dtype=dtype)
+        self.relu = ReLU() if extra_relu else Identity()
         self.dwconv = Conv2d(
-            hidden_features,
-            hidden_features,
-            3,
-            1,
-            1,
-            groups=hidden_features,
-            dtype=dtype,
-            channels_last=True,
-            input_relu=extra_relu,
+            hidden_features, hidden_features, 3, 1, 1, groups=hidden_features, dtype=dtype, channels_last=True
         )
         self.act = GELU()
         self.drop1 = Dropout(drop)
@@ -275,7 +266,8 @@ class MlpWithDepthwiseConv(Module):
         self.drop2 = Dropout(drop)
 
     def forward(self, x: Array, feat_size: tuple[int, int]) -> Array:
-        x = ops.nhwc_to_tokens(self.dwconv(ops.tokens_to_nhwc(self.fc1(x), feat_size)))
+        x = self.relu(self.fc1(x))
+        x = ops.nhwc_to_tokens(self.dwconv(ops.tokens_to_nhwc(x, feat_size)))
         x = self.drop1(self.act(x))
         self._save(feat_size)
         return self.drop2(self.fc2(x))
@@ -284,7 +276,7 @@ class MlpWithDepthwiseConv(Module):
         feat_size = self._pop_cache()
         dx = self.act.backward(self.drop1.backward(self.fc2.backward(self.drop2.backward(dout))))
         dx = ops.nhwc_to_tokens(self.dwconv.backward(ops.tokens_to_nhwc(dx, feat_size)))
-        return self.fc1.backward(dx)
+        return self.fc1.backward(self.relu.backward(dx))
 
 
 class Block(Module):

@@ -87,11 +87,7 @@ class Linear(Module):
 
 
 class Conv2d(Module):
-    """torch.nn.Conv2d on NCHW input (or NHWC with ``channels_last=True``, as PVT v2's token maps).
-
-    ``input_relu=True`` makes it torch's ``Sequential(ReLU(), Conv2d(...))``: it convolves
-    max(x, 0), with the ReLU folded into the conv's own passes (pvt_np.ops.conv2d_forward).
-    """
+    """torch.nn.Conv2d on NCHW input (or NHWC with ``channels_last=True``, as PVT v2's token maps)."""
 
     def __init__(
         self,
@@ -104,7 +100,6 @@ class Conv2d(Module):
         bias: bool = True,
         dtype: Any = np.float32,
         channels_last: bool = False,
-        input_relu: bool = False,
     ) -> None:
         super().__init__()
         dtype = backend.check_float_dtype(dtype)
@@ -114,7 +109,6 @@ class Conv2d(Module):
         self.stride = pair(stride, who, "stride")
         self.padding = pair(padding, who, "padding")
         self.channels_last = bool(channels_last)
-        self.input_relu = bool(input_relu)
         if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(
                 f"{who}: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
@@ -139,7 +133,6 @@ class Conv2d(Module):
             self.padding,
             self.groups,
             self.channels_last,
-            input_relu=self.input_relu,
             who=self._label(),
         )
         self._save(cache)
@@ -162,8 +155,6 @@ class Conv2d(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
-        if self.input_relu:
-            s += ", input_relu=True"
         return s
 
 

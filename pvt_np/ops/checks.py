@@ -85,11 +85,8 @@ def check_conv2d(
     groups: int,
     channels_last: bool,
     who: str,
-    input_relu: bool = False,
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """Check a conv's arguments; returns (stride, padding, output size) as int pairs."""
-    if not isinstance(input_relu, (bool, np.bool_)):  # a truthy string would silently rectify
-        raise TypeError(f"{who}: input_relu must be True or False, got {input_relu!r}")
     sh, sw = pair(stride, who, "stride")
     ph, pw = pair(padding, who, "padding")
     if sh < 1 or sw < 1 or ph < 0 or pw < 0:

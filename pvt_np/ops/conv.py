@@ -15,7 +15,6 @@ import numpy as np
 
 from pvt_np.backend import Array, get_array_module
 from pvt_np.ops import cuda, parallel
-from pvt_np.ops.activation import relu_backward
 from pvt_np.ops.checks import check_conv2d
 from pvt_np.ops.linear import weight_grad_tasks
 
@@ -26,10 +25,7 @@ class ConvCache(NamedTuple):
     ``x`` is the NHWC input: zero-padded for dense and grouped convs (their backward reads
     its windows), unpadded for depthwise ones (each chunk pads its own images, so the
     cache holds no padded copy: at the CIFAR config the padding border is 27-300% of a
-    conv-FFN's hidden map, 2.3x at stage 3's 4x4 map). With ``input_relu`` the conv read
-    max(x, 0): NumPy's depthwise conv keeps x itself and rectifies each chunk as it pads
-    it; every other path keeps the rectified copy. Either way x > 0 marks where the
-    ReLU passed the gradient.
+    conv-FFN's hidden map, 2.3x at stage 3's 4x4 map).
     """
 
     x: Array
@@ -39,7 +35,6 @@ class ConvCache(NamedTuple):
     padding: tuple[int, int]
     groups: int
     channels_last: bool
-    input_relu: bool = False
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -58,9 +53,8 @@ def _pad_nhwc(x: Array, ph: int, pw: int) -> Array:
     return out
 
 
-def _pad_into_scratch(x: np.ndarray, ph: int, pw: int, name: str, relu: bool = False) -> np.ndarray:
-    """x (a chunk of NHWC images) zero-padded by (ph, pw) in a per-thread scratch buffer (cache-sized, reused);
-    with ``relu``, max(x, 0) padded: the copy rectifies at no extra pass.
+def _pad_into_scratch(x: np.ndarray, ph: int, pw: int, name: str) -> np.ndarray:
+    """x (a chunk of NHWC images) zero-padded by (ph, pw) in a per-thread scratch buffer (cache-sized, reused).
 
     The buffer is shared by every call with this name, so the border is zeroed each time.
     """
@@ -70,10 +64,7 @@ def _pad_into_scratch(x: np.ndarray, ph: int, pw: int, name: str, relu: bool = F
     out[:, ph + h :] = 0
     out[:, ph : ph + h, :pw] = 0
     out[:, ph : ph + h, pw + w :] = 0
-    if relu:
-        np.maximum(x, x.dtype.type(0), out=out[:, ph : ph + h, pw : pw + w])
-    else:
-        out[:, ph : ph + h, pw : pw + w] = x
+    out[:, ph : ph + h, pw : pw + w] = x
     return out
 
 
@@ -113,7 +104,6 @@ def conv2d_forward(
     groups: int = 1,
     channels_last: bool = False,
     *,
-    input_relu: bool = False,
     who: str = "conv2d",
 ) -> tuple[Array, ConvCache]:
     """out[n,o,i,j] = b[o] + sum_{c in group(o), p, q} w[o,c,p,q] * xpad[n, c, i*sh+p, j*sw+q].
@@ -125,24 +115,13 @@ def conv2d_forward(
     has nothing to share across channels, so it contracts the view directly:
     out[n,i,j,c] = sum_pq win[n,i,j,p,q,c] * w[c,p,q], one einsum pass per chunk of
     images on NumPy; on CuPy one CUDA kernel (pvt_np.ops.cuda).
-
-    ``input_relu=True`` convolves max(x, 0) instead (PVT v2's linear variant runs
-    fc1 -> ReLU -> depthwise conv): NumPy's depthwise conv rectifies each chunk as it
-    copies it into its padded buffer, so the ReLU costs no pass of its own and its
-    output is never stored; the other paths rectify a copy first.
     """
-    (sh, sw), (ph, pw), (ho, wo) = check_conv2d(
-        x, weight, bias, stride, padding, groups, channels_last, who, input_relu
-    )
-    xp = get_array_module(x)
+    (sh, sw), (ph, pw), (ho, wo) = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
     c = x_nhwc.shape[3]
     o = weight.shape[0]
-    fused_relu = input_relu and groups == c == o and not cuda.active(xp)  # the NumPy depthwise path
-    if input_relu and not fused_relu:
-        x_nhwc = xp.maximum(x_nhwc, 0)
     if groups == c == o:
-        out = _depthwise(x_nhwc, _taps(weight), bias, ph, pw, sh, sw, ho, wo, input_relu=fused_relu)
+        out = _depthwise(x_nhwc, _taps(weight), bias, ph, pw, sh, sw, ho, wo)
         kept = x_nhwc
     else:
         kept = _pad_nhwc(x_nhwc, ph, pw)
@@ -152,7 +131,7 @@ def conv2d_forward(
             out = _grouped_forward(kept, weight, groups, sh, sw, ho, wo)
             if bias is not None:
                 out += bias
-    cache = ConvCache(kept, weight, bias is not None, (sh, sw), (ph, pw), groups, channels_last, bool(input_relu))
+    cache = ConvCache(kept, weight, bias is not None, (sh, sw), (ph, pw), groups, channels_last)
     return (out if channels_last else out.transpose(0, 3, 1, 2)), cache
 
 
@@ -238,24 +217,10 @@ def _taps(weight: Array) -> Array:
 
 
 def _depthwise(
-    x: Array,
-    taps: Array,
-    bias: Array | None,
-    ph: int,
-    pw: int,
-    sh: int,
-    sw: int,
-    ho: int,
-    wo: int,
-    input_relu: bool = False,
-    pass_where: Array | None = None,
+    x: Array, taps: Array, bias: Array | None, ph: int, pw: int, sh: int, sw: int, ho: int, wo: int
 ) -> Array:
     """out[n,i,j,c] = bias[c] + sum_pq xpad[n, i*sh+p, j*sw+q, c] * taps[p,q,c], chunked over images,
-    with xpad = x zero-padded by (ph, pw), or max(x, 0) zero-padded with ``input_relu`` (NumPy only).
-
-    ``pass_where`` (an array of out's shape, NumPy only) zeroes out wherever it is <= 0, chunk by
-    chunk while the chunk is fresh: the input gradient of a conv of max(x, 0) is ReLU's backward
-    applied to this conv's output, with ``pass_where`` = x.
+    with xpad = x zero-padded by (ph, pw).
 
     NumPy: each chunk of images is padded into a per-thread buffer and contracted by one
     einsum over its window view, threaded; no padded copy of the whole input is made.
@@ -275,7 +240,7 @@ def _depthwise(
         taps_rows = np.ascontiguousarray(np.broadcast_to(taps[:, :, None], (kh, kw, wo, c))).reshape(kh, kw, wo * c)
 
     def kernel(start: int, stop: int) -> None:
-        xpad = _pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad", relu=input_relu)
+        xpad = _pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad")
         if sw == 1:
             rows = out[start:stop].reshape(stop - start, ho, wo * c)
             np.einsum("nhpqk,pqk->nhk", _row_windows(xpad, kh, kw, sh, ho, wo), taps_rows, out=rows)
@@ -283,20 +248,14 @@ def _depthwise(
             np.einsum("nhwpqc,pqc->nhwc", _windows(xpad, kh, kw, sh, sw, ho, wo), taps, out=out[start:stop])
         if bias is not None:
             out[start:stop] += bias
-        if pass_where is not None:
-            passed = parallel.scratch("depthwise_relu_pass", out[start:stop].shape, np.bool_)
-            np.greater(pass_where[start:stop], 0, out=passed)
-            out[start:stop] *= passed
 
     parallel.for_each_chunk(n, ho * wo * c, kernel, xp)
     return out
 
 
-def _depthwise_weight_grad(
-    g: Array, x: Array, ph: int, pw: int, kh: int, kw: int, sh: int, sw: int, input_relu: bool = False
-) -> Array:
+def _depthwise_weight_grad(g: Array, x: Array, ph: int, pw: int, kh: int, kw: int, sh: int, sw: int) -> Array:
     """dtaps[p,q,c] = sum_{n,i,j} g[n,i,j,c] * xpad[n, i*sh+p, j*sw+q, c]: per-chunk partial sums, added
-    (xpad: x zero-padded by (ph, pw); max(x, 0) with ``input_relu``, NumPy only).
+    (xpad: x zero-padded by (ph, pw)).
 
     NumPy: each chunk of images padded into a per-thread buffer, then one einsum over its
     window view. CuPy: one CUDA kernel of partial sums per output row of each image (pvt_np.ops.cuda), added.
@@ -309,8 +268,7 @@ def _depthwise_weight_grad(
     partial = np.empty((-(-n // rows), kh, kw, c), dtype=g.dtype)
 
     def kernel(start: int, stop: int) -> None:
-        xpad = _pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad", relu=input_relu)
-        win = _windows(xpad, kh, kw, sh, sw, ho, wo)
+        win = _windows(_pad_into_scratch(x[start:stop], ph, pw, "depthwise_pad"), kh, kw, sh, sw, ho, wo)
         np.einsum("nhwc,nhwpqc->pqc", g[start:stop], win, out=partial[start // rows])
 
     parallel.for_each_chunk(n, ho * wo * c, kernel, xp)
@@ -332,19 +290,17 @@ def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> t
                 kernel flipped, computed for the input's pixels only; other strides
                 slice-add w[c,p,q] * G per tap; CuPy gathers each input pixel's terms
                 in a CUDA kernel.
-    With ``input_relu`` the conv read max(x, 0), so dX is then zeroed where x <= 0 (ReLU's
-    backward, torch's convention at 0); NumPy's depthwise conv does it per chunk of its dX.
     Returns (dx, dW, db); db is None when there was no bias, dx is None with
     ``input_grad=False`` (an image fed to the stem needs no gradient: col2im skipped).
     """
-    x, weight, has_bias, (sh, sw), (ph, pw), groups, channels_last, input_relu = cache
+    x, weight, has_bias, (sh, sw), (ph, pw), groups, channels_last = cache
     g = dout if channels_last else dout.transpose(0, 2, 3, 1)
     _n, _ho, _wo, o = g.shape
     c = x.shape[3]
     depthwise, dense = groups == c == o, groups == 1 and not groups == c == o
     db = cuda.column_sums(g.reshape(-1, o)) if has_bias and not dense else None  # the dense path sums it in its tasks
     if depthwise:
-        dx, dw = _depthwise_backward(g, x, weight, ph, pw, sh, sw, input_grad, input_relu)
+        dx, dw = _depthwise_backward(g, x, weight, ph, pw, sh, sw, input_grad)
         return (dx if channels_last or dx is None else dx.transpose(0, 3, 1, 2)), dw, db
     xpad = x  # dense and grouped convs keep the padded input
     if dense:
@@ -355,8 +311,6 @@ def conv2d_backward(dout: Array, cache: ConvCache, input_grad: bool = True) -> t
         return None, dw, db
     hp, wp = xpad.shape[1:3]
     dx = dxpad[:, ph : hp - ph, pw : wp - pw, :]
-    if input_relu:  # xpad holds max(x, 0), positive exactly where x is
-        dx = relu_backward(dx, xpad[:, ph : hp - ph, pw : wp - pw, :])
     return (dx if channels_last else dx.transpose(0, 3, 1, 2)), dw, db
 
 
@@ -465,10 +419,9 @@ def _grouped_backward(
 
 
 def _depthwise_backward(
-    g: Array, x: Array, weight: Array, ph: int, pw: int, sh: int, sw: int, input_grad: bool, input_relu: bool = False
+    g: Array, x: Array, weight: Array, ph: int, pw: int, sh: int, sw: int, input_grad: bool
 ) -> tuple[Array | None, Array]:
-    """(dx, dw) of a depthwise conv of x (unpadded NHWC) zero-padded by (ph, pw); with ``input_relu``
-    of max(x, 0) (x as the forward kept it: the raw input on NumPy, already rectified on CuPy).
+    """(dx, dw) of a depthwise conv of x (unpadded NHWC) zero-padded by (ph, pw).
 
     dx[y, x] = sum_pq G[y + ph - p, x + pw - q] w[p, q] (stride 1): with G zero-padded by
     (kh-1-ph, kw-1-pw) that is a stride-1 depthwise conv with the kernel flipped whose
@@ -481,22 +434,18 @@ def _depthwise_backward(
     n, ho, wo, c = g.shape
     h, w = x.shape[1:3]
     kh, kw = weight.shape[2:]
-    fused_relu = input_relu and not cuda.active(xp)  # NumPy kept the raw input and rectifies it per chunk
-    dtaps = _depthwise_weight_grad(g, x, ph, pw, kh, kw, sh, sw, fused_relu)
+    dtaps = _depthwise_weight_grad(g, x, ph, pw, kh, kw, sh, sw)
     dw = xp.ascontiguousarray(dtaps.transpose(2, 0, 1)[:, None])
     if not input_grad:
         return None, dw
     taps = _taps(weight)
     if cuda.active(xp):
-        dx = cuda.depthwise_input_grad(g, taps, x.shape, ph, pw, sh, sw)
-        return (relu_backward(dx, x) if input_relu else dx), dw
+        return cuda.depthwise_input_grad(g, taps, x.shape, ph, pw, sh, sw), dw
     if sh == sw == 1 and ph < kh and pw < kw:
         flipped = taps[::-1, ::-1].copy()
-        pass_where = x if input_relu else None
-        return _depthwise(g, flipped, None, kh - 1 - ph, kw - 1 - pw, 1, 1, h, w, pass_where=pass_where), dw
+        return _depthwise(g, flipped, None, kh - 1 - ph, kw - 1 - pw, 1, 1, h, w), dw
     dxpad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=g.dtype)
     for p in range(kh):
         for q in range(kw):
             _tap(dxpad, p, q, sh, sw, ho, wo)[...] += g * taps[p, q]
-    dx = dxpad[:, ph : ph + h, pw : pw + w, :]
-    return (relu_backward(dx, x) if input_relu else dx), dw
+    return dxpad[:, ph : ph + h, pw : pw + w, :], dw

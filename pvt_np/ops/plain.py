@@ -89,7 +89,6 @@ class PlainConv2dCache(NamedTuple):
     padding: tuple[int, int]
     groups: int
     channels_last: bool
-    input_relu: bool = False  # xpad then holds max(x, 0), zero-padded
 
 
 def _tap_slices(p: int, q: int, stride: tuple[int, int], out_size: tuple[int, int]) -> tuple[slice, slice]:
@@ -107,7 +106,6 @@ def conv2d_forward(
     groups: int = 1,
     channels_last: bool = False,
     *,
-    input_relu: bool = False,
     who: str = "conv2d",
 ) -> tuple[Array, PlainConv2dCache]:
     """Cross-correlation, as torch.nn.functional.conv2d, one kernel tap at a time:
@@ -117,14 +115,11 @@ def conv2d_forward(
     With the channels split into G groups (c = g*Cg + c', o = g*Og + o'), each tap
     (p, q) adds einsum('nhwgc,goc->nhwgo', xpad tap, W tap). Dense (G = 1), grouped
     and depthwise (G = C) convolutions are this one formula. Input NCHW, or NHWC
-    with ``channels_last``; W is torch's (O, C/G, kh, kw). ``input_relu=True`` convolves
-    max(x, 0) instead of x: the same formula with xpad = max(x, 0) zero-padded.
+    with ``channels_last``; W is torch's (O, C/G, kh, kw).
     """
-    stride, padding, out_size = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who, input_relu)
+    stride, padding, out_size = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who)
     xp = get_array_module(x)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
-    if input_relu:
-        x_nhwc = xp.maximum(x_nhwc, 0)
     (ph, pw), (ho, wo) = padding, out_size
     xpad = xp.pad(x_nhwc, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     n = x_nhwc.shape[0]
@@ -139,7 +134,7 @@ def conv2d_forward(
     out = out.reshape(n, ho, wo, o)
     if bias is not None:
         out = out + bias
-    cache = PlainConv2dCache(xpad, weight, bias is not None, stride, padding, groups, channels_last, bool(input_relu))
+    cache = PlainConv2dCache(xpad, weight, bias is not None, stride, padding, groups, channels_last)
     return (out if channels_last else out.transpose(0, 3, 1, 2)), cache
 
 
@@ -152,12 +147,10 @@ def conv2d_backward(
     dW[o, c, p, q] = sum_{n,i,j} G[n, i, j, o] * xpad[n, i*sh + p, j*sw + q, c]
     dxpad[n, i*sh + p, j*sw + q, c] += sum_{o in group(c)} G[n, i, j, o] * W[o, c, p, q]
     (every input pixel collects the gradient of each output that read it), and dx is
-    dxpad without its padding border. With ``input_relu`` the conv read r = max(x, 0),
-    and dr/dx = 1 where x > 0, else 0 (torch's convention at 0): dx = dr * (x > 0),
-    read as r > 0. Returns (dx, dW, db); db is None without a bias, dx is None with
-    ``input_grad=False`` (nothing needs it, e.g. the images).
+    dxpad without its padding border. Returns (dx, dW, db); db is None without a
+    bias, dx is None with ``input_grad=False`` (nothing needs it, e.g. the images).
     """
-    xpad, weight, has_bias, stride, (ph, pw), groups, channels_last, input_relu = cache
+    xpad, weight, has_bias, stride, (ph, pw), groups, channels_last = cache
     xp = get_array_module(dout)
     g_nhwc = dout if channels_last else dout.transpose(0, 2, 3, 1)
     n, ho, wo, o = g_nhwc.shape
@@ -179,8 +172,6 @@ def conv2d_backward(
     if dxpad is None:
         return None, dweight, dbias
     dx = dxpad[:, ph : dxpad.shape[1] - ph, pw : dxpad.shape[2] - pw, :]
-    if input_relu:
-        dx = dx * (xpad[:, ph : xpad.shape[1] - ph, pw : xpad.shape[2] - pw, :] > 0)
     return (dx if channels_last else dx.transpose(0, 3, 1, 2)), dweight, dbias
 
 
