@@ -6,13 +6,16 @@
 * the float32 fast paths against the plain op in float64, with bounds derived from float32's unit roundoff;
 * whole b0 and b2_li models in train mode (dropout, attention dropout, drop path) agree under both readings;
 * the float32 rational erf (normal_cdf_float32) against scipy's erf within its documented bound;
-* use_plain's scope, the refusal of another reading's cache, and identical signatures.
+* use_plain's scope, the refusal of another reading's cache, and identical signatures;
+* each public op shows the plain reading's docstring (the derivation) and names both readings.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import pickle
+import pydoc
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -521,6 +524,23 @@ def test_every_op_has_a_plain_reading_with_the_same_signature() -> None:
 
             assert shape(fast) == shape(plain_fn), f"{name}_{phase}: signatures differ"
         assert op.plain_cache is not None and op.plain_cache.__name__.startswith("Plain"), name
+
+
+@pytest.mark.parametrize("phase", ["forward", "backward"])
+def test_public_op_shows_the_plain_derivation_and_names_both_readings(phase: str) -> None:
+    """What help() shows for pvt_np.ops.<op>_<phase> is the plain reading's docstring (the formula and its
+    derivation), then where both readings live; the public name is pvt_np.ops's (so it pickles as itself)."""
+    for name, op in ops.registered_ops().items():
+        public = getattr(ops, f"{name}_{phase}")
+        fast, plain_fn = getattr(op, f"fast_{phase}"), getattr(op, f"plain_{phase}")
+        derivation, doc = inspect.getdoc(plain_fn), inspect.getdoc(public)
+        assert derivation and doc and doc.startswith(derivation), f"{name}_{phase}: not the plain docstring"
+        assert inspect.getdoc(fast) not in doc, f"{name}_{phase}: the fast reading's docstring is shown"
+        for fn in (plain_fn, fast):
+            assert f"{fn.__module__}.{fn.__qualname__}" in doc.removeprefix(derivation), f"{name}_{phase}"
+        shown = pydoc.render_doc(public, renderer=pydoc.plaintext)  # help()'s text, indented
+        assert " ".join(derivation.split()) in " ".join(shown.split()), f"{name}_{phase}: help()"
+        assert public.__module__ == "pvt_np.ops" and pickle.loads(pickle.dumps(public)) is public
 
 
 @pytest.mark.parametrize("reading_plain", [False, True], ids=["fast", "plain"])

@@ -16,6 +16,9 @@ paper's three ideas live here:
 Activations travel as tokens (B, H*W, C); a token array reshaped to
 (B, H, W, C) is the channels-last feature map, so the convs run channels-last
 and no transposes are needed between attention and convolution.
+
+Each layer's docstring names the ops it runs; ``help(pvt_np.ops.<op>_forward)``
+(and ``_backward``) shows that op's formula and derived gradient.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class OverlapPatchEmbed(Module):
     (7/4/3 at the stem, 3/2/1 between stages). Takes NCHW images
     (``channels_last_input=False``, the stem) or NHWC maps (between stages);
     returns the normalised NHWC map (B, H', W', embed_dim).
+
+    Ops: ``pvt_np.ops.conv2d_forward`` / ``conv2d_backward``, ``layer_norm_forward`` / ``layer_norm_backward``.
     """
 
     def __init__(
@@ -129,6 +134,10 @@ class Attention(Module):
         then LayerNorm, M = (H/R)(W/R): cost / R^2.
     linear_attn True: linear SRA -- AdaptiveAvgPool2d(pool_size), 1x1 conv,
         LayerNorm, GELU: M = pool_size^2 whatever the input size.
+
+    Ops (each ``pvt_np.ops.<op>_forward`` / ``_backward``): linear (q, kv, proj), attention
+    (softmax(q k^T * scale) v, attention dropout inside), dropout (proj_drop); SRA adds conv2d and
+    layer_norm; linear SRA adds adaptive_avg_pool2d, conv2d, layer_norm and gelu.
     """
 
     def __init__(
@@ -236,11 +245,14 @@ class Attention(Module):
 
 
 class MlpWithDepthwiseConv(Module):
-    """fc1 -> (ReLU, linear variant) -> 3x3 depthwise conv, zero padding 1 -> GELU -> fc2.
+    """fc1 -> relu (ReLU, linear variant; else Identity) -> 3x3 depthwise conv, zero padding 1 -> GELU -> fc2.
 
     The depthwise conv mixes each channel over its 3x3 neighbourhood; its zero
     padding lets the network tell borders from the centre, which is the
     position information that PVT v1's position-embedding table provided.
+
+    Ops (each ``pvt_np.ops.<op>_forward`` / ``_backward``): linear (fc1, fc2), relu (linear
+    variant), conv2d (dwconv, groups = channels), gelu, dropout (drop1, drop2).
     """
 
     def __init__(
@@ -280,7 +292,11 @@ class MlpWithDepthwiseConv(Module):
 
 
 class Block(Module):
-    """Pre-norm transformer block: x + DropPath(Attention(LN(x))), then x + DropPath(MLP(LN(x)))."""
+    """Pre-norm transformer block: x + DropPath(Attention(LN(x))), then x + DropPath(MLP(LN(x))).
+
+    Ops: ``pvt_np.ops.layer_norm_forward`` / ``_backward`` (norm1, norm2), ``drop_path_forward`` /
+    ``_backward`` (drop_path > 0), and those of :class:`Attention` and :class:`MlpWithDepthwiseConv`.
+    """
 
     def __init__(
         self,
@@ -320,6 +336,9 @@ class PyramidVisionTransformerStage(Module):
     """Optional overlapping downsample (3x3, stride 2), `depth` Blocks, then LayerNorm (eps 1e-6).
 
     Takes and returns channels-last maps (B, H, W, C).
+
+    Ops: those of :class:`OverlapPatchEmbed` (the downsample) and :class:`Block`, then
+    ``pvt_np.ops.layer_norm_forward`` / ``_backward`` (norm).
     """
 
     def __init__(
@@ -398,6 +417,10 @@ class PyramidVisionTransformerV2(Module):
     ``dx = model.backward(dlogits)``. ``forward_pyramid`` returns the four
     stage maps (strides 4, 8, 16, 32 with the default stem) for dense tasks,
     and ``backward_pyramid`` takes a gradient for each of them.
+
+    Ops: those of :class:`OverlapPatchEmbed` (the stem) and the stages, then
+    ``pvt_np.ops.token_mean_forward`` / ``_backward`` (the global average pool),
+    ``dropout_forward`` / ``_backward`` (head_drop) and ``linear_forward`` / ``_backward`` (head).
     """
 
     def __init__(

@@ -1,4 +1,8 @@
-"""torch.nn-shaped layers over the functional ops (same names, arguments, defaults, parameter names)."""
+"""torch.nn-shaped layers over the functional ops (same names, arguments, defaults, parameter names).
+
+Each layer's docstring names its op; ``help(pvt_np.ops.<op>_forward)`` (and ``_backward``) shows the
+op's formula and derived gradient.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +62,10 @@ class Identity(Module):
 
 
 class Linear(Module):
-    """y = x W^T + b over any leading dimensions; weight (out_features, in_features)."""
+    """y = x W^T + b over any leading dimensions; weight (out_features, in_features).
+
+    Op: ``pvt_np.ops.linear_forward`` / ``linear_backward``.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: Any = np.float32) -> None:
         super().__init__()
@@ -87,7 +94,10 @@ class Linear(Module):
 
 
 class Conv2d(Module):
-    """torch.nn.Conv2d on NCHW input (or NHWC with ``channels_last=True``, as PVT v2's token maps)."""
+    """torch.nn.Conv2d on NCHW input (or NHWC with ``channels_last=True``, as PVT v2's token maps).
+
+    Op: ``pvt_np.ops.conv2d_forward`` / ``conv2d_backward``.
+    """
 
     def __init__(
         self,
@@ -159,7 +169,10 @@ class Conv2d(Module):
 
 
 class LayerNorm(Module):
-    """Normalises the last dimension; weight (ones) and bias (zeros) of that size."""
+    """Normalises the last dimension; weight (ones) and bias (zeros) of that size.
+
+    Op: ``pvt_np.ops.layer_norm_forward`` / ``layer_norm_backward``.
+    """
 
     def __init__(self, normalized_shape: int | tuple[int], eps: float = 1e-5, dtype: Any = np.float32) -> None:
         super().__init__()
@@ -190,7 +203,10 @@ class LayerNorm(Module):
 
 
 class GELU(Module):
-    """x * Phi(x) (approximate='none') or its tanh approximation (approximate='tanh')."""
+    """x * Phi(x) (approximate='none') or its tanh approximation (approximate='tanh').
+
+    Op: ``pvt_np.ops.gelu_forward`` / ``gelu_backward``.
+    """
 
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
@@ -211,7 +227,10 @@ class GELU(Module):
 
 
 class ReLU(Module):
-    """max(x, 0)."""
+    """max(x, 0).
+
+    Op: ``pvt_np.ops.relu_forward`` / ``relu_backward``.
+    """
 
     def forward(self, x: Array) -> Array:
         out, cache = ops.relu_forward(x, who=self._label())
@@ -223,7 +242,10 @@ class ReLU(Module):
 
 
 class Softmax(Module):
-    """Softmax along ``dim``."""
+    """Softmax along ``dim``.
+
+    Op: ``pvt_np.ops.softmax_forward`` / ``softmax_backward``.
+    """
 
     def __init__(self, dim: int = -1) -> None:
         super().__init__()
@@ -239,7 +261,10 @@ class Softmax(Module):
 
 
 class Dropout(Module):
-    """Zeroes elements with probability p in training (scaling the rest by 1/(1-p)); identity in eval."""
+    """Zeroes elements with probability p in training (scaling the rest by 1/(1-p)); identity in eval.
+
+    Op: ``pvt_np.ops.dropout_forward`` / ``dropout_backward``.
+    """
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
@@ -260,7 +285,10 @@ class Dropout(Module):
 
 
 class DropPath(Module):
-    """Stochastic depth: drops a sample's whole residual branch with probability p (timm's DropPath)."""
+    """Stochastic depth: drops a sample's whole residual branch with probability p (timm's DropPath).
+
+    Op: ``pvt_np.ops.drop_path_forward`` / ``drop_path_backward``.
+    """
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -281,7 +309,10 @@ class DropPath(Module):
 
 
 class AdaptiveAvgPool2d(Module):
-    """Average pooling to a fixed output_size with torch's (possibly overlapping) windows."""
+    """Average pooling to a fixed output_size with torch's (possibly overlapping) windows.
+
+    Op: ``pvt_np.ops.adaptive_avg_pool2d_forward`` / ``adaptive_avg_pool2d_backward``.
+    """
 
     def __init__(self, output_size: int | tuple[int, int], channels_last: bool = False) -> None:
         super().__init__()
@@ -301,7 +332,10 @@ class AdaptiveAvgPool2d(Module):
 
 
 class CrossEntropyLoss(Module):
-    """Mean softmax cross-entropy: ``loss = crit(logits, target)`` then ``dlogits = crit.backward()``."""
+    """Mean softmax cross-entropy: ``loss = crit(logits, target)`` then ``dlogits = crit.backward()``.
+
+    Op: ``pvt_np.ops.cross_entropy_forward`` / ``cross_entropy_backward``.
+    """
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()

@@ -2,13 +2,14 @@
 
 The public functions are dispatchers (see :mod:`pvt_np.ops.dispatch`): the
 fast reading of each op (``pvt_np/ops/<family>.py``), or its plain reading
-(:mod:`pvt_np.ops.plain`, the formula as it reads) inside ``use_plain()``. Each
-backward returns the gradient of the input, then (for ops with parameters) of
-each parameter in the forward's argument order. Every op takes its array
-module from its inputs, so the same code runs on NumPy and CuPy. Every forward
-takes the keyword ``who=`` (default: the op's name), the name its input checks
-(:mod:`pvt_np.ops.checks`, shared by both readings) put in their messages; the
-layers pass their own label.
+(:mod:`pvt_np.ops.plain`, the formula as it reads) inside ``use_plain()``; what
+``help()`` shows for each is the plain reading's docstring, the formula and its
+derived gradient, and where both readings live. Each backward returns the
+gradient of the input, then (for ops with parameters) of each parameter in the
+forward's argument order. Every op takes its array module from its inputs, so
+the same code runs on NumPy and CuPy. Every forward takes the keyword ``who=``
+(default: the op's name), the name its input checks (:mod:`pvt_np.ops.checks`,
+shared by both readings) put in their messages; the layers pass their own label.
 """
 
 from pvt_np.ops import activation as _activation

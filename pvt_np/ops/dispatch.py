@@ -8,7 +8,8 @@ Each op has two readings with the same signature and the same
 * **plain**: the formula as it reads (``pvt_np/ops/plain.py``), the ground truth
   the fast one is tested against.
 
-``pvt_np.ops.<op>_forward`` / ``_backward`` are the dispatchers made here. They
+``pvt_np.ops.<op>_forward`` / ``_backward`` are the dispatchers made here. Their
+docstring is the plain reading's (the math), plus a line naming both readings. They
 run the fast reading, or the plain one inside :func:`use_plain`; modules call
 only the dispatchers, so the switch moves a whole model at once. A forward and
 its backward must run under the same reading (their caches differ); the plain
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -141,9 +143,26 @@ def _check_cache_reading(op: Op, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         )
 
 
+def _where(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _dispatcher_doc(fast: Callable[..., Any], plain: Callable[..., Any] | None) -> str:
+    """The plain reading's docstring (the formula and its derivation), then one line naming both readings.
+
+    This is what ``help()`` and an editor show for ``pvt_np.ops.<op>_forward`` / ``_backward``: a reader
+    lands on the math; the fast reading's own docstring says how it is computed.
+    """
+    if plain is None:
+        return f"{inspect.getdoc(fast) or ''}\n\nFast reading: {_where(fast)}; no plain reading is registered."
+    where = f"Readings: plain {_where(plain)} (this text; inside use_plain()), fast {_where(fast)} (the default)."
+    return f"{inspect.getdoc(plain) or ''}\n\n{where}"
+
+
 def _dispatcher(op: Op, phase: str) -> Callable[..., Any]:
     fast = getattr(op, f"fast_{phase}")
 
+    # The signature is the fast reading's (the two are equal); the docstring is the plain one's derivation.
     @functools.wraps(fast)
     def call(*args: Any, **kwargs: Any) -> Any:
         if phase == "backward":
@@ -165,6 +184,8 @@ def _dispatcher(op: Op, phase: str) -> Callable[..., Any]:
             callback(record)
         return result
 
+    call.__doc__ = _dispatcher_doc(fast, getattr(op, f"plain_{phase}"))
+    call.__module__ = __package__  # the public name is pvt_np.ops.<op>_<phase> (help(), pickle), not the fast one's
     return call
 
 
