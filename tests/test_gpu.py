@@ -1,10 +1,8 @@
 """The GPU against the CPU: every op, the whole model, the trainer, the CLI and checkpoints, float32 and float64.
 
-Each test takes a ``target``: the GPU (marked ``gpu``: skipped without CuPy and a
-device; ``python -m pytest -m gpu`` selects exactly these), or a NumPy stand-in
-that runs the same comparison with host arrays on both sides. The stand-in runs
-everywhere and checks the harness itself (what is compared, that every gradient
-is reached), so a GPU runs tests whose harness has already run on every machine.
+Each comparison takes the ``target`` fixture, the GPU: marked ``gpu``, so it is skipped
+without CuPy and a device, and ``python -m pytest -m gpu`` selects exactly these. Without
+a GPU the CUDA kernels' code runs on host-compiled kernels in tests/test_device_paths.py.
 
 Random ops draw from :class:`pvt_np.counter_rng.CounterRng`, whose stream is the
 same on both devices, so dropout masks are compared exactly too.
@@ -37,7 +35,7 @@ from pvt_np.training import load_checkpoint, save_checkpoint, train_step
 GPU_F64_TOL = 1e-12
 # A whole model or two optimiser steps chain a few hundred ops: allowed 1e-10 in float64.
 GPU_F64_MODEL_TOL = 1e-10
-# float32 whole model: the test_model bounds (ReLU/GELU kinks and LayerNorm cancellation amplify rounding).
+# float32 whole model, GPU against CPU (ReLU/GELU kinks and LayerNorm cancellation amplify rounding).
 F32_MODEL_OUT_TOL = 1e-4
 F32_MODEL_GRAD_TOL = 1e-2
 # float32 trainer steps: the test_training bounds against PyTorch.
@@ -55,18 +53,16 @@ class Target:
 
     def put(self, a: np.ndarray) -> Any:
         """A copy of host array ``a`` on this target."""
-        return backend.to_device(a, "gpu") if self.device == "gpu" else np.array(a, copy=True)
+        return backend.to_device(a, self.device)
 
     def owns(self, a: Any) -> bool:
-        """Whether ``a`` lives on this target (NumPy reductions may return scalars; CuPy's are 0-d arrays)."""
-        return isinstance(a, self.xp.ndarray) or (self.xp is np and isinstance(a, np.generic))
+        """Whether ``a`` lives on this target."""
+        return isinstance(a, self.xp.ndarray)
 
 
-@pytest.fixture(params=[pytest.param("gpu", marks=pytest.mark.gpu), "numpy-stand-in"])
+@pytest.fixture(params=[pytest.param("gpu", marks=pytest.mark.gpu)])
 def target(request: pytest.FixtureRequest) -> Target:
-    if request.param == "gpu":
-        return Target("gpu", importlib.import_module("cupy"))
-    return Target("cpu", np)
+    return Target(request.param, importlib.import_module("cupy"))
 
 
 def _tol(dtype: Any, f64: float, f32: float) -> float:
@@ -318,8 +314,7 @@ def test_manual_seed_reuses_the_device_generator(target: Target) -> None:
     y2, _ = ops.dropout_forward(x, 0.5)
     np.testing.assert_array_equal(backend.to_numpy(y1), backend.to_numpy(y2))
     assert not np.array_equal(backend.to_numpy(y1), backend.to_numpy(y_other))
-    if target.xp is not np:
-        assert backend.get_rng(target.xp) is first
+    assert backend.get_rng(target.xp) is first
 
 
 # -- the whole model ------------------------------------------------------------------------
