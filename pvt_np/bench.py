@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str, report: dict[str, Any]) -> None:
-    from pvt_np.io_utils import atomic_write
+    from pvt_np.io.atomic import atomic_write
 
     with atomic_write(path, "w") as f:
         json.dump(report, f, indent=2)
@@ -416,7 +416,7 @@ def _torch_steps(
     import torch
 
     from pvt_np import create_model
-    from pvt_np.timm_twin import timm_twin
+    from pvt_np.io.timm import timm_twin
 
     torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "gpu" else "cpu")

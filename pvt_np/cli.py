@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pvt_np.training.cli_train", "train a PVT v2 on CIFAR-10/100 or an image folder"),
     "evaluate": ("pvt_np.training.cli_evaluate", "evaluate a checkpoint on a test set"),
     "predict": ("pvt_np.inference", "classify images with a trained model: top-k classes and their probabilities"),
-    "convert": ("pvt_np.weights", "convert a checkpoint between pvt_np (.npz), timm and the official PVT layout"),
+    "convert": ("pvt_np.io.convert", "convert a checkpoint between pvt_np (.npz), timm and the official PVT layout"),
     "flops": ("pvt_np.complexity", "print params and FLOPs per layer, per stage and in total"),
     "bench": ("pvt_np.bench", "time pvt_np against PyTorch on this machine (speed and memory)"),
 }

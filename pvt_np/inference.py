@@ -250,7 +250,7 @@ def _format(predictions: Sequence[Prediction]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pvt-np predict``; returns the exit status."""
-    from pvt_np.weights import load_model
+    from pvt_np.io.load import load_model
 
     try:
         model = load_model(args.checkpoint, device=args.device)

@@ -27,9 +27,9 @@ import numpy as np
 
 from pvt_np import backend
 from pvt_np.backend import Array
-from pvt_np.data.staging import HostStager
 from pvt_np.nn.module import Module, Parameter
 from pvt_np.ops import cuda, parallel
+from pvt_np.staging import HostStager
 
 __all__ = [
     "SGD",

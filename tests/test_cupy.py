@@ -292,7 +292,7 @@ def test_collector_on_a_synthetic_package(tmp_path: Path) -> None:
 def test_cupy_objects_have_the_methods_pvt_np_calls() -> None:
     """Methods called on CuPy objects rather than on the module (the collector sees only module chains).
 
-    pvt_np.data.staging: ndarray.set(host, stream=...), Stream.record() and Event.synchronize();
+    pvt_np.staging: ndarray.set(host, stream=...), Stream.record() and Event.synchronize();
     pvt_np.bench: the memory pool's malloc / used_bytes / total_bytes / free_all_blocks and cuda.set_allocator;
     pvt_np.ops.cuda: RawModule.get_function.
     """

@@ -24,9 +24,9 @@ import pytest
 from helpers import assert_close, randn
 
 import pvt_np
-from pvt_np import backend, manual_seed, ops
+from pvt_np import backend, manual_seed, ops, staging
 from pvt_np.counter_rng import MASK_64, CounterRng, mix64
-from pvt_np.data import Augment, BatchLoader, staging
+from pvt_np.data import Augment, BatchLoader
 from pvt_np.nn import CrossEntropyLoss
 from pvt_np.nn.module import Parameter
 from pvt_np.ops import conv, cuda, parallel, pooling

@@ -40,12 +40,12 @@ from helpers import max_rel_err
 from pvt_np import backend, cli
 from pvt_np.complexity import count_flops, count_params
 from pvt_np.data import Augment, Dataset, resize_bilinear
+from pvt_np.io.checkpoint import save_checkpoint
 from pvt_np.models import create_model
 from pvt_np.nn import CrossEntropyLoss, no_grad
 from pvt_np.optim import AdamW, CosineWarmupSchedule, cosine_warmup_lr, param_groups_weight_decay
 from pvt_np.training import cli_evaluate, cli_train, load_checkpoint, train_step
 from pvt_np.training import trainer as trainer_mod
-from pvt_np.training.checkpoint import save_checkpoint
 from pvt_np.weights import load_model
 
 # Parity with PyTorch ---------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def _run_parity(dtype: Any) -> dict[str, Any]:
     """Train pvt_np and its timm twin side by side on the same batches; return everything to compare."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("timm")
-    from pvt_np.timm_twin import timm_twin
+    from pvt_np.io.timm import timm_twin
 
     tdtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
     model = create_model("pvt_v2_b0", num_classes=10, seed=5, dtype=dtype, cifar=True, depths=(1, 1, 1, 1))

@@ -18,7 +18,8 @@ import pytest
 
 from pvt_np import cli, create_model
 from pvt_np import weights as W
-from pvt_np.models import ModelMeta
+from pvt_np.io.record import RECORD_FORMAT_VERSION, RECORD_KEY
+from pvt_np.models import ModelMeta, PyramidVisionTransformerV2
 
 try:
     import timm
@@ -230,7 +231,7 @@ def test_npz_round_trip_with_config(tmp_path):
     path = W.save_npz(model, tmp_path / "sub" / "m.npz")
     assert _files(path.parent) == ["m.npz"]
     with np.load(path, allow_pickle=False) as z:
-        record = json.loads(str(z[W.RECORD_KEY]))
+        record = json.loads(str(z[RECORD_KEY]))
     assert record["model_name"] == "pvt_v2_b0" and record["dtype"] == "float64"
     assert record["config"] == W.model_config(model)
     assert record["config"]["patch_size"] == 3 and record["config"]["sr_ratios"] == [4, 2, 1, 1]
@@ -243,7 +244,7 @@ def test_npz_round_trip_with_config(tmp_path):
     np.testing.assert_array_equal(loaded.eval()(x), model.eval()(x))
     assert W.load_model(path, dtype=np.float32).dtype == np.float32
     # a model built by hand (no registered name) rebuilds from its config alone
-    bare = W.PyramidVisionTransformerV2(num_classes=3, depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32))
+    bare = PyramidVisionTransformerV2(num_classes=3, depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32))
     bare_path = W.save_npz(bare, tmp_path / "bare.npz")
     rebuilt = W.load_model(bare_path)
     assert W.model_config(rebuilt) == W.model_config(bare)
@@ -261,7 +262,7 @@ def test_npz_into_existing_model_and_no_record(tmp_path, b0_npz):
     assert recognised.model_name == "pvt_v2_b0" and W.model_config(recognised) == W.model_config(model)
     assert recognised.meta == W.IMAGENET_META
     _assert_same_weights(recognised, model.state_dict())
-    custom = W.PyramidVisionTransformerV2(num_classes=3, depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32))
+    custom = PyramidVisionTransformerV2(num_classes=3, depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32))
     np.savez(tmp_path / "custom.npz", **custom.state_dict())
     with pytest.raises(W.UnknownArchitectureError, match=r"does not record .* match no registered variant"):
         W.load_model(tmp_path / "custom.npz")
@@ -492,7 +493,7 @@ def test_corrupt_and_truncated_npz(tmp_path, b0_npz):
     with pytest.raises(ValueError, match=r"text\.npz' is not a checkpoint: it is a text file starting 'hello'"):
         W.load_weights(model, tmp_path / "text.npz")
     record_broken = tmp_path / "record.npz"
-    np.savez(record_broken, **{W.RECORD_KEY: np.array("{not json")})
+    np.savez(record_broken, **{RECORD_KEY: np.array("{not json")})
     with pytest.raises(ValueError, match="record is not valid JSON"):
         W.load_model(record_broken)
 
@@ -559,7 +560,7 @@ def test_cli_convert_errors(tmp_path, b0_npz, capsys):
     rc, err = convert(str(b0_npz), str(dst), "--num-classes", "3")
     assert rc == 1 and "10 classes but --num-classes is 3" in err
     custom = tmp_path / "custom.npz"
-    np.savez(custom, **W.PyramidVisionTransformerV2(num_classes=3, depths=(1, 1, 1, 1)).state_dict())
+    np.savez(custom, **PyramidVisionTransformerV2(num_classes=3, depths=(1, 1, 1, 1)).state_dict())
     rc, err = convert(str(custom), str(dst))
     assert rc == 2 and "--model is required" in err and "depths (1, 1, 1, 1), embed_dims (64, 128, 256, 512)" in err
     rc, err = convert(str(custom), str(dst), "--model", "pvt_v2_b0")
@@ -710,7 +711,7 @@ def test_load_model_does_not_initialise_the_weights(tmp_path, b0_npz, monkeypatc
     def fail(self, seed=0):
         raise AssertionError("load_model initialised weights it overwrites")
 
-    monkeypatch.setattr(W.PyramidVisionTransformerV2, "init_weights", fail)
+    monkeypatch.setattr(PyramidVisionTransformerV2, "init_weights", fail)
     assert W.load_model(b0_npz).num_classes == NUM_CLASSES
     with pytest.raises(TypeError, match="load_model: unknown argument"):
         W.load_model(b0_npz, num_classes=3)
@@ -721,8 +722,8 @@ def test_load_model_does_not_initialise_the_weights(tmp_path, b0_npz, monkeypatc
 def test_record_from_a_newer_pvt_np_is_refused(tmp_path):
     model = create_model("pvt_v2_b0", num_classes=2)
     record = W.model_record(model)
-    record["format_version"] = W.RECORD_FORMAT_VERSION + 1
-    np.savez(tmp_path / "new.npz", **model.state_dict(), **{W.RECORD_KEY: np.array(json.dumps(record))})
+    record["format_version"] = RECORD_FORMAT_VERSION + 1
+    np.savez(tmp_path / "new.npz", **model.state_dict(), **{RECORD_KEY: np.array(json.dumps(record))})
     with pytest.raises(ValueError, match="written by a newer pvt_np"):
         W.load_model(tmp_path / "new.npz")
 
@@ -750,7 +751,7 @@ def test_create_model_rejects_arguments_that_make_no_model(kwargs, message):
 
 
 def test_training_checkpoint_written_before_records_still_loads(tmp_path):
-    from pvt_np.training.checkpoint import save_checkpoint
+    from pvt_np.io.checkpoint import save_checkpoint
 
     model = create_model("pvt_v2_b0", num_classes=4, cifar=True, depths=(1, 1, 1, 1), seed=2)
     payload = {  # what pvt_np's trainer wrote before checkpoints carried the model record

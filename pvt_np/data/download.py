@@ -2,7 +2,7 @@
 
 The file appears at its final path only once it is complete and its checksum
 matches; a failed, interrupted (Ctrl-C) or corrupt download leaves nothing
-behind (:func:`pvt_np.io_utils.atomic_write` writes to a temporary file and
+behind (:func:`pvt_np.io.atomic.atomic_write` writes to a temporary file and
 renames it).
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pvt_np.data.errors import CorruptDatasetError, DataError
-from pvt_np.io_utils import atomic_write
+from pvt_np.io.atomic import atomic_write
 
 __all__ = ["DownloadError", "download_url", "file_md5"]
 

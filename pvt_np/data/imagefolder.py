@@ -42,7 +42,7 @@ from PIL import Image
 
 from pvt_np.data.dataset import SPLITS, Dataset, check_split
 from pvt_np.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
-from pvt_np.io_utils import atomic_write
+from pvt_np.io.atomic import atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "ORDER_FILE", "decode_image_folder", "default_cache_dir", "load_image_folder"]
 

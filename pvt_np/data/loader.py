@@ -19,7 +19,7 @@ The images are moved to the device once (uint8, 150 MB for CIFAR-10); each batch
 is then one gather that also crops and flips, a cast/normalise to NCHW float,
 and optionally mixup/cutmix, all on the device. On a GPU the only per-batch
 transfer is the host-drawn integers (sample indices, crop offsets, flip bits):
-one asynchronous copy from pinned memory (:mod:`pvt_np.data.staging`), so the
+one asynchronous copy from pinned memory (:mod:`pvt_np.staging`), so the
 host never waits for the GPU to drain before queuing the next step.
 """
 
@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pvt_np import staging
 from pvt_np.backend import Array, check_device, check_float_dtype, derive_seed, get_array_module, to_device
-from pvt_np.data import staging
 from pvt_np.data.augment import (
     Augment,
     crop_flip_gather,

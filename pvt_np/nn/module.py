@@ -70,24 +70,29 @@ def state_dict_mismatches(
     state_dict: Mapping[str, Any],
     strict: bool = True,
     display: Callable[[str], str] = str,
-) -> list[str]:
-    """Every missing, unexpected and mis-shaped key of ``state_dict`` against ``expected`` shapes,
-    as one line per kind (missing and unexpected only when ``strict``); ``display`` names a key."""
-    missing = [display(k) for k in expected if k not in state_dict]
-    unexpected = [display(k) for k in state_dict if k not in expected]
-    mis_shaped = [
-        f"{display(k)}: expected {expected[k]}, got {tuple(np.shape(v))}"
-        for k, v in state_dict.items()
-        if k in expected and tuple(np.shape(v)) != tuple(expected[k])
-    ]
-    problems = []
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    if mis_shaped:
-        problems.append(f"mis-shaped keys ({len(mis_shaped)}): {'; '.join(mis_shaped)}")
-    return problems
+) -> dict[str, list[str]]:
+    """The keys of ``state_dict`` that do not fit ``expected`` shapes, by kind: 'missing' and 'unexpected'
+    (empty unless ``strict``), and 'mis-shaped' ('key: expected (..), got (..)'); ``display`` names a key."""
+    return {
+        "missing": [display(k) for k in expected if k not in state_dict] if strict else [],
+        "unexpected": [display(k) for k in state_dict if k not in expected] if strict else [],
+        "mis-shaped": [
+            f"{display(k)}: expected {tuple(expected[k])}, got {tuple(np.shape(v))}"
+            for k, v in state_dict.items()
+            if k in expected and tuple(np.shape(v)) != tuple(expected[k])
+        ],
+    }
+
+
+def describe_mismatches(found: Mapping[str, list[str]], limit: int | None = None) -> list[str]:
+    """One line per kind of :func:`state_dict_mismatches` that has keys, naming at most ``limit`` of them."""
+    lines = []
+    for kind, keys in found.items():
+        if keys:
+            shown = keys if limit is None else keys[:limit]
+            more = f"; ... and {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
+            lines.append(f"{kind} keys ({len(keys)}): {(', ' if kind != 'mis-shaped' else '; ').join(shown)}{more}")
+    return lines
 
 
 class Parameter:
@@ -250,7 +255,9 @@ class Module:
         With ``strict=False`` missing and unexpected keys are ignored, shapes are still checked.
         """
         params = dict(self.named_parameters())
-        problems = state_dict_mismatches({k: p.shape for k, p in params.items()}, state_dict, strict)
+        problems = describe_mismatches(
+            state_dict_mismatches({k: p.shape for k, p in params.items()}, state_dict, strict)
+        )
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: " + " | ".join(problems))
         for k, p in params.items():

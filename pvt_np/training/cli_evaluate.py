@@ -9,11 +9,12 @@ import numpy as np
 
 from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
-from pvt_np.training.checkpoint import CheckpointError
+from pvt_np.io.checkpoint import CheckpointError
+from pvt_np.io.load import load_model
+from pvt_np.io.read import read_checkpoint
 from pvt_np.training.cli_train import positive_int
 from pvt_np.training.trainer import TrainConfig, _subset, evaluate, scoring_tta
 from pvt_np.training.validation import TTA_MODES
-from pvt_np.weights import load_model, read_checkpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
+from pvt_np.io.checkpoint import CheckpointError
 from pvt_np.models import list_models
-from pvt_np.training.checkpoint import CheckpointError
 from pvt_np.training.trainer import ABSENT_FIELD_VALUES, TrainConfig, Trainer, TrainingError
 from pvt_np.training.validation import TTA_MODES, ConfigError
 

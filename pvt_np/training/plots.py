@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pvt_np.io_utils import atomic_write
+from pvt_np.io.atomic import atomic_write
 
 
 def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Any, Any]:

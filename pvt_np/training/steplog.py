@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pvt_np.io_utils import atomic_write
+from pvt_np.io.atomic import atomic_write
 
 __all__ = ["STEP_FIELDS", "read_step_log", "write_step_log"]
 

@@ -34,15 +34,15 @@ import numpy as np
 from pvt_np import backend, distributed
 from pvt_np.backend import Array
 from pvt_np.data.augment import resize_bilinear, translate
-from pvt_np.io_utils import atomic_write
+from pvt_np.io.atomic import atomic_write
+from pvt_np.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pvt_np.io.record import model_record
 from pvt_np.models import ModelMeta, create_model
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
 from pvt_np.nn import CrossEntropyLoss, no_grad
 from pvt_np.optim import AdamW, CosineWarmupSchedule, clip_grad_norm_, param_groups_weight_decay
-from pvt_np.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pvt_np.training.steplog import read_step_log, write_step_log
 from pvt_np.training.validation import TTA_MODES, ConfigError, check_subset, check_train_config
-from pvt_np.weights import model_record
 
 # The CIFAR config of a training run: create_model's (the 3x3 stride-2 stem, sr_ratios (4, 2, 1, 1)) and MLPs of
 # ratio 4 in every stage, pvt_v2_b5's ratios, where the other variants have 8 in stages 1 and 2 (a run's own

@@ -1,9 +1,11 @@
-"""One asynchronous host-to-device copy per batch for the loader's host-drawn integers.
+"""One asynchronous host-to-device copy for a group of small host integer arrays.
 
-A batch needs a few small host arrays on the device: the sample indices, crop
-offsets and flip bits. ``cupy.asarray(host_array)`` copies from pageable memory,
-which CUDA performs synchronously: the host waits until every kernel queued before
-it has finished, so the loader stalls the training loop once per array. The stager
+It sits below both of its users: the data loader (each batch needs a few small host
+arrays on the device: the sample indices, crop offsets and flip bits) and the fused
+AdamW of :mod:`pvt_np.optim` (its table of parameter addresses).
+``cupy.asarray(host_array)`` copies from pageable memory, which CUDA performs
+synchronously: the host waits until every kernel queued before it has finished, so
+the loader would stall the training loop once per array. The stager
 packs the arrays into one int64 buffer in page-locked (pinned) host memory and
 issues one ``cudaMemcpyAsync`` on the current stream, which returns at once and is
 ordered before the kernels that use the data.
