@@ -36,8 +36,8 @@ produce, so a custom stem (``cifar=True``), custom sr_ratios, or an input that
 is not a multiple of 32 is counted as it actually runs.
 
 How: the model's forward runs (batch 1, the model's dtype and device, under
-``no_grad``) with every op call answered by a stand-in
-(:func:`pvt_np.ops.dispatch.stand_in`) that returns a read-only zero view of
+``no_grad``) with every op call answered by a substitute
+(:func:`pvt_np.ops.dispatch.substitute`) that returns a read-only zero view of
 the op's output shape, so nothing is computed and b2 with full attention at
 2048 px costs what b0 at 32 px does. An op observer (:func:`pvt_np.ops.observe`)
 charges each call by its op's rule, and a module watcher
@@ -67,7 +67,7 @@ from pvt_np import backend, ops
 from pvt_np.models import PyramidVisionTransformerStage, PyramidVisionTransformerV2, create_model, list_models
 from pvt_np.nn import Module, no_grad
 from pvt_np.nn.module import watch_calls
-from pvt_np.ops.dispatch import OpCall, stand_in
+from pvt_np.ops.dispatch import OpCall, substitute
 
 Shape = tuple[int, ...]
 Arguments = Mapping[str, Any]  # an op forward's arguments by parameter name, defaults filled in
@@ -94,7 +94,7 @@ class OpRule:
     """How one op family's forward is counted, from its arguments.
 
     ``output_shape(args)`` is the forward's output shape (the batch included):
-    the stand-in returns an array of it, and a run with the real ops checks it.
+    the substitute returns an array of it, and a run with the real ops checks it.
     ``flops(args, output_shape)`` is the charge under the module docstring's
     convention. An op called by a composite module itself (not through a layer,
     as ``Attention`` calls ``attention``) gets a row of its own, named
@@ -196,13 +196,13 @@ def _forward_signature(op: str) -> inspect.Signature:
 
 
 def _arguments(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """An op forward's arguments by name, as its fast reading's signature binds them."""
+    """An op forward's arguments by name, as its fast implementation's signature binds them."""
     bound = _forward_signature(op).bind(*args, **kwargs)
     bound.apply_defaults()
     return bound.arguments
 
 
-def _shape_stand_in(op: str, phase: str, *args: Any, **kwargs: Any) -> tuple[Any, None]:
+def _zeros_of_output_shape(op: str, phase: str, *args: Any, **kwargs: Any) -> tuple[Any, None]:
     """What a forward returns while counting: a zero view of its output shape (no memory, no work), no cache."""
     if phase != "forward":
         raise RuntimeError(f"complexity: {op}_{phase} called while counting, which runs a forward only")
@@ -350,10 +350,10 @@ def _check_input_size(input_size: int | Sequence[int]) -> tuple[int, int]:
 def _trace(model: Module, input_size: int | Sequence[int], run_ops: bool = False) -> _Node:
     """The cost tree of ``model``'s forward on one ``input_size`` image; the root holds the totals.
 
-    ``run_ops=True`` runs the real ops instead of the shape stand-ins (what the
+    ``run_ops=True`` runs the real ops instead of the shape substitutes (what the
     tests compare against: the same rows, and every rule's shape checked).
     The model is left as it was: its caches are put back, and no random draw is
-    made (with the stand-ins).
+    made (with the substitutes).
     """
     if not isinstance(model, PyramidVisionTransformerV2):
         raise TypeError(f"complexity: expected a PyramidVisionTransformerV2, got {type(model).__name__}")
@@ -369,7 +369,7 @@ def _trace(model: Module, input_size: int | Sequence[int], run_ops: bool = False
             stack.enter_context(watch_calls(tracer.enter, tracer.exit))
             stack.enter_context(ops.observe(tracer.op_call))
             if not run_ops:
-                stack.enter_context(stand_in(_shape_stand_in))
+                stack.enter_context(substitute(_zeros_of_output_shape))
             model(x)
     finally:
         for m, cache, has_cache in kept:

@@ -10,7 +10,7 @@ lanes as coroutines (``ucontext``) that take turns: every lane runs to its next 
 and leaves its value, then every lane reads its partner's, as the hardware's lock-step
 gives. A warp whose lanes do not all make the same shuffles (a kernel bug: on a GPU the
 result is undefined) is reported by :meth:`HostModule.get_function`'s launcher as an error.
-Installed as ``pvt_np.ops.cuda.HOST_STAND_IN``, the module makes the ops take the kernels
+Installed as ``pvt_np.ops.cuda.HOST_KERNELS``, the module makes the ops take the kernels
 on NumPy arrays, and its ``blas`` (:class:`HostBlas`) stands in for the cuBLAS calls. The
 host compiler rounds as CUDA does with --fmad=false (no contraction, IEEE float and double);
 ``sqrt``, ``exp`` and ``erf`` come from the C++ library instead of CUDA's.

@@ -24,7 +24,7 @@ from pvt_np.models import Attention, create_model
 from pvt_np.nn import AdaptiveAvgPool2d, Conv2d, Identity, LayerNorm, Linear, Module, ReLU, Sequential, no_grad
 from pvt_np.nn.module import watch_calls
 from pvt_np.ops import OpCall
-from pvt_np.ops.dispatch import stand_in
+from pvt_np.ops.dispatch import substitute
 
 VARIANTS = list(PAPER_TABLE)
 
@@ -198,15 +198,15 @@ def test_layer_flops_match_a_real_forward(name: str, size: tuple[int, int], over
 
 
 @pytest.mark.parametrize(("name", "size", "overrides"), FORWARD_CASES)
-def test_shape_stand_ins_count_what_the_real_ops_count(
+def test_shape_substitutes_count_what_the_real_ops_count(
     name: str, size: tuple[int, int], overrides: dict[str, Any]
 ) -> None:
-    """The counter runs the forward on shape stand-ins; with the real ops it gives the same tree, row for row,
+    """The counter runs the forward on shape substitutes; with the real ops it gives the same tree, row for row,
     and each op's real output shape equals its rule's (the tracer checks it on every call)."""
     model = create_model(name, num_classes=7, drop_rate=0.3, drop_path_rate=0.2, **overrides)
-    stand_in, real = complexity._trace(model, size), complexity._trace(model, size, run_ops=True)
+    shapes_only, real = complexity._trace(model, size), complexity._trace(model, size, run_ops=True)
     for depth in complexity.DEPTHS:
-        assert complexity._rows(stand_in, depth) == complexity._rows(real, depth), depth
+        assert complexity._rows(shapes_only, depth) == complexity._rows(real, depth), depth
 
 
 def test_counting_leaves_the_model_as_it_was() -> None:
@@ -242,12 +242,12 @@ def test_watch_calls_sees_each_module_call_nested() -> None:
     assert len(events) == 6
 
 
-def test_stand_in_answers_op_calls() -> None:
+def test_substitute_answers_op_calls() -> None:
     x = np.ones((2, 3))
     seen: list[OpCall] = []
-    with ops.observe(seen.append), stand_in(lambda op, phase, *args, **kwargs: (op, phase, len(args))):
+    with ops.observe(seen.append), substitute(lambda op, phase, *args, **kwargs: (op, phase, len(args))):
         assert ops.relu_forward(x) == ("relu", "forward", 1)
-        with pytest.raises(RuntimeError, match="already inside"), stand_in(lambda *a: None):
+        with pytest.raises(RuntimeError, match="already inside"), substitute(lambda *a: None):
             pass
     assert [(c.op, c.result) for c in seen] == [("relu", ("relu", "forward", 1))]
     assert ops.relu_forward(x)[0] is not None  # the real op again

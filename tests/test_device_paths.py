@@ -29,7 +29,7 @@ from pvt_np.counter_rng import MASK_64, CounterRng, mix64
 from pvt_np.data import Augment, BatchLoader
 from pvt_np.nn import CrossEntropyLoss
 from pvt_np.nn.module import Parameter
-from pvt_np.ops import conv, cuda, parallel, pooling
+from pvt_np.ops import blas, conv, cuda, parallel, pooling
 from pvt_np.optim import AdamW
 
 KERNEL_F64_TOL = 1e-12  # float64, the same products summed in another order
@@ -63,7 +63,7 @@ def _run_both(fn: Any, host: cuda_harness.HostModule, monkeypatch: pytest.Monkey
     expected = fn()
     assert not cuda.active(np)
     with monkeypatch.context() as patch:
-        patch.setattr(cuda, "HOST_STAND_IN", host)
+        patch.setattr(cuda, "HOST_KERNELS", host)
         assert cuda.active(np)
         actual = fn()
     return actual, expected
@@ -115,7 +115,7 @@ def test_depthwise_cuda_kernels_64_bit_indices(
     for limit in (cuda.INT_INDEX_LIMIT, 0):  # 0: every launch takes the 64-bit indices
         before = dict(host_kernels.expressions)
         with monkeypatch.context() as patch:
-            patch.setattr(cuda, "HOST_STAND_IN", host_kernels)
+            patch.setattr(cuda, "HOST_KERNELS", host_kernels)
             patch.setattr(cuda, "INT_INDEX_LIMIT", limit)
             runs.append(_depthwise_run(x, weight, b, 2, 1))
         itype = "int" if limit else "long long"
@@ -133,8 +133,8 @@ def test_column_sums_match_numpy(
 ) -> None:
     """column_sums (ones @ m where the kernels run, a cached ones vector) equals m.sum(axis=0)."""
     m = randn(np.random.default_rng(7), 1001, 7, dtype=dtype)
-    actual, expected = _run_both(lambda: [cuda.column_sums(m), cuda.column_sums(m[::2])], host_kernels, monkeypatch)
-    assert cuda._ones(np, 1001, m.dtype.str, -1).flags.writeable is False
+    actual, expected = _run_both(lambda: [blas.column_sums(m), blas.column_sums(m[::2])], host_kernels, monkeypatch)
+    assert blas._ones(np, 1001, m.dtype.str, -1).flags.writeable is False
     _assert_all_close(actual, expected, ["rows", "every other row"], dtype)
     np.testing.assert_array_equal(expected[0], m.sum(axis=0))
 
@@ -145,7 +145,7 @@ def test_column_sums_match_numpy(
 def test_cublas_matmul_matches_numpy(
     trans_a: bool, trans_b: bool, dtype: Any, host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """cuda.matmul's mapping of row-major products onto column-major cuBLAS (host stand-in): op(a) @ op(b),
+    """blas.matmul's mapping of row-major products onto column-major cuBLAS (HostBlas, on the host): op(a) @ op(b),
     on contiguous and strided operands, m, n, k all different; inner size 0 gives zeros."""
     rng = np.random.default_rng(8)
     m, k, n = 5, 7, 3
@@ -154,8 +154,8 @@ def test_cublas_matmul_matches_numpy(
     b = b_wide[:, ::2]  # a strided operand: made contiguous first
 
     def run() -> list[Any]:
-        empty = cuda.matmul(np.ones((m, 0), dtype), np.ones((0, n), dtype))
-        return [cuda.matmul(a, b, trans_a=trans_a, trans_b=trans_b), empty]
+        empty = blas.matmul(np.ones((m, 0), dtype), np.ones((0, n), dtype))
+        return [blas.matmul(a, b, trans_a=trans_a, trans_b=trans_b), empty]
 
     before = dict(host_kernels.blas.calls)
     actual, expected = _run_both(run, host_kernels, monkeypatch)
@@ -173,7 +173,7 @@ def test_cublas_batched_matmul_matches_numpy(
     stacks: str, trans: tuple[bool, bool], dtype: Any, host_kernels: cuda_harness.HostModule,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """cuda.matmul on stacks (2, 3, r, c), one strided-batched GEMM: both operands stacked, or one 2-D
+    """blas.matmul on stacks (2, 3, r, c), one strided-batched GEMM: both operands stacked, or one 2-D
     matrix shared by every entry (batch stride 0); into a new array and into ``out``."""
     trans_a, trans_b = trans
     rng = np.random.default_rng(11)
@@ -183,9 +183,9 @@ def test_cublas_batched_matmul_matches_numpy(
 
     def run() -> list[Any]:
         into = np.full((2, 3, m, n), np.nan, dtype=dtype)
-        result = cuda.matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=into)
+        result = blas.matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=into)
         assert result is into
-        return [cuda.matmul(a, b, trans_a=trans_a, trans_b=trans_b), into]
+        return [blas.matmul(a, b, trans_a=trans_a, trans_b=trans_b), into]
 
     before = dict(host_kernels.blas.calls)
     actual, expected = _run_both(run, host_kernels, monkeypatch)
@@ -199,21 +199,21 @@ def test_cublas_matmul_refuses_what_it_cannot_multiply(
 ) -> None:
     """Mismatched inner sizes, stacks and outputs are named before any cuBLAS call; mixed or integer dtypes,
     which cuBLAS's s/d routines do not take, go to xp.matmul / sum (NumPy's promotion) instead."""
-    monkeypatch.setattr(cuda, "HOST_STAND_IN", host_kernels)
+    monkeypatch.setattr(cuda, "HOST_KERNELS", host_kernels)
     f32, f64 = np.ones((2, 3), np.float32), np.ones((3, 2), np.float64)
     before = dict(host_kernels.blas.calls)
-    mixed = cuda.matmul(f32, f64)
+    mixed = blas.matmul(f32, f64)
     assert mixed.dtype == np.float64
     np.testing.assert_array_equal(mixed, f32 @ f64)
-    np.testing.assert_array_equal(cuda.column_sums(np.arange(6).reshape(2, 3)), [3, 5, 7])
+    np.testing.assert_array_equal(blas.column_sums(np.arange(6).reshape(2, 3)), [3, 5, 7])
     assert host_kernels.blas.calls == before
     with pytest.raises(ValueError, match=r"matmul: inner sizes differ: op\(a\) is 2x3, op\(b\) is 2x3"):
-        cuda.matmul(f32, f32)
+        blas.matmul(f32, f32)
     with pytest.raises(ValueError, match=r"matmul: the stacks differ: \(4,\) and \(5,\)"):
-        cuda.matmul(np.ones((4, 2, 3), np.float32), np.ones((5, 3, 2), np.float32))
+        blas.matmul(np.ones((4, 2, 3), np.float32), np.ones((5, 3, 2), np.float32))
     with pytest.raises(ValueError, match=r"matmul: out: expected a C-contiguous float32 array of shape \(2, 2\), "
                        r"got float32 \(2, 3\)"):  # fmt: skip
-        cuda.matmul(f32, f32, trans_b=True, out=np.empty((2, 3), np.float32))
+        blas.matmul(f32, f32, trans_b=True, out=np.empty((2, 3), np.float32))
 
 
 DENSE_SPECS = [  # (n, c, o, (h, w), kernel, stride, padding, bias)

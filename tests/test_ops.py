@@ -319,7 +319,7 @@ POOL_CASES = [_pool_case(*spec, channels_last=cl) for spec in POOL_SPECS for cl 
 def _mask_ref(cache: Any, x: Any) -> Any:
     """torch reference of a masked op: x * (pvt_np's scaled mask), or x when the op was the identity.
 
-    The fast reading's cache is the mask itself, the plain reading's a PlainDropoutCache holding it.
+    The fast implementation's cache is the mask itself, the plain one's a PlainDropoutCache holding it.
     """
     keep = getattr(cache, "keep", cache)
     return x if keep is None else x * to_torch(keep)

@@ -1,13 +1,13 @@
-"""The plain reading of every op (pvt_np.ops.plain) is the ground truth, and the fast reading equals it.
+"""The plain implementation of every op (pvt_np.ops.plain) is the ground truth, and the fast one equals it.
 
 * the plain ops pass the same float64 gradchecks and torch comparisons as the fast ones (test_ops' cases);
 * fast == plain, forward and every gradient, float64, <= 1e-12 relative, on awkward small shapes and on
   sizes above the chunking threshold (several chunks) with 1, 2 and 4 threads;
 * the float32 fast paths against the plain op in float64, with bounds derived from float32's unit roundoff;
-* whole b0 and b2_li models in train mode (dropout, attention dropout, drop path) agree under both readings;
+* whole b0 and b2_li models in train mode (dropout, attention dropout, drop path) agree under both implementations;
 * the float32 rational erf (normal_cdf_float32) against scipy's erf within its documented bound;
-* use_plain's scope, the refusal of another reading's cache, and identical signatures;
-* each public op shows the plain reading's docstring (the derivation) and names both readings.
+* use_plain's scope, the refusal of another implementation's cache, and identical signatures;
+* each public op shows the plain implementation's docstring (the derivation) and names both implementations.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 
 
 # -- the plain ops are the ground truth: test_ops' gradchecks and torch comparisons, run on them --------
-PLAIN_CASES = [c for c in test_ops.ALL_CASES if c not in test_ops.RESHAPE_CASES]  # reshapes have one reading
+PLAIN_CASES = [c for c in test_ops.ALL_CASES if c not in test_ops.RESHAPE_CASES]  # reshapes have one implementation
 
 
 @pytest.mark.parametrize("case", PLAIN_CASES, ids=lambda c: c.id)
@@ -69,14 +69,14 @@ def test_plain_matches_torch(case: test_ops.OpCase, dtype: Any) -> None:
 # -- fast == plain ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pair:
-    """One op call to run under both readings: ops.<op>_forward(*inputs, **kwargs), then its backward."""
+    """One op call to run under both implementations: ops.<op>_forward(*inputs, **kwargs), then its backward."""
 
     id: str
     op: str
     inputs: Callable[[np.random.Generator], list[Any]]
     kwargs: dict[str, Any] = field(default_factory=dict)
     backward_kwargs: dict[str, Any] = field(default_factory=dict)
-    rng_seed: int | None = None  # random ops: a fresh explicit Generator(rng_seed) for each reading
+    rng_seed: int | None = None  # random ops: a fresh explicit Generator(rng_seed) for each implementation
     shared_seed: int | None = None  # random ops on the shared generator: manual_seed(shared_seed) before each
 
 
@@ -199,8 +199,8 @@ def _as_tuple(grads: Any) -> tuple[Any, ...]:
     return tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
 
 
-def _run(pair: Pair, reading_plain: bool, dtype: Any = np.float64) -> tuple[Any, tuple[Any, ...], list[Any]]:
-    """(out, grads, inputs) of one forward + backward under one reading, from the pair's fixed seed."""
+def _run(pair: Pair, run_plain: bool, dtype: Any = np.float64) -> tuple[Any, tuple[Any, ...], list[Any]]:
+    """(out, grads, inputs) of one forward + backward under one implementation, from the pair's fixed seed."""
     rng = np.random.default_rng(zlib.crc32(pair.id.encode()))
     inputs = [a.astype(dtype) if a.dtype.kind == "f" else a for a in pair.inputs(rng)]
     kwargs = dict(pair.kwargs)
@@ -211,7 +211,7 @@ def _run(pair: Pair, reading_plain: bool, dtype: Any = np.float64) -> tuple[Any,
     forward = getattr(ops, f"{pair.op}_forward")
     backward = getattr(ops, f"{pair.op}_backward")
     originals = [a.copy() for a in inputs]
-    with ops.use_plain(reading_plain):
+    with ops.use_plain(run_plain):
         out, cache = forward(*inputs, **kwargs)
         dout = rng.standard_normal(np.shape(out)).astype(dtype)
         grads = _as_tuple(backward(dout, cache, **pair.backward_kwargs))
@@ -221,12 +221,12 @@ def _run(pair: Pair, reading_plain: bool, dtype: Any = np.float64) -> tuple[Any,
 
 
 def _assert_fast_equals_plain(pair: Pair) -> None:
-    fast_out, fast_grads, _ = _run(pair, reading_plain=False)
-    plain_out, plain_grads, inputs = _run(pair, reading_plain=True)
+    fast_out, fast_grads, _ = _run(pair, run_plain=False)
+    plain_out, plain_grads, inputs = _run(pair, run_plain=True)
     assert_close(fast_out, plain_out, EQUAL_TOL, f"{pair.id} forward")
     assert len(fast_grads) == len(plain_grads)
     for i, (fast, ref) in enumerate(zip(fast_grads, plain_grads, strict=True)):
-        assert (fast is None) == (ref is None), f"{pair.id} gradient {i}: one reading returned None"
+        assert (fast is None) == (ref is None), f"{pair.id} gradient {i}: one implementation returned None"
         if ref is not None:
             assert np.dtype(fast.dtype) == np.dtype(ref.dtype) == np.float64, f"{pair.id} gradient {i} dtype"
             assert_close(fast, ref, EQUAL_TOL, f"{pair.id} gradient {i}")
@@ -257,7 +257,7 @@ def test_large_cases_are_chunked() -> None:
     parallel.for_each_chunk = counting
     try:
         for pair in LARGE_PAIRS[:2]:
-            _run(pair, reading_plain=False)
+            _run(pair, run_plain=False)
     finally:
         parallel.for_each_chunk = real
     assert calls, "no chunked call"
@@ -284,7 +284,7 @@ def test_gemm_ops_run_in_several_chunks(pair: Pair) -> None:
 
     parallel.for_each_chunk = counting
     try:
-        _run(pair, reading_plain=False)
+        _run(pair, run_plain=False)
     finally:
         parallel.for_each_chunk = real
     assert chunks and max(chunks) >= 2, (pair.id, chunks)
@@ -324,7 +324,7 @@ def test_fast_results_do_not_depend_on_the_thread_count(pair: Pair) -> None:
         runs = []
         for n in (1, 4):
             parallel.configure_threads(n)
-            runs.append(_run(pair, reading_plain=False, dtype=np.float32)[:2])
+            runs.append(_run(pair, run_plain=False, dtype=np.float32)[:2])
     finally:
         parallel.configure_threads(before)
     (out1, grads1), (out4, grads4) = runs
@@ -335,10 +335,10 @@ def test_fast_results_do_not_depend_on_the_thread_count(pair: Pair) -> None:
             np.testing.assert_array_equal(g1, g4)
 
 
-def test_gelu_need_grad_false_keeps_nothing_in_both_readings() -> None:
+def test_gelu_need_grad_false_keeps_nothing_in_both_implementations() -> None:
     x = randn(np.random.default_rng(0), 3, 5)
-    for reading_plain in (False, True):
-        with ops.use_plain(reading_plain):
+    for run_plain in (False, True):
+        with ops.use_plain(run_plain):
             y, cache = ops.gelu_forward(x, need_grad=False)
             with pytest.raises(RuntimeError, match="need_grad=False"):
                 ops.gelu_backward(np.ones_like(y), cache)
@@ -454,7 +454,7 @@ def test_normal_cdf_float32_rejects_other_input() -> None:
 # -- whole models -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li"])
 def test_model_fast_equals_plain_in_train_mode(name: str) -> None:
-    """Logits, input gradient and every parameter gradient agree under both readings (float64, 35x29, batch 2,
+    """Logits, input gradient and every parameter gradient agree under both implementations (float64, 35x29, batch 2,
     dropout, projection and attention dropout and drop path all on, the same generator state)."""
     model = pvt_np.create_model(name, num_classes=7, drop_rate=0.2, drop_path_rate=0.3, dtype=np.float64,
                                 attn_drop_rate=0.1, proj_drop_rate=0.1)  # fmt: skip
@@ -463,10 +463,10 @@ def test_model_fast_equals_plain_in_train_mode(name: str) -> None:
     x = rng.standard_normal((2, 3, 35, 29))
     dlogits = rng.standard_normal((2, 7))
 
-    def run(reading_plain: bool, seed: int) -> dict[str, np.ndarray]:
+    def run(run_plain: bool, seed: int) -> dict[str, np.ndarray]:
         model.zero_grad()
         manual_seed(seed)
-        with ops.use_plain(reading_plain):
+        with ops.use_plain(run_plain):
             logits = model(x)
             dx = model.backward(dlogits)
         result = {"logits": logits, "input": dx}
@@ -497,8 +497,8 @@ def test_use_plain_restores_the_fast_reading_after_an_exception() -> None:
 
 
 @pytest.mark.parametrize("op", sorted(ops.registered_ops()))
-def test_another_readings_cache_is_refused(op: str) -> None:
-    """A backward given the other reading's cache raises, naming the op and both readings."""
+def test_another_implementations_cache_is_refused(op: str) -> None:
+    """A backward given the other implementation's cache raises, naming the op and both implementations."""
     pair = next(p for p in SMALL_PAIRS if p.op == op)
     rng = np.random.default_rng(0)
     inputs = pair.inputs(rng)
@@ -509,8 +509,9 @@ def test_another_readings_cache_is_refused(op: str) -> None:
         with ops.use_plain(not forward_plain), pytest.raises(TypeError) as err:
             backward(np.ones(np.shape(out)), cache)
         made, active = ("plain", "fast") if forward_plain else ("fast", "plain")
-        assert f"{op}_backward" in str(err.value)
-        assert f"made by the {made} reading" in str(err.value) and f"the {active} reading is active" in str(err.value)
+        message = str(err.value)
+        assert f"{op}_backward" in message
+        assert f"made by the {made} implementation" in message and f"the {active} one is active" in message
 
 
 def test_every_op_has_a_plain_reading_with_the_same_signature() -> None:
@@ -527,15 +528,15 @@ def test_every_op_has_a_plain_reading_with_the_same_signature() -> None:
 
 
 @pytest.mark.parametrize("phase", ["forward", "backward"])
-def test_public_op_shows_the_plain_derivation_and_names_both_readings(phase: str) -> None:
-    """What help() shows for pvt_np.ops.<op>_<phase> is the plain reading's docstring (the formula and its
-    derivation), then where both readings live; the public name is pvt_np.ops's (so it pickles as itself)."""
+def test_public_op_shows_the_plain_derivation_and_names_both_implementations(phase: str) -> None:
+    """What help() shows for pvt_np.ops.<op>_<phase> is the plain implementation's docstring (the formula and its
+    derivation), then where both implementations live; the public name is pvt_np.ops's (so it pickles as itself)."""
     for name, op in ops.registered_ops().items():
         public = getattr(ops, f"{name}_{phase}")
         fast, plain_fn = getattr(op, f"fast_{phase}"), getattr(op, f"plain_{phase}")
         derivation, doc = inspect.getdoc(plain_fn), inspect.getdoc(public)
         assert derivation and doc and doc.startswith(derivation), f"{name}_{phase}: not the plain docstring"
-        assert inspect.getdoc(fast) not in doc, f"{name}_{phase}: the fast reading's docstring is shown"
+        assert inspect.getdoc(fast) not in doc, f"{name}_{phase}: the fast implementation's docstring is shown"
         for fn in (plain_fn, fast):
             assert f"{fn.__module__}.{fn.__qualname__}" in doc.removeprefix(derivation), f"{name}_{phase}"
         shown = pydoc.render_doc(public, renderer=pydoc.plaintext)  # help()'s text, indented
@@ -543,13 +544,31 @@ def test_public_op_shows_the_plain_derivation_and_names_both_readings(phase: str
         assert public.__module__ == "pvt_np.ops" and pickle.loads(pickle.dumps(public)) is public
 
 
-@pytest.mark.parametrize("reading_plain", [False, True], ids=["fast", "plain"])
-def test_both_readings_refuse_bad_input_alike(reading_plain: bool) -> None:
-    """One check per op family, shared: the same message under both readings, naming who= when given."""
-    with ops.use_plain(reading_plain):
+@pytest.mark.parametrize("run_plain", [False, True], ids=["fast", "plain"])
+def test_both_implementations_refuse_bad_input_alike(run_plain: bool) -> None:
+    """One check per op family, shared: the same message under both implementations, naming layer= when given."""
+    with ops.use_plain(run_plain):
         with pytest.raises(ValueError, match=r"^my_layer: expected input of shape \(\.\.\., 4\), got \(2, 5\)$"):
-            ops.linear_forward(np.ones((2, 5)), np.ones((3, 4)), who="my_layer")
+            ops.linear_forward(np.ones((2, 5)), np.ones((3, 4)), layer="my_layer")
         with pytest.raises(ValueError, match=r"^conv2d: expected input of shape \(N, 3, H, W\), got \(1, 5, 7, 7\)$"):
             ops.conv2d_forward(np.ones((1, 5, 7, 7)), np.ones((4, 3, 3, 3)))
         with pytest.raises(TypeError, match=r"^attention: q, k, v dtypes differ"):
             ops.attention_forward(np.ones((1, 1, 2, 2), np.float32), np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)))
+
+
+@pytest.mark.parametrize("run_plain", [False, True], ids=["fast", "plain"])
+def test_who_is_still_taken_with_a_deprecation_warning(run_plain: bool) -> None:
+    """who=, the former name of layer=, reaches the checks as layer= does, with a DeprecationWarning; both at once
+    are refused."""
+    x, weight = np.ones((2, 4)), np.ones((3, 4))
+    with ops.use_plain(run_plain):
+        with pytest.warns(DeprecationWarning, match=r"^linear_forward: who= is deprecated; use layer=$"):
+            out, _ = ops.linear_forward(x, weight, who="my_layer")
+        np.testing.assert_array_equal(out, ops.linear_forward(x, weight, layer="my_layer")[0])
+        with (
+            pytest.warns(DeprecationWarning),
+            pytest.raises(ValueError, match=r"^my_layer: expected input of shape \(\.\.\., 4\), got \(2, 5\)$"),
+        ):
+            ops.linear_forward(np.ones((2, 5)), weight, who="my_layer")
+        with pytest.raises(TypeError, match=r"^linear_forward: got layer= and who="):
+            ops.linear_forward(x, weight, layer="a", who="b")

@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout: the checkout's
 import numpy as np  # noqa: E402
 
 from pvt_np import backend  # noqa: E402
-from pvt_np.ops import cuda, plain  # noqa: E402
+from pvt_np.ops import blas, cuda, plain  # noqa: E402
 
 F32, F64 = np.float32, np.float64
 WARP = cuda.WARP_SIZE
@@ -317,7 +317,7 @@ def _depthwise(kernel: str, xp: Any, size: tuple[int, ...]) -> Problem:
 
         def partial_sums() -> None:
             launch(v, partial_d.size, g_d, x_d, partial_d, partial_d.size, *sizes)
-            dtaps[:] = [cuda.column_sums(partial_d.reshape(rows, -1)).reshape(kh, kw, c)]
+            dtaps[:] = [blas.column_sums(partial_d.reshape(rows, -1)).reshape(kh, kw, c)]
 
         return Run(partial_sums, lambda: {"dtaps": dtaps[0]})
 

@@ -210,7 +210,7 @@ class Attention(Module):
         k = kv[:, :, 0].transpose(0, 2, 1, 3)  # (B, h, M, d)
         v = kv[:, :, 1].transpose(0, 2, 1, 3)
         p = self.attn_drop_p if self.training else 0.0
-        out, attn_cache = ops.attention_forward(q, k, v, scale=self.scale, dropout_p=p, who=self._label())
+        out, attn_cache = ops.attention_forward(q, k, v, scale=self.scale, dropout_p=p, layer=self._label())
         self._save((attn_cache, reduced_size, m))
         out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
         return self.proj_drop(self.proj(out))
@@ -527,17 +527,17 @@ class PyramidVisionTransformerV2(Module):
         return side, side
 
     def _check_input(self, x: Array) -> None:
-        who = type(self).__name__
-        check_array(x, who)
+        name = type(self).__name__
+        check_array(x, name)
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"{who}: expected input of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"{name}: expected input of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}")
         if x.dtype != self.dtype:
             raise TypeError(
-                f"{who}: input dtype {x.dtype} does not match the model's {self.dtype} "
+                f"{name}: input dtype {x.dtype} does not match the model's {self.dtype} "
                 "(cast the input, or the model with .to(dtype=...))"
             )
         if backend.device_of(x) != self.device:
-            raise ValueError(f"{who}: input is on {backend.device_of(x)} but the model is on {self.device}")
+            raise ValueError(f"{name}: input is on {backend.device_of(x)} but the model is on {self.device}")
         self.feature_sizes(x.shape[2], x.shape[3])
 
     # -- forward / backward -----------------------------------------------

@@ -115,59 +115,61 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _per_stage(cfg: dict[str, Any], name: str, who: str, check: Any, expected: str) -> None:
+def _per_stage(cfg: dict[str, Any], name: str, caller: str, check: Any, expected: str) -> None:
     values = cfg[name]
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-        raise ValueError(f"{who}: {name} must be a non-empty sequence (one value per stage), got {values!r}")
+        raise ValueError(f"{caller}: {name} must be a non-empty sequence (one value per stage), got {values!r}")
     if len(values) != len(cfg["depths"]):
         raise ValueError(
-            f"{who}: {name} needs {len(cfg['depths'])} values (one per stage, like depths), got {tuple(values)}"
+            f"{caller}: {name} needs {len(cfg['depths'])} values (one per stage, like depths), got {tuple(values)}"
         )
     bad = [v for v in values if not check(v)]
     if bad:
-        raise ValueError(f"{who}: {name} must hold {expected}, got {tuple(values)}")
+        raise ValueError(f"{caller}: {name} must hold {expected}, got {tuple(values)}")
 
 
-def check_architecture(cfg: dict[str, Any], who: str = "create_model") -> None:
+def check_architecture(cfg: dict[str, Any], caller: str = "create_model") -> None:
     """Reject a configuration that makes no model (num_classes -1, an empty stage, heads that do not
     divide the width, a stem that does not overlap, ...), naming the argument, what it takes and what came."""
     num_classes = cfg["num_classes"]
     if not _is_int(num_classes) or num_classes < 0:
-        raise ValueError(f"{who}: num_classes must be an int >= 0 (0: no head), got {num_classes!r}")
+        raise ValueError(f"{caller}: num_classes must be an int >= 0 (0: no head), got {num_classes!r}")
     for name in ("in_chans", "patch_size", "stride", "pool_size"):
         if not _is_int(cfg[name]) or cfg[name] < 1:
-            raise ValueError(f"{who}: {name} must be an int >= 1, got {cfg[name]!r}")
+            raise ValueError(f"{caller}: {name} must be an int >= 1, got {cfg[name]!r}")
     if cfg["patch_size"] <= cfg["stride"]:
         raise ValueError(
-            f"{who}: patch_size ({cfg['patch_size']}) must be larger than stride ({cfg['stride']}) "
+            f"{caller}: patch_size ({cfg['patch_size']}) must be larger than stride ({cfg['stride']}) "
             "for overlapping patches (PVT v2 uses 2*stride - 1)"
         )
     for name in ("qkv_bias", "linear"):
         if not isinstance(cfg[name], (bool, np.bool_)):
-            raise ValueError(f"{who}: {name} must be True or False, got {cfg[name]!r}")
+            raise ValueError(f"{caller}: {name} must be True or False, got {cfg[name]!r}")
     positive_int = "ints >= 1"
-    _per_stage(cfg, "depths", who, lambda v: _is_int(v) and v >= 1, positive_int)
-    _per_stage(cfg, "embed_dims", who, lambda v: _is_int(v) and v >= 1, positive_int)
-    _per_stage(cfg, "num_heads", who, lambda v: _is_int(v) and v >= 1, positive_int)
-    _per_stage(cfg, "sr_ratios", who, lambda v: _is_int(v) and v >= 1, positive_int)
+    _per_stage(cfg, "depths", caller, lambda v: _is_int(v) and v >= 1, positive_int)
+    _per_stage(cfg, "embed_dims", caller, lambda v: _is_int(v) and v >= 1, positive_int)
+    _per_stage(cfg, "num_heads", caller, lambda v: _is_int(v) and v >= 1, positive_int)
+    _per_stage(cfg, "sr_ratios", caller, lambda v: _is_int(v) and v >= 1, positive_int)
     _per_stage(
         cfg,
         "mlp_ratios",
-        who,
+        caller,
         lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0,
         "positive numbers",
     )
     for i, (dim, heads, ratio) in enumerate(zip(cfg["embed_dims"], cfg["num_heads"], cfg["mlp_ratios"], strict=True)):
         if dim % heads:
-            raise ValueError(f"{who}: stage {i}: embed_dims[{i}] = {dim} is not divisible by num_heads[{i}] = {heads}")
+            raise ValueError(
+                f"{caller}: stage {i}: embed_dims[{i}] = {dim} is not divisible by num_heads[{i}] = {heads}"
+            )
         if int(dim * ratio) < 1:
-            raise ValueError(f"{who}: stage {i}: mlp_ratios[{i}] = {ratio} leaves no hidden unit at width {dim}")
+            raise ValueError(f"{caller}: stage {i}: mlp_ratios[{i}] = {ratio} leaves no hidden unit at width {dim}")
 
 
-def _check_rates(rates: dict[str, Any], who: str) -> None:
+def _check_rates(rates: dict[str, Any], caller: str) -> None:
     for name, value in rates.items():
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-            raise ValueError(f"{who}: {name} must be a probability in [0, 1), got {value!r}")
+            raise ValueError(f"{caller}: {name} must be a probability in [0, 1), got {value!r}")
 
 
 def architecture(name: str, num_classes: int = 1000, cifar: bool = False, **overrides: Any) -> dict[str, Any]:

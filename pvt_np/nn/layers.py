@@ -45,10 +45,10 @@ def _uniform(shape: tuple[int, ...], bound: float, dtype: Any) -> Array:
     return backend.get_rng(np).uniform(-bound, bound, size=shape).astype(dtype)
 
 
-def _check_gradient(dout: Array, weight: Array, who: str) -> None:
+def _check_gradient(dout: Array, weight: Array, layer: str) -> None:
     """A gradient of another dtype would silently promote the whole backward (float64 in a float32 model)."""
-    check_array(dout, who, "gradient")
-    check_same_dtype(dout, weight, who, name="gradient")
+    check_array(dout, layer, "gradient")
+    check_same_dtype(dout, weight, layer, name="gradient")
 
 
 class Identity(Module):
@@ -77,7 +77,7 @@ class Linear(Module):
 
     def forward(self, x: Array) -> Array:
         bias = None if self.bias is None else self.bias.data
-        out, cache = ops.linear_forward(x, self.weight.data, bias, who=self._label())
+        out, cache = ops.linear_forward(x, self.weight.data, bias, layer=self._label())
         self._save(cache)
         return out
 
@@ -113,15 +113,15 @@ class Conv2d(Module):
     ) -> None:
         super().__init__()
         dtype = backend.check_float_dtype(dtype)
-        who = "Conv2d"
+        layer = "Conv2d"
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size = pair(kernel_size, who, "kernel_size")
-        self.stride = pair(stride, who, "stride")
-        self.padding = pair(padding, who, "padding")
+        self.kernel_size = pair(kernel_size, layer, "kernel_size")
+        self.stride = pair(stride, layer, "stride")
+        self.padding = pair(padding, layer, "padding")
         self.channels_last = bool(channels_last)
         if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(
-                f"{who}: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+                f"{layer}: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
             )
         kh, kw = self.kernel_size
         fan_in = self.in_channels // self.groups * kh * kw
@@ -143,7 +143,7 @@ class Conv2d(Module):
             self.padding,
             self.groups,
             self.channels_last,
-            who=self._label(),
+            layer=self._label(),
         )
         self._save(cache)
         return out
@@ -187,7 +187,7 @@ class LayerNorm(Module):
         self.bias = Parameter(np.zeros(self.normalized_shape, dtype=dtype))
 
     def forward(self, x: Array) -> Array:
-        out, cache = ops.layer_norm_forward(x, self.weight.data, self.bias.data, self.eps, who=self._label())
+        out, cache = ops.layer_norm_forward(x, self.weight.data, self.bias.data, self.eps, layer=self._label())
         self._save(cache)
         return out
 
@@ -215,7 +215,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x: Array) -> Array:
-        out, cache = ops.gelu_forward(x, self.approximate, need_grad=is_grad_enabled(), who=self._label())
+        out, cache = ops.gelu_forward(x, self.approximate, need_grad=is_grad_enabled(), layer=self._label())
         self._save(cache)
         return out
 
@@ -233,7 +233,7 @@ class ReLU(Module):
     """
 
     def forward(self, x: Array) -> Array:
-        out, cache = ops.relu_forward(x, who=self._label())
+        out, cache = ops.relu_forward(x, layer=self._label())
         self._save(cache)
         return out
 
@@ -252,7 +252,7 @@ class Softmax(Module):
         self.dim = int(dim)
 
     def forward(self, x: Array) -> Array:
-        out, cache = ops.softmax_forward(x, self.dim, who=f"{self._label()} (dim={self.dim})")
+        out, cache = ops.softmax_forward(x, self.dim, layer=f"{self._label()} (dim={self.dim})")
         self._save(cache)
         return out
 
@@ -273,7 +273,7 @@ class Dropout(Module):
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
 
     def forward(self, x: Array) -> Array:
-        out, cache = ops.dropout_forward(x, self.p, self.training, who=self._label())
+        out, cache = ops.dropout_forward(x, self.p, self.training, layer=self._label())
         self._save(cache)
         return out
 
@@ -297,7 +297,7 @@ class DropPath(Module):
             raise ValueError(f"DropPath: p must be in [0, 1], got {p}")
 
     def forward(self, x: Array) -> Array:
-        out, cache = ops.drop_path_forward(x, self.p, self.training, who=self._label())
+        out, cache = ops.drop_path_forward(x, self.p, self.training, layer=self._label())
         self._save(cache)
         return out
 
@@ -320,7 +320,7 @@ class AdaptiveAvgPool2d(Module):
         self.channels_last = bool(channels_last)
 
     def forward(self, x: Array) -> Array:
-        out, cache = ops.adaptive_avg_pool2d_forward(x, self.output_size, self.channels_last, who=self._label())
+        out, cache = ops.adaptive_avg_pool2d_forward(x, self.output_size, self.channels_last, layer=self._label())
         self._save(cache)
         return out
 
@@ -344,7 +344,7 @@ class CrossEntropyLoss(Module):
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
 
     def forward(self, logits: Array, target: Array) -> Array:
-        loss, cache = ops.cross_entropy_forward(logits, target, self.label_smoothing, who=self._label())
+        loss, cache = ops.cross_entropy_forward(logits, target, self.label_smoothing, layer=self._label())
         self._save(cache)
         return loss
 

@@ -1,15 +1,18 @@
 """Pure functional ops: ``forward(...) -> (out, cache)`` and ``backward(dout, cache) -> grads``.
 
 The public functions are dispatchers (see :mod:`pvt_np.ops.dispatch`): the
-fast reading of each op (``pvt_np/ops/<family>.py``), or its plain reading
+fast implementation of each op (``pvt_np/ops/<family>.py``), or its plain one
 (:mod:`pvt_np.ops.plain`, the formula as it reads) inside ``use_plain()``; what
-``help()`` shows for each is the plain reading's docstring, the formula and its
-derived gradient, and where both readings live. Each backward returns the
+``help()`` shows for each is the plain implementation's docstring, the formula and
+its derived gradient, and where both implementations live. Each backward returns the
 gradient of the input, then (for ops with parameters) of each parameter in the
 forward's argument order. Every op takes its array module from its inputs, so
-the same code runs on NumPy and CuPy. Every forward takes the keyword ``who=``
+the same code runs on NumPy and CuPy; a fast op whose CPU and GPU code differ
+chooses between its ``_cpu`` and ``_gpu`` functions in one place
+(:func:`pvt_np.ops.cuda.active`). Every forward takes the keyword ``layer=``
 (default: the op's name), the name its input checks (:mod:`pvt_np.ops.checks`,
-shared by both readings) put in their messages; the layers pass their own label.
+shared by both implementations) put in their messages; the layers pass their own
+label. ``who=``, its former name, is still taken, with a DeprecationWarning.
 """
 
 from pvt_np.ops import activation as _activation
@@ -31,7 +34,7 @@ from pvt_np.ops.pooling import (
     tokens_to_nhwc,
 )
 
-# The public ops are dispatchers (pvt_np.ops.dispatch): the fast reading, or the plain one inside use_plain().
+# The public ops are dispatchers (pvt_np.ops.dispatch): the fast implementation, or the plain one in use_plain().
 linear_forward, linear_backward = register(
     "linear",
     _linear.linear_forward,

@@ -28,7 +28,7 @@ def erf(x: Array) -> Array:
 
 
 def gelu_forward(
-    x: Array, approximate: str = "none", need_grad: bool = True, *, who: str = "gelu"
+    x: Array, approximate: str = "none", need_grad: bool = True, *, layer: str = "gelu"
 ) -> tuple[Array, Any]:
     """GELU, torch.nn.GELU's two forms, and its local derivative for the backward.
 
@@ -43,25 +43,35 @@ def gelu_forward(
     approximation of erf, see :func:`normal_cdf_float32`) instead of scipy's erf,
     which costs ~10 ns per element. CuPy: the erf form in one CUDA kernel (pvt_np.ops.cuda).
     """
-    check_gelu(x, approximate, who)
+    check_gelu(x, approximate, layer)
+    if approximate == "tanh":
+        return _gelu_tanh(x, need_grad)
+    if cuda.active(get_array_module(x)):
+        return cuda.gelu_erf_forward(x, need_grad)
+    return _gelu_erf_cpu(x, need_grad)
+
+
+def _gelu_erf_cpu(x: np.ndarray, need_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The erf form on NumPy: float32 by :func:`_gelu_erf_float32`, float64 with scipy's erf."""
+    if x.dtype == np.float32:
+        return _gelu_erf_float32(x, need_grad)
+    cdf = erf(x * _SQRT_HALF)
+    cdf += 1.0
+    cdf *= 0.5
+    y = x * cdf
+    if not need_grad:
+        return y, None
+    local = np.exp(-0.5 * x * x)
+    local *= _INV_SQRT_2PI
+    local *= x
+    local += cdf
+    return y, local
+
+
+def _gelu_tanh(x: Array, need_grad: bool) -> tuple[Array, Array | None]:
+    """The tanh form, as array expressions (either device)."""
     xp = get_array_module(x)
-    if approximate == "none":
-        if cuda.active(xp):
-            return cuda.gelu_erf_forward(x, need_grad)
-        if xp is np and x.dtype == np.float32:
-            return _gelu_erf_float32(x, need_grad)
-        cdf = erf(x * _SQRT_HALF)
-        cdf += 1.0
-        cdf *= 0.5
-        y = x * cdf
-        if not need_grad:
-            return y, None
-        local = xp.exp(-0.5 * x * x)
-        local *= _INV_SQRT_2PI
-        local *= x
-        local += cdf
-        return y, local
-    x2 = x * x  # approximate == "tanh"
+    x2 = x * x
     t = xp.tanh(_SQRT_2_OVER_PI * x * (1.0 + _TANH_COEF * x2))
     y = 0.5 * x * (1.0 + t)
     if not need_grad:
@@ -175,47 +185,60 @@ def _gelu_erf_float32(x: np.ndarray, need_grad: bool) -> tuple[np.ndarray, np.nd
     return y.reshape(x.shape), (None if local is None else local.reshape(x.shape))
 
 
-def relu_forward(x: Array, *, who: str = "relu") -> tuple[Array, Any]:
+def relu_forward(x: Array, *, layer: str = "relu") -> tuple[Array, Any]:
     """y = max(x, 0). The cache is y itself: y > 0 exactly where x > 0, and y is kept anyway by
     whatever reads it next (PVT v2's linear variant: the depthwise conv), so it costs no memory."""
-    check_array(x, who)
+    check_array(x, layer)
     xp = get_array_module(x)
-    if xp is not np:
-        y = xp.maximum(x, 0)
-        return y, y
+    y = xp.maximum(x, 0) if cuda.active(xp) else _relu_cpu(x)  # the GPU: one elementwise kernel
+    return y, y
+
+
+def _relu_cpu(x: np.ndarray) -> np.ndarray:
+    """max(x, 0) in one pass, in chunks on the worker threads."""
     flat = x.reshape(-1)
     y = np.empty_like(flat)
     zero = flat.dtype.type(0)
 
-    def kernel(start: int, stop: int) -> None:  # one pass, on the worker threads (NumPy: chunks of flat)
+    def kernel(start: int, stop: int) -> None:
         np.maximum(flat[start:stop], zero, out=y[start:stop])
 
     parallel.for_each_chunk(flat.size, 1, kernel)
-    y = y.reshape(x.shape)
-    return y, y
+    return y.reshape(x.shape)
 
 
 def relu_backward(dout: Array, cache: Any) -> Array:
     """dx = dout where x > 0 (read as y > 0), else 0 (torch's convention: the gradient at 0 is 0).
 
     NumPy: in chunks on the worker threads, the mask in a per-thread buffer; the GPU: one kernel.
+    A gradient of another shape (broadcast) or dtype than y: one array expression, either device.
     """
-    xp = get_array_module(dout, cache)
-    same = dout.shape == cache.shape and dout.dtype == cache.dtype
-    if cuda.active(xp) and same and dout.dtype in cuda.C_TYPES:  # the GPU: one kernel (pvt_np.ops.cuda)
-        return cuda.relu_backward(dout, cache)
-    if xp is not np or not same:
+    if dout.shape != cache.shape or dout.dtype != cache.dtype:
         return dout * (cache > 0)
-    grad, y = dout.reshape(-1), cache.reshape(-1)
+    if cuda.active(get_array_module(dout, cache)):
+        return _relu_backward_gpu(dout, cache)
+    return _relu_backward_cpu(dout, cache)
+
+
+def _relu_backward_cpu(dout: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dout * (y > 0) in chunks on the worker threads, the mask in a per-thread buffer."""
+    grad, y_flat = dout.reshape(-1), y.reshape(-1)
     dx = np.empty_like(grad)
 
     def kernel(start: int, stop: int) -> None:
         mask = parallel.scratch("relu_mask", (stop - start,), np.bool_)
-        np.greater(y[start:stop], 0, out=mask)
+        np.greater(y_flat[start:stop], 0, out=mask)
         np.multiply(grad[start:stop], mask, out=dx[start:stop])
 
     parallel.for_each_chunk(dx.size, 1, kernel)
     return dx.reshape(dout.shape)
+
+
+def _relu_backward_gpu(dout: Array, y: Array) -> Array:
+    """dout * (y > 0): one CUDA kernel (pvt_np.ops.cuda) for the float types it is built for."""
+    if dout.dtype in cuda.C_TYPES:
+        return cuda.relu_backward(dout, y)
+    return dout * (y > 0)
 
 
 def softmax(x: Array, axis: int = -1, in_place: bool = False) -> Array:
@@ -236,9 +259,9 @@ def softmax(x: Array, axis: int = -1, in_place: bool = False) -> Array:
     return y
 
 
-def softmax_forward(x: Array, axis: int = -1, *, who: str = "softmax") -> tuple[Array, Any]:
+def softmax_forward(x: Array, axis: int = -1, *, layer: str = "softmax") -> tuple[Array, Any]:
     """y = softmax(x) along ``axis`` (see :func:`softmax`); the cache is (y, axis)."""
-    check_softmax(x, axis, who)
+    check_softmax(x, axis, layer)
     y = softmax(x, axis)
     return y, (y, axis)
 

@@ -1,8 +1,8 @@
-"""Input checks shared by both readings of every op (fast and plain) and by the modules.
+"""Input checks shared by both implementations of every op (fast and plain) and by the modules.
 
 Each op family has ONE check function here, called by its fast and its plain
-forward, so both readings refuse bad input with the same message. Every message
-names ``who`` (the op, or the layer that called it: ops take ``who=``), the
+forward, so both implementations refuse bad input with the same message. Every message
+names the ``layer`` (the op itself, or the module that called it: ops take ``layer=``), the
 argument, what was expected and what came, before NumPy can fail with a
 broadcasting error. The small helpers at the top are the building blocks the
 modules also use for checks an op cannot make (a layer's own hyper-parameters,
@@ -18,62 +18,62 @@ import numpy as np
 from pvt_np.backend import FLOAT_DTYPES, Array, get_array_module
 
 
-def check_array(x: Any, who: str, name: str = "input") -> None:
+def check_array(x: Any, layer: str, name: str = "input") -> None:
     """Require a float32/float64 NumPy or CuPy array."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{who}: {name} must be a NumPy or CuPy array, got {type(x).__name__}")
+        raise TypeError(f"{layer}: {name} must be a NumPy or CuPy array, got {type(x).__name__}")
     if np.dtype(x.dtype) not in FLOAT_DTYPES:
-        raise TypeError(f"{who}: {name} must have dtype float32 or float64, got {x.dtype}")
+        raise TypeError(f"{layer}: {name} must have dtype float32 or float64, got {x.dtype}")
 
 
-def check_ndim(x: Array, ndim: int, who: str, layout: str, name: str = "input") -> None:
+def check_ndim(x: Array, ndim: int, layer: str, layout: str, name: str = "input") -> None:
     """Require a float array of rank ``ndim``; ``layout`` describes the expected axes, e.g. '(N, C, H, W)'."""
-    check_array(x, who, name)
+    check_array(x, layer, name)
     if x.ndim != ndim:
-        raise ValueError(f"{who}: expected {name} of rank {ndim} {layout}, got shape {tuple(x.shape)}")
+        raise ValueError(f"{layer}: expected {name} of rank {ndim} {layout}, got shape {tuple(x.shape)}")
 
 
-def check_same_dtype(x: Array, ref: Array, who: str, name: str = "input", ref_name: str = "weight") -> None:
+def check_same_dtype(x: Array, ref: Array, layer: str, name: str = "input", ref_name: str = "weight") -> None:
     """Require x's dtype to equal ref's (a mix would silently promote float32 work to float64)."""
     if x.dtype != ref.dtype:
         raise TypeError(
-            f"{who}: {name} dtype {x.dtype} does not match {ref_name} dtype {ref.dtype} "
+            f"{layer}: {name} dtype {x.dtype} does not match {ref_name} dtype {ref.dtype} "
             "(cast the input, or the module with .to(dtype=...))"
         )
 
 
-def check_last_dim(x: Array, size: int, who: str, name: str = "input") -> None:
+def check_last_dim(x: Array, size: int, layer: str, name: str = "input") -> None:
     """Require x of shape (..., size)."""
     if x.ndim < 1 or x.shape[-1] != size:
-        raise ValueError(f"{who}: expected {name} of shape (..., {size}), got {tuple(x.shape)}")
+        raise ValueError(f"{layer}: expected {name} of shape (..., {size}), got {tuple(x.shape)}")
 
 
-def pair(value: Any, who: str, name: str) -> tuple[int, int]:
+def pair(value: Any, layer: str, name: str) -> tuple[int, int]:
     """An int or a pair of ints, as torch's conv arguments."""
     if isinstance(value, (int, np.integer)):
         return int(value), int(value)
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, np.integer)) for v in value):
         return int(value[0]), int(value[1])
-    raise TypeError(f"{who}: {name} must be an int or a pair of ints, got {value!r}")
+    raise TypeError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
 
 
-def check_probability(p: Any, who: str, name: str = "p") -> float:
+def check_probability(p: Any, layer: str, name: str = "p") -> float:
     """A probability in [0, 1], as a float."""
     p = float(p)
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{who}: {name} must be in [0, 1], got {p}")
+        raise ValueError(f"{layer}: {name} must be in [0, 1], got {p}")
     return p
 
 
 # -- one check per op family ---------------------------------------------------------
-def check_linear(x: Array, weight: Array, bias: Array | None, who: str) -> None:
+def check_linear(x: Array, weight: Array, bias: Array | None, layer: str) -> None:
     """x (..., in) of weight's dtype, weight (out, in), bias (out,) or None."""
-    check_array(x, who)
-    check_ndim(weight, 2, who, "(out_features, in_features)", name="weight")
-    check_last_dim(x, weight.shape[1], who)
-    check_same_dtype(x, weight, who)
+    check_array(x, layer)
+    check_ndim(weight, 2, layer, "(out_features, in_features)", name="weight")
+    check_last_dim(x, weight.shape[1], layer)
+    check_same_dtype(x, weight, layer)
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{who}: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        raise ValueError(f"{layer}: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
 def check_conv2d(
@@ -84,128 +84,128 @@ def check_conv2d(
     padding: Any,
     groups: int,
     channels_last: bool,
-    who: str,
+    layer: str,
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """Check a conv's arguments; returns (stride, padding, output size) as int pairs."""
-    sh, sw = pair(stride, who, "stride")
-    ph, pw = pair(padding, who, "padding")
+    sh, sw = pair(stride, layer, "stride")
+    ph, pw = pair(padding, layer, "padding")
     if sh < 1 or sw < 1 or ph < 0 or pw < 0:
-        raise ValueError(f"{who}: stride must be >= 1 and padding >= 0, got stride {(sh, sw)}, padding {(ph, pw)}")
+        raise ValueError(f"{layer}: stride must be >= 1 and padding >= 0, got stride {(sh, sw)}, padding {(ph, pw)}")
     if not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"{who}: groups must be a positive int, got {groups!r}")
-    check_ndim(weight, 4, who, "(out_channels, in_channels/groups, kh, kw)", name="weight")
+        raise ValueError(f"{layer}: groups must be a positive int, got {groups!r}")
+    check_ndim(weight, 4, layer, "(out_channels, in_channels/groups, kh, kw)", name="weight")
     o, cg, kh, kw = weight.shape
     expect = f"(N, H, W, {cg * groups})" if channels_last else f"(N, {cg * groups}, H, W)"
-    check_ndim(x, 4, who, expect)
+    check_ndim(x, 4, layer, expect)
     c_in = x.shape[3] if channels_last else x.shape[1]
     if c_in % groups or o % groups:
-        raise ValueError(f"{who}: groups={groups} must divide in_channels={c_in} and out_channels={o}")
+        raise ValueError(f"{layer}: groups={groups} must divide in_channels={c_in} and out_channels={o}")
     if c_in != cg * groups:
-        raise ValueError(f"{who}: expected input of shape {expect}, got {tuple(x.shape)}")
-    check_same_dtype(x, weight, who)
+        raise ValueError(f"{layer}: expected input of shape {expect}, got {tuple(x.shape)}")
+    check_same_dtype(x, weight, layer)
     if bias is not None and tuple(bias.shape) != (o,):
-        raise ValueError(f"{who}: expected bias of shape ({o},), got {tuple(bias.shape)}")
+        raise ValueError(f"{layer}: expected bias of shape ({o},), got {tuple(bias.shape)}")
     h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     if ho < 1 or wo < 1:
         raise ValueError(
-            f"{who}: input {h}x{w} is too small for kernel {(kh, kw)} with padding {(ph, pw)} "
+            f"{layer}: input {h}x{w} is too small for kernel {(kh, kw)} with padding {(ph, pw)} "
             f"(output would be {ho}x{wo})"
         )
     return (sh, sw), (ph, pw), (ho, wo)
 
 
-def check_layer_norm(x: Array, weight: Array, bias: Array, who: str) -> None:
+def check_layer_norm(x: Array, weight: Array, bias: Array, layer: str) -> None:
     """x (..., C) of weight's dtype, weight and bias (C,)."""
-    check_array(x, who)
-    check_ndim(weight, 1, who, "(C,)", name="weight")
-    check_last_dim(x, weight.shape[0], who)
-    check_same_dtype(x, weight, who)
+    check_array(x, layer)
+    check_ndim(weight, 1, layer, "(C,)", name="weight")
+    check_last_dim(x, weight.shape[0], layer)
+    check_same_dtype(x, weight, layer)
     if tuple(bias.shape) != tuple(weight.shape):
-        raise ValueError(f"{who}: expected bias of shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
+        raise ValueError(f"{layer}: expected bias of shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
 
 
-def check_gelu(x: Array, approximate: str, who: str) -> None:
+def check_gelu(x: Array, approximate: str, layer: str) -> None:
     """A float array, and one of torch's two GELU forms."""
-    check_array(x, who)
+    check_array(x, layer)
     if approximate not in ("none", "tanh"):
-        raise ValueError(f"{who}: approximate must be 'none' or 'tanh', got {approximate!r}")
+        raise ValueError(f"{layer}: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
-def check_softmax(x: Array, axis: int, who: str) -> None:
+def check_softmax(x: Array, axis: int, layer: str) -> None:
     """A float array with an axis ``axis``."""
-    check_array(x, who)
+    check_array(x, layer)
     if not -x.ndim <= axis < x.ndim:
         rank = axis + 1 if axis >= 0 else -axis
-        raise ValueError(f"{who}: axis={axis} needs an input of rank >= {rank}, got shape {tuple(x.shape)}")
+        raise ValueError(f"{layer}: axis={axis} needs an input of rank >= {rank}, got shape {tuple(x.shape)}")
 
 
-def check_attention(q: Array, k: Array, v: Array, dropout_p: Any, who: str) -> float:
+def check_attention(q: Array, k: Array, v: Array, dropout_p: Any, layer: str) -> float:
     """q (B, h, N, d), k and v (B, h, M, d), one dtype; returns dropout_p as a float in [0, 1]."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        check_ndim(t, 4, who, "(B, heads, tokens, head_dim)", name=name)
+        check_ndim(t, 4, layer, "(B, heads, tokens, head_dim)", name=name)
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(
-            f"{who}: expected q (B, h, N, d) and k, v (B, h, M, d), "
+            f"{layer}: expected q (B, h, N, d) and k, v (B, h, M, d), "
             f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"{who}: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    return check_probability(dropout_p, who, "dropout_p")
+        raise TypeError(f"{layer}: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    return check_probability(dropout_p, layer, "dropout_p")
 
 
-def check_adaptive_avg_pool2d(x: Array, output_size: Any, channels_last: bool, who: str) -> tuple[int, int]:
+def check_adaptive_avg_pool2d(x: Array, output_size: Any, channels_last: bool, layer: str) -> tuple[int, int]:
     """A rank-4 float map and a positive output size; returns the output size as a pair."""
-    check_ndim(x, 4, who, "(N, H, W, C)" if channels_last else "(N, C, H, W)")
-    ph, pw = pair(output_size, who, "output_size")
+    check_ndim(x, 4, layer, "(N, H, W, C)" if channels_last else "(N, C, H, W)")
+    ph, pw = pair(output_size, layer, "output_size")
     if ph < 1 or pw < 1:
-        raise ValueError(f"{who}: output_size must be positive, got {output_size!r}")
+        raise ValueError(f"{layer}: output_size must be positive, got {output_size!r}")
     return ph, pw
 
 
-def check_dropout(x: Array, p: Any, who: str) -> float:
+def check_dropout(x: Array, p: Any, layer: str) -> float:
     """A float array and a probability; returns p as a float."""
-    check_array(x, who)
-    return check_probability(p, who)
+    check_array(x, layer)
+    return check_probability(p, layer)
 
 
-def check_drop_path(x: Array, p: Any, who: str) -> float:
+def check_drop_path(x: Array, p: Any, layer: str) -> float:
     """A float array with a batch dimension and a probability; returns p as a float."""
-    check_array(x, who)
+    check_array(x, layer)
     if x.ndim < 1:
-        raise ValueError(f"{who}: expected input of shape (N, ...) with a batch dimension, got {tuple(x.shape)}")
-    return check_probability(p, who)
+        raise ValueError(f"{layer}: expected input of shape (N, ...) with a batch dimension, got {tuple(x.shape)}")
+    return check_probability(p, layer)
 
 
-def check_cross_entropy(logits: Array, target: Any, label_smoothing: Any, who: str) -> float:
+def check_cross_entropy(logits: Array, target: Any, label_smoothing: Any, layer: str) -> float:
     """logits (N, K); target (N,) integer classes in [0, K) or (N, K) probabilities; returns eps.
 
     A NumPy index target is range-checked (a negative index would otherwise wrap
     around silently); a CuPy one is not, as that needs a host sync.
     """
-    check_ndim(logits, 2, who, "(N, num_classes)", name="logits")
-    eps = check_probability(label_smoothing, who, "label_smoothing")
+    check_ndim(logits, 2, layer, "(N, num_classes)", name="logits")
+    eps = check_probability(label_smoothing, layer, "label_smoothing")
     n, k = logits.shape
     if not hasattr(target, "shape") or not hasattr(target, "dtype"):
         target = np.asarray(target)
     if target.ndim == 1:
         if target.shape[0] != n:
-            raise ValueError(f"{who}: expected target of shape ({n},), got {tuple(target.shape)}")
+            raise ValueError(f"{layer}: expected target of shape ({n},), got {tuple(target.shape)}")
         if target.dtype.kind not in "iu":
-            raise TypeError(f"{who}: class-index target must be integers, got {target.dtype}")
+            raise TypeError(f"{layer}: class-index target must be integers, got {target.dtype}")
         if get_array_module(target) is np and target.size and (target.min() < 0 or target.max() >= k):
             raise ValueError(
-                f"{who}: class indices must be in [0, {k - 1}] for {k} classes, "
+                f"{layer}: class indices must be in [0, {k - 1}] for {k} classes, "
                 f"got values from {target.min()} to {target.max()}"
             )
     elif target.ndim == 2:
         if target.shape != logits.shape:
-            raise ValueError(f"{who}: expected soft target of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
+            raise ValueError(f"{layer}: expected soft target of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
     else:
-        raise ValueError(f"{who}: target must be (N,) indices or (N, K) probabilities, got {tuple(target.shape)}")
+        raise ValueError(f"{layer}: target must be (N,) indices or (N, K) probabilities, got {tuple(target.shape)}")
     return eps
 
 
-def check_token_mean(x: Array, who: str) -> None:
+def check_token_mean(x: Array, layer: str) -> None:
     """Tokens (B, N, C)."""
-    check_ndim(x, 3, who, "(B, tokens, C)")
+    check_ndim(x, 3, layer, "(B, tokens, C)")

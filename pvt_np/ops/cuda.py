@@ -5,8 +5,8 @@ arithmetic. Written as array expressions, a layer norm is ten launches each way,
 update fourteen per parameter, and a depthwise conv kh*kw shifted multiply-adds (CuPy's
 einsum would first copy the overlapping window view, kh*kw times the output). Each kernel
 here does one op in one launch, one thread per output element (or one warp of 32 threads
-per row), with the formula in its comment; the plain reading of every op stays in
-:mod:`pvt_np.ops.plain`.
+per row), with the formula in its comment; the plain implementation of every op stays in
+:mod:`pvt_np.ops.plain`. The products go to cuBLAS through :mod:`pvt_np.ops.blas`.
 
 The source is plain C++ that CUDA compiles (``cupy.RawModule``, one instantiation per
 float type, and per index type where :data:`INDEXED`): a thread finds its element from
@@ -355,12 +355,13 @@ _INT64 = np.dtype(np.int64)
 COMPILE_OPTIONS = ("--std=c++14", "--fmad=false")
 # Set by the tests (tests/cuda_harness.py) to SOURCE compiled for the CPU, with RawModule's get_function:
 # the ops then take these kernels on NumPy arrays too, which checks them and their wiring without a GPU.
-HOST_STAND_IN: Any = None
+HOST_KERNELS: Any = None
 
 
 def active(xp: Any) -> bool:
-    """Whether the ops run these kernels: on CuPy, and on NumPy while the tests' host stand-in is installed."""
-    return xp is not np or HOST_STAND_IN is not None
+    """Whether the ops take their GPU functions (these kernels, cuBLAS): on CuPy, and on NumPy while the tests'
+    host build of the kernels (:data:`HOST_KERNELS`) is installed. Each op asks this in one place."""
+    return xp is not np or HOST_KERNELS is not None
 
 
 def expressions(name: str) -> list[str]:
@@ -418,7 +419,7 @@ def _launch(name: str, dtype: Any, threads: int, *args: Any) -> None:
             packed.append(value)
         else:
             packed.append(np.int64(value) if kind == "i64" else ftype(value))
-    module = HOST_STAND_IN if isinstance(args[0], np.ndarray) else _module(get_array_module(args[0]))
+    module = HOST_KERNELS if isinstance(args[0], np.ndarray) else _module(get_array_module(args[0]))
     expression = f"{name}<{C_TYPES[dtype]}>"
     if name in INDEXED:
         itype = I_TYPES[0] if max(largest, threads) < INT_INDEX_LIMIT else I_TYPES[1]
@@ -427,128 +428,9 @@ def _launch(name: str, dtype: Any, threads: int, *args: Any) -> None:
     kernel((-(-threads // THREADS_PER_BLOCK),), (THREADS_PER_BLOCK,), tuple(packed))
 
 
-# cuBLAS through CuPy's bindings of the C API, without cupy.matmul's Python-level work (broadcasting,
-# dtype and layout decisions, the output's allocation through several layers): on an H200 a training
-# step of b2_li ran 5,472 kernels and was bound by the host's time to issue them, and a matmul call
-# there cost several times what the GEMM's own launch costs.
-_OP_N, _OP_T = 0, 1  # cublasOperation_t
-_POINTER_MODE_HOST = 0  # alpha and beta are read from host memory when the call is made
-_ONE_ZERO = {dtype: np.array([1.0, 0.0], dtype=dtype) for dtype in C_TYPES}  # alpha = 1, beta = 0
-
-
 def address(a: Array) -> int:
     """The address of ``a``'s first element (device or host)."""
     return int(a.ctypes.data) if isinstance(a, np.ndarray) else int(a.data.ptr)
-
-
-def _blas(xp: Any) -> tuple[Any, int]:
-    """(bindings, handle): CuPy's cuBLAS with the current device's handle (on the current stream), or the
-    tests' host stand-in (``HOST_STAND_IN.blas``, the same functions over host addresses)."""
-    if xp is np:
-        blas, handle = HOST_STAND_IN.blas, 0
-    else:
-        from cupy_backends.cuda.libs import cublas as blas  # imported here: it loads libcublas
-
-        handle = xp.cuda.device.get_cublas_handle()
-    blas.setPointerMode(handle, _POINTER_MODE_HOST)
-    return blas, handle
-
-
-def _blas_dtype(*arrays: Array) -> np.dtype | None:
-    """The arrays' dtype where cuBLAS's s/d routines take them all (float32 or float64, one dtype), else None."""
-    dtype = arrays[0].dtype
-    return dtype if dtype in C_TYPES and all(a.dtype == dtype for a in arrays) else None
-
-
-def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, out: Array | None = None) -> Array:
-    """op(a) @ op(b) (op: the transpose of the last two dims where asked), one cuBLAS call where the kernels run.
-
-    2-D operands: one GEMM. Stacks (..., r, c) with the same leading dims on both, or a
-    stack and one 2-D matrix used for every entry: one strided-batched GEMM (batch stride 0
-    for the shared matrix), with no copy of the shared matrix, no pointer table and, given
-    ``out`` (C-contiguous, the result's shape and dtype), no copy of the result either
-    (cupy.matmul makes each of these). The operands are made C-contiguous if they are not.
-    cuBLAS is column-major, where a row-major (r, c) matrix reads as its (c, r) transpose,
-    so each row-major C = op(a) op(b) is computed as the column-major C^T = op(b)^T op(a)^T:
-    b first, each operand transposed by cuBLAS exactly when it is not by the caller.
-    Elsewhere, and for operands cuBLAS's s/d GEMMs do not take (mixed or non-float dtypes):
-    ``xp.matmul`` of the transposed views.
-    """
-    xp = get_array_module(a, b)
-    dtype = _blas_dtype(a, b)
-    if not active(xp) or dtype is None:  # (mixed or other dtypes: xp.matmul's promotion, as the CPU path)
-        return xp.matmul(a.swapaxes(-1, -2) if trans_a else a, b.swapaxes(-1, -2) if trans_b else b, out=out)
-    a, b = xp.ascontiguousarray(a), xp.ascontiguousarray(b)
-    m, k = a.shape[-1:-3:-1] if trans_a else a.shape[-2:]
-    k_b, n = b.shape[-1:-3:-1] if trans_b else b.shape[-2:]
-    if k != k_b:
-        raise ValueError(f"matmul: inner sizes differ: op(a) is {m}x{k}, op(b) is {k_b}x{n}")
-    if a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2]:
-        raise ValueError(f"matmul: the stacks differ: {a.shape[:-2]} and {b.shape[:-2]}")
-    batch = a.shape[:-2] if a.ndim > 2 else b.shape[:-2]
-    shape = (*batch, m, n)
-    if out is None:
-        out = xp.empty(shape, dtype=dtype)
-    elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(
-            f"matmul: out: expected a C-contiguous {dtype.name} array of shape {shape}, got {out.dtype} {out.shape}"
-        )
-    if out.size == 0 or k == 0:
-        out.fill(0)
-        return out
-    blas, handle = _blas(xp)
-    alpha = _ONE_ZERO[dtype].ctypes.data
-    beta = alpha + dtype.itemsize
-    op_a, op_b = (_OP_T if trans_a else _OP_N), (_OP_T if trans_b else _OP_N)
-    lda, ldb = a.shape[-1], b.shape[-1]
-    if not batch:
-        gemm = blas.sgemm if dtype == np.float32 else blas.dgemm
-        gemm(handle, op_b, op_a, n, m, k, alpha, address(b), ldb, address(a), lda, beta, address(out), n)
-        return out
-    gemm = blas.sgemmStridedBatched if dtype == np.float32 else blas.dgemmStridedBatched
-    stride_a = m * k if a.ndim > 2 else 0
-    stride_b = k * n if b.ndim > 2 else 0
-    gemm(
-        handle, op_b, op_a, n, m, k, alpha, address(b), ldb, stride_b, address(a), lda, stride_a, beta,
-        address(out), n, m * n, out.size // (m * n),
-    )  # fmt: skip
-    return out
-
-
-@functools.lru_cache(maxsize=64)
-def _ones(xp: Any, n: int, dtype: str, device_id: int) -> Array:
-    """A vector of n ones, made once per (length, dtype, device) and only ever read."""
-    ones = xp.ones(n, dtype=dtype)
-    if xp is np:
-        ones.flags.writeable = False
-    return ones
-
-
-def column_sums(m: Array) -> Array:
-    """sum over the rows of the 2-D ``m`` (a bias gradient, partial sums), as ``ones @ m`` where the kernels run.
-
-    There it is one cuBLAS matrix-vector product: the row-major (rows, C) array read
-    column-major is its (C, rows) transpose, times a cached ones vector. CuPy's
-    ``m.sum(axis=0)``, a reduction along the strided axis, took 47% of b0's training
-    step at 224x224, batch 32, on an H200 (25.8 of 55.4 ms of kernel time). On NumPy, and
-    for dtypes cuBLAS does not take: ``m.sum(axis=0)``.
-    """
-    xp = get_array_module(m)
-    dtype = _blas_dtype(m)
-    if not active(xp) or dtype is None:
-        return m.sum(axis=0)
-    m = xp.ascontiguousarray(m)
-    rows, c = m.shape
-    out = xp.empty(c, dtype=dtype)
-    if c == 0 or rows == 0:
-        out.fill(0)
-        return out
-    ones = _ones(xp, rows, dtype.str, -1 if xp is np else xp.cuda.runtime.getDevice())
-    blas, handle = _blas(xp)
-    gemv = blas.sgemv if dtype == np.float32 else blas.dgemv
-    alpha = _ONE_ZERO[dtype].ctypes.data
-    gemv(handle, _OP_N, c, rows, alpha, address(m), c, address(ones), 1, alpha + dtype.itemsize, address(out), 1)
-    return out
 
 
 def _conv_sizes(x_shape: tuple[int, ...], out_shape: tuple[int, ...], taps_shape: tuple[int, ...]) -> list[int]:
@@ -583,14 +465,17 @@ def depthwise_input_grad(g: Array, taps: Array, x_shape: tuple[int, ...], ph: in
 
 
 def depthwise_weight_grad(g: Array, x: Array, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int) -> Array:
-    """dL/dtaps (kh, kw, C): partial sums per output row of each image (one thread each), then their sum."""
+    """dL/dtaps's partial sums, (N*Ho, kh*kw*C): one row per output row of each image (one thread per entry).
+
+    dL/dtaps (kh, kw, C) is their column sum (:func:`pvt_np.ops.blas.column_sums`).
+    """
     xp = get_array_module(g)
     x = xp.ascontiguousarray(x)
     n, ho, c = g.shape[0], g.shape[1], x.shape[3]
     partial = xp.empty((n * ho, kh, kw, c), dtype=g.dtype)
     sizes = _conv_sizes(x.shape, g.shape, (kh, kw, c))
     _launch("depthwise_weight_grad", g.dtype, partial.size, g, x, partial, partial.size, *sizes, sh, sw, ph, pw)
-    return column_sums(partial.reshape(n * ho, -1)).reshape(kh, kw, c)
+    return partial.reshape(n * ho, -1)
 
 
 def col2im(dcols: Array, dxpad: Array, kh: int, kw: int, sh: int, sw: int, ho: int, wo: int) -> None:
@@ -612,15 +497,14 @@ def layer_norm_forward(x2: Array, weight: Array, bias: Array, eps: float) -> tup
     return y, xhat, rstd
 
 
-def layer_norm_backward(g2: Array, xhat: Array, rstd: Array, weight: Array) -> tuple[Array, Array, Array]:
-    """(dx, dweight, dbias) from G (M, C), one warp per row; dweight and dbias are one :func:`column_sums`."""
+def layer_norm_backward(g2: Array, xhat: Array, rstd: Array, weight: Array) -> tuple[Array, Array]:
+    """(dx, sums) from G (M, C), one warp per row; the column sums of ``sums`` (M, 2C) are [dweight, dbias]."""
     xp = get_array_module(g2)
     g2 = xp.ascontiguousarray(g2)
     rows, c = g2.shape
     dx, sums = xp.empty_like(g2), xp.empty((rows, 2 * c), dtype=g2.dtype)
     _launch("layer_norm_backward", g2.dtype, rows * WARP_SIZE, g2, xhat, rstd, weight, dx, sums, rows, c)
-    dweight_dbias = column_sums(sums)
-    return dx, dweight_dbias[:c], dweight_dbias[c:]
+    return dx, sums
 
 
 def softmax_rows(x: Array, scale: float) -> None:

@@ -12,7 +12,7 @@ def keep_mask(rng: Any, shape: tuple[int, ...], p: float, dtype: Any) -> Array:
     """Bernoulli(1 - p) mask already scaled by 1/(1 - p) (all zeros when p == 1).
 
     m = (u >= p) / (1 - p) with u ~ U[0, 1) drawn from ``rng`` in ``dtype``. Every
-    dropout-like op of both readings (dropout, drop_path, attention dropout)
+    dropout-like op of both implementations (dropout, drop_path, attention dropout)
     draws its mask here, so the same generator state gives the same mask in both.
     """
     keep = (rng.random(shape, dtype=dtype) >= p).astype(dtype)
@@ -21,13 +21,13 @@ def keep_mask(rng: Any, shape: tuple[int, ...], p: float, dtype: Any) -> Array:
 
 
 def dropout_forward(
-    x: Array, p: float = 0.5, training: bool = True, rng: Any = None, *, who: str = "dropout"
+    x: Array, p: float = 0.5, training: bool = True, rng: Any = None, *, layer: str = "dropout"
 ) -> tuple[Array, Any]:
     """y = x * m / (1 - p), m ~ Bernoulli(1 - p) per element; the identity when p == 0 or not training.
 
     ``rng`` is a NumPy/CuPy Generator (default: pvt_np's shared one, see manual_seed).
     """
-    p = check_dropout(x, p, who)
+    p = check_dropout(x, p, layer)
     if not training or p == 0.0:
         return x, None
     rng = get_rng(get_array_module(x)) if rng is None else rng
@@ -41,11 +41,11 @@ def dropout_backward(dout: Array, cache: Any) -> Array:
 
 
 def drop_path_forward(
-    x: Array, p: float = 0.0, training: bool = True, rng: Any = None, *, who: str = "drop_path"
+    x: Array, p: float = 0.0, training: bool = True, rng: Any = None, *, layer: str = "drop_path"
 ) -> tuple[Array, Any]:
     """Stochastic depth: each sample's whole residual branch is kept with probability 1 - p
     and scaled by 1/(1 - p), y[n] = x[n] * m[n] / (1 - p), one draw per sample (timm's drop_path)."""
-    p = check_drop_path(x, p, who)
+    p = check_drop_path(x, p, layer)
     if not training or p == 0.0:
         return x, None
     rng = get_rng(get_array_module(x)) if rng is None else rng

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops import cuda, parallel
+from pvt_np.ops import blas, cuda, parallel
 from pvt_np.ops.checks import check_linear
 
 
-def linear_forward(x: Array, weight: Array, bias: Array | None = None, *, who: str = "linear") -> tuple[Array, Any]:
+def linear_forward(x: Array, weight: Array, bias: Array | None = None, *, layer: str = "linear") -> tuple[Array, Any]:
     """y = x W^T + b over any leading dimensions.
 
     x: (..., in), W: (out, in), b: (out,) -> y: (..., out).
@@ -21,16 +21,16 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None, *, who: s
     shape (M, in) x (in, out) with M = prod(leading dims), run as the blocks of
     :func:`gemm_blocks` on the worker threads (pvt_np.ops.parallel; one cuBLAS call on the GPU).
     """
-    check_linear(x, weight, bias, who)
-    xp = get_array_module(x, weight)
+    check_linear(x, weight, bias, layer)
     x2 = x.reshape(-1, x.shape[-1])
+    forward = _forward_gpu if cuda.active(get_array_module(x, weight)) else _forward_cpu
+    y = forward(x2, weight, bias)
+    return y.reshape(*x.shape[:-1], weight.shape[0]), (x2, weight, bias is not None, x.shape)
+
+
+def _forward_cpu(x2: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """y = x2 W^T + b as the blocks of :func:`gemm_blocks`, each one single-threaded GEMM, on the worker threads."""
     out_features = weight.shape[0]
-    cache = (x2, weight, bias is not None, x.shape)
-    if cuda.active(xp):  # the GPU: one cuBLAS call (pvt_np.ops.cuda.matmul), the bias added in place
-        y = cuda.matmul(x2, weight, trans_b=True)
-        if bias is not None:
-            y += bias
-        return y.reshape(*x.shape[:-1], out_features), cache
     y = np.empty((x2.shape[0], out_features), dtype=np.result_type(x2, weight))
 
     def block(r0: int, r1: int, c0: int, c1: int) -> None:
@@ -40,7 +40,15 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None, *, who: s
 
     blocks = gemm_blocks(x2.shape[0], x2.shape[1], out_features)
     parallel.run_tasks([functools.partial(block, *b) for b in blocks])
-    return y.reshape(*x.shape[:-1], out_features), cache
+    return y
+
+
+def _forward_gpu(x2: Array, weight: Array, bias: Array | None) -> Array:
+    """y = x2 W^T + b: one cuBLAS call (:func:`pvt_np.ops.blas.matmul`), the bias added in place."""
+    y = blas.matmul(x2, weight, trans_b=True)
+    if bias is not None:
+        y += bias
+    return y
 
 
 MIN_COLUMNS = 64  # output columns per block at the least: narrower GEMMs run far below their peak
@@ -74,15 +82,20 @@ def linear_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None
     On NumPy dx runs in row chunks of M and dW, db as :func:`weight_grad_tasks`,
     all taken from one shared counter (the weight-gradient tasks fill in where dx has
     few chunks, so dx keeps whole rows; column blocks as in the forward measured slower).
-    On the GPU: three cuBLAS calls (:func:`pvt_np.ops.cuda.matmul`, db by :func:`pvt_np.ops.cuda.column_sums`).
+    On the GPU: three cuBLAS calls (:func:`pvt_np.ops.blas.matmul`, db by :func:`pvt_np.ops.blas.column_sums`).
     """
     x2, weight, has_bias, x_shape = cache
-    xp = get_array_module(dout, weight)
+    g = dout.reshape(-1, weight.shape[0])
+    backward = _backward_gpu if cuda.active(get_array_module(dout, weight)) else _backward_cpu
+    dx, dw, db = backward(g, x2, weight, has_bias)
+    return dx.reshape(x_shape), dw, db
+
+
+def _backward_cpu(
+    g: np.ndarray, x2: np.ndarray, weight: np.ndarray, has_bias: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(dx, dW, db): dx in row chunks, dW and db as :func:`weight_grad_tasks`, in one hand-off to the threads."""
     out_features, in_features = weight.shape
-    g = dout.reshape(-1, out_features)
-    if cuda.active(xp):
-        dx = cuda.matmul(g, weight).reshape(x_shape)
-        return dx, cuda.matmul(g, x2, trans_a=True), cuda.column_sums(g) if has_bias else None
     m = g.shape[0]
     dx = np.empty((m, in_features), dtype=np.result_type(g, weight))
 
@@ -92,7 +105,12 @@ def linear_backward(dout: Array, cache: Any) -> tuple[Array, Array, Array | None
     dw_tasks, finish = weight_grad_tasks(g, x2, has_bias)
     parallel.run_tasks(parallel.row_tasks(m, parallel.gemm_rows(out_features * in_features), dx_task) + dw_tasks)
     dw, db = finish()
-    return dx.reshape(x_shape), dw, db
+    return dx, dw, db
+
+
+def _backward_gpu(g: Array, x2: Array, weight: Array, has_bias: bool) -> tuple[Array, Array, Array | None]:
+    """(dx, dW, db): two cuBLAS GEMMs and one GEMV."""
+    return blas.matmul(g, weight), blas.matmul(g, x2, trans_a=True), blas.column_sums(g) if has_bias else None
 
 
 PARTIAL_ELEMENTS = 1 << 21  # at most this many elements of weight-gradient partial sums (8 MB in float32)

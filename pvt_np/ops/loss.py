@@ -9,7 +9,7 @@ from pvt_np.ops.checks import check_cross_entropy
 
 
 def cross_entropy_forward(
-    logits: Array, target: Array, label_smoothing: float = 0.0, *, who: str = "cross_entropy"
+    logits: Array, target: Array, label_smoothing: float = 0.0, *, layer: str = "cross_entropy"
 ) -> tuple[Array, Any]:
     """Mean over the batch of -sum_k t_k log softmax(z)_k, as torch.nn.functional.cross_entropy.
 
@@ -19,7 +19,7 @@ def cross_entropy_forward(
     Label smoothing eps mixes the target with the uniform distribution:
     t = (1 - eps) * t + eps / K. Returns a 0-d array (no host sync on the GPU).
     """
-    eps = check_cross_entropy(logits, target, label_smoothing, who)
+    eps = check_cross_entropy(logits, target, label_smoothing, layer)
     xp = get_array_module(logits)
     n, k = logits.shape
     target = xp.asarray(target)

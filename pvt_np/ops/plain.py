@@ -1,4 +1,4 @@
-"""The plain reading of every op: each formula as it reads, the ground truth the fast ops are tested against.
+"""The plain implementation of every op: each formula as it reads, the ground truth the fast ops are tested against.
 
 Every function here has the signature and the ``forward(...) -> (out, cache)`` /
 ``backward(dout, cache) -> grads`` contract of its fast twin in
@@ -9,13 +9,13 @@ where the formula is a sum over kernel taps or pooling windows, and each
 backward written term by term from the derivation in its docstring. No strided
 views, no threads, no scratch buffers, no in-place reuse of an input.
 
-Both readings share two things on purpose: the input checks
+Both implementations share two things on purpose: the input checks
 (:mod:`pvt_np.ops.checks`, so they refuse bad input with the same message) and
 the dropout-mask draw (:func:`pvt_np.ops.dropout.keep_mask`, so the same
 generator state gives the same mask and a model agrees in train mode).
 
 Each cache is a NamedTuple of its own (``Plain...Cache``), so a backward handed
-the fast reading's cache (or the reverse) is refused by the dispatcher instead
+the fast implementation's cache (or the reverse) is refused by the dispatcher instead
 of computing garbage.
 
 Notation: G = dL/dout, the gradient arriving at the op's output.
@@ -53,10 +53,10 @@ class PlainLinearCache(NamedTuple):
 
 
 def linear_forward(
-    x: Array, weight: Array, bias: Array | None = None, *, who: str = "linear"
+    x: Array, weight: Array, bias: Array | None = None, *, layer: str = "linear"
 ) -> tuple[Array, PlainLinearCache]:
     """y = x W^T + b, over any leading dimensions of x (..., in); W (out, in), b (out,)."""
-    check_linear(x, weight, bias, who)
+    check_linear(x, weight, bias, layer)
     y = x @ weight.T
     if bias is not None:
         y = y + bias
@@ -106,7 +106,7 @@ def conv2d_forward(
     groups: int = 1,
     channels_last: bool = False,
     *,
-    who: str = "conv2d",
+    layer: str = "conv2d",
 ) -> tuple[Array, PlainConv2dCache]:
     """Cross-correlation, as torch.nn.functional.conv2d, one kernel tap at a time:
 
@@ -117,7 +117,7 @@ def conv2d_forward(
     and depthwise (G = C) convolutions are this one formula. Input NCHW, or NHWC
     with ``channels_last``; W is torch's (O, C/G, kh, kw).
     """
-    stride, padding, out_size = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, who)
+    stride, padding, out_size = check_conv2d(x, weight, bias, stride, padding, groups, channels_last, layer)
     xp = get_array_module(x)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
     (ph, pw), (ho, wo) = padding, out_size
@@ -183,14 +183,14 @@ class PlainLayerNormCache(NamedTuple):
 
 
 def layer_norm_forward(
-    x: Array, weight: Array, bias: Array, eps: float = 1e-5, *, who: str = "layer_norm"
+    x: Array, weight: Array, bias: Array, eps: float = 1e-5, *, layer: str = "layer_norm"
 ) -> tuple[Array, PlainLayerNormCache]:
     """Over the last dimension (size C):
 
     mean = x.mean(-1),  var = ((x - mean)^2).mean(-1)  (biased, as torch),
     rstd = 1 / sqrt(var + eps),  xhat = (x - mean) * rstd,  y = xhat * weight + bias.
     """
-    check_layer_norm(x, weight, bias, who)
+    check_layer_norm(x, weight, bias, layer)
     xp = get_array_module(x)
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
@@ -233,7 +233,7 @@ _TANH_COEF = 0.044715
 
 
 def gelu_forward(
-    x: Array, approximate: str = "none", need_grad: bool = True, *, who: str = "gelu"
+    x: Array, approximate: str = "none", need_grad: bool = True, *, layer: str = "gelu"
 ) -> tuple[Array, PlainGeluCache]:
     """torch.nn.GELU's two forms:
 
@@ -241,7 +241,7 @@ def gelu_forward(
     'tanh': y = x/2 * (1 + tanh(u)),  u = sqrt(2/pi) * (x + 0.044715 x^3)
     The cache keeps x (None with ``need_grad=False``: inference keeps nothing).
     """
-    check_gelu(x, approximate, who)
+    check_gelu(x, approximate, layer)
     xp = get_array_module(x)
     if approximate == "none":
         y = x * 0.5 * (1.0 + erf(x / _SQRT_2))
@@ -274,9 +274,9 @@ class PlainReluCache(NamedTuple):
     x: Array
 
 
-def relu_forward(x: Array, *, who: str = "relu") -> tuple[Array, PlainReluCache]:
+def relu_forward(x: Array, *, layer: str = "relu") -> tuple[Array, PlainReluCache]:
     """y = max(x, 0)."""
-    check_array(x, who)
+    check_array(x, layer)
     xp = get_array_module(x)
     return xp.maximum(x, 0), PlainReluCache(x)
 
@@ -291,9 +291,9 @@ class PlainSoftmaxCache(NamedTuple):
     axis: int
 
 
-def softmax_forward(x: Array, axis: int = -1, *, who: str = "softmax") -> tuple[Array, PlainSoftmaxCache]:
+def softmax_forward(x: Array, axis: int = -1, *, layer: str = "softmax") -> tuple[Array, PlainSoftmaxCache]:
     """y_i = exp(x_i - max x) / sum_j exp(x_j - max x) along ``axis`` (the max only prevents overflow)."""
-    check_softmax(x, axis, who)
+    check_softmax(x, axis, layer)
     xp = get_array_module(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     y = e / e.sum(axis=axis, keepdims=True)
@@ -324,7 +324,7 @@ def attention_forward(
     dropout_p: float = 0.0,
     rng: Any = None,
     *,
-    who: str = "attention",
+    layer: str = "attention",
 ) -> tuple[Array, PlainAttentionCache]:
     """Per batch and head, with q (N, d), k and v (M, d):
 
@@ -332,7 +332,7 @@ def attention_forward(
     P' = P * m / (1 - p)  (attention dropout, m ~ Bernoulli(1 - p), drawn by keep_mask),
     out = P' v  (N, d).   scale defaults to d**-0.5.
     """
-    p = check_attention(q, k, v, dropout_p, who)
+    p = check_attention(q, k, v, dropout_p, layer)
     xp = get_array_module(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     scores = (q @ k.transpose(0, 1, 3, 2)) * scale
@@ -378,13 +378,13 @@ def _window(i: int, in_size: int, out_size: int) -> slice:
 
 
 def adaptive_avg_pool2d_forward(
-    x: Array, output_size: int | tuple[int, int], channels_last: bool = False, *, who: str = "adaptive_avg_pool2d"
+    x: Array, output_size: int | tuple[int, int], channels_last: bool = False, *, layer: str = "adaptive_avg_pool2d"
 ) -> tuple[Array, PlainAdaptiveAvgPool2dCache]:
     """out[n, i, j, c] = mean of x[n, h, w, c] over the window rows(i) x cols(j) (see _window);
 
     windows overlap when H is not a multiple of P. One mean per output window.
     """
-    out_h, out_w = check_adaptive_avg_pool2d(x, output_size, channels_last, who)
+    out_h, out_w = check_adaptive_avg_pool2d(x, output_size, channels_last, layer)
     xp = get_array_module(x)
     x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
     n, h, w, c = x_nhwc.shape
@@ -418,9 +418,9 @@ class PlainTokenMeanCache(NamedTuple):
     num_tokens: int
 
 
-def token_mean_forward(x: Array, *, who: str = "token_mean") -> tuple[Array, PlainTokenMeanCache]:
+def token_mean_forward(x: Array, *, layer: str = "token_mean") -> tuple[Array, PlainTokenMeanCache]:
     """y[b, c] = (1/N) sum_t x[b, t, c]: tokens (B, N, C) -> (B, C)."""
-    check_token_mean(x, who)
+    check_token_mean(x, layer)
     return x.mean(axis=1), PlainTokenMeanCache(x.shape[1])
 
 
@@ -436,10 +436,10 @@ class PlainDropoutCache(NamedTuple):
 
 
 def dropout_forward(
-    x: Array, p: float = 0.5, training: bool = True, rng: Any = None, *, who: str = "dropout"
+    x: Array, p: float = 0.5, training: bool = True, rng: Any = None, *, layer: str = "dropout"
 ) -> tuple[Array, PlainDropoutCache]:
     """y = x * m / (1 - p), m ~ Bernoulli(1 - p) per element; y = x when p == 0 or not training."""
-    p = check_dropout(x, p, who)
+    p = check_dropout(x, p, layer)
     if not training or p == 0.0:
         return x, PlainDropoutCache(None)
     keep = keep_mask(get_rng(get_array_module(x)) if rng is None else rng, x.shape, p, x.dtype)
@@ -452,10 +452,10 @@ def dropout_backward(dout: Array, cache: PlainDropoutCache) -> Array:
 
 
 def drop_path_forward(
-    x: Array, p: float = 0.0, training: bool = True, rng: Any = None, *, who: str = "drop_path"
+    x: Array, p: float = 0.0, training: bool = True, rng: Any = None, *, layer: str = "drop_path"
 ) -> tuple[Array, PlainDropoutCache]:
     """Stochastic depth: y[n] = x[n] * m[n] / (1 - p), one draw m[n] ~ Bernoulli(1 - p) per sample."""
-    p = check_drop_path(x, p, who)
+    p = check_drop_path(x, p, layer)
     if not training or p == 0.0:
         return x, PlainDropoutCache(None)
     mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
@@ -475,7 +475,7 @@ class PlainCrossEntropyCache(NamedTuple):
 
 
 def cross_entropy_forward(
-    logits: Array, target: Array, label_smoothing: float = 0.0, *, who: str = "cross_entropy"
+    logits: Array, target: Array, label_smoothing: float = 0.0, *, layer: str = "cross_entropy"
 ) -> tuple[Array, PlainCrossEntropyCache]:
     """L = -(1/N) sum_n sum_k t[n, k] log softmax(z[n])_k, as torch.nn.functional.cross_entropy.
 
@@ -483,7 +483,7 @@ def cross_entropy_forward(
     the uniform distribution by label smoothing eps: t = (1 - eps) t + eps / K.
     log softmax(z)_k = z_k - max z - log sum_j exp(z_j - max z).
     """
-    eps = check_cross_entropy(logits, target, label_smoothing, who)
+    eps = check_cross_entropy(logits, target, label_smoothing, layer)
     xp = get_array_module(logits)
     n, k = logits.shape
     target = xp.asarray(target)

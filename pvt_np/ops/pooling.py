@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from pvt_np.backend import Array, get_array_module
-from pvt_np.ops import cuda
+from pvt_np.ops import blas
 from pvt_np.ops.checks import check_adaptive_avg_pool2d, check_array, check_token_mean
 
 
@@ -46,16 +46,16 @@ def _device_pool_matrix(xp: Any, in_size: int, out_size: int, dtype: str, device
 
 
 def adaptive_avg_pool2d_forward(
-    x: Array, output_size: int | tuple[int, int], channels_last: bool = False, *, who: str = "adaptive_avg_pool2d"
+    x: Array, output_size: int | tuple[int, int], channels_last: bool = False, *, layer: str = "adaptive_avg_pool2d"
 ) -> tuple[Array, Any]:
     """out[i, j] = mean of x over the window rows(i) x cols(j), per sample and channel.
 
     A rectangle's mean is the product of a row mean and a column mean, so the
     pooling is separable: out = A_h x A_w^T with the averaging matrices A of
     :func:`adaptive_pool_matrix` -- two small GEMM-shaped contractions (on the GPU each
-    one strided-batched cuBLAS call with the averaging matrix shared, :func:`pvt_np.ops.cuda.matmul`).
+    one strided-batched cuBLAS call with the averaging matrix shared, :func:`pvt_np.ops.blas.matmul`).
     """
-    ph, pw = check_adaptive_avg_pool2d(x, output_size, channels_last, who)
+    ph, pw = check_adaptive_avg_pool2d(x, output_size, channels_last, layer)
     xp = get_array_module(x)
     h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
     a_h = adaptive_pool_matrix(xp, h, ph, x.dtype)
@@ -66,10 +66,10 @@ def adaptive_avg_pool2d_forward(
     # 3,584-long rows took a slow path).
     if channels_last:
         n, _, _, c = x.shape
-        cols = cuda.matmul(a_w, x.reshape(n * h, w, c))  # pool over W: (N*H, Pw, C)
-        out = cuda.matmul(a_h, cols.reshape(n, h, pw * c)).reshape(n, ph, pw, c)  # then over H
+        cols = blas.matmul(a_w, x.reshape(n * h, w, c))  # pool over W: (N*H, Pw, C)
+        out = blas.matmul(a_h, cols.reshape(n, h, pw * c)).reshape(n, ph, pw, c)  # then over H
     else:
-        out = cuda.matmul(cuda.matmul(a_h, x), a_w, trans_b=True)  # (Ph, H) @ (N, C, H, W) @ (W, Pw)
+        out = blas.matmul(blas.matmul(a_h, x), a_w, trans_b=True)  # (Ph, H) @ (N, C, H, W) @ (W, Pw)
     return out, (a_h, a_w, channels_last)
 
 
@@ -80,14 +80,14 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: Any) -> Array:
     (ph, h), (pw, w) = a_h.shape, a_w.shape
     if channels_last:
         n, _, _, c = dout.shape
-        rows = cuda.matmul(a_h, dout.reshape(n, ph, pw * c), trans_a=True)  # spread over H first (short rows)
-        return cuda.matmul(a_w, rows.reshape(n * h, pw, c), trans_a=True).reshape(n, h, w, c)  # then over W
-    return cuda.matmul(cuda.matmul(a_h, dout, trans_a=True), a_w)
+        rows = blas.matmul(a_h, dout.reshape(n, ph, pw * c), trans_a=True)  # spread over H first (short rows)
+        return blas.matmul(a_w, rows.reshape(n * h, pw, c), trans_a=True).reshape(n, h, w, c)  # then over W
+    return blas.matmul(blas.matmul(a_h, dout, trans_a=True), a_w)
 
 
-def token_mean_forward(x: Array, *, who: str = "token_mean") -> tuple[Array, Any]:
+def token_mean_forward(x: Array, *, layer: str = "token_mean") -> tuple[Array, Any]:
     """Global average pool of tokens: (B, N, C) -> (B, C), y = mean over the N tokens."""
-    check_token_mean(x, who)
+    check_token_mean(x, layer)
     return x.mean(axis=1), x.shape
 
 
