@@ -21,15 +21,18 @@ is never imported.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -42,6 +45,7 @@ __all__ = [
     "DEFAULT_BUCKET_BYTES",
     "DistributedError",
     "GradientAllReduce",
+    "OptionError",
     "World",
     "check_replicas",
     "default_threads",
@@ -50,9 +54,11 @@ __all__ = [
     "launch",
     "launch_command",
     "local_batch_size",
+    "process_alive",
     "set_threads",
     "shard_dataset",
     "use_local_gpu",
+    "watch_launcher",
     "weights_checksum",
 ]
 
@@ -61,6 +67,19 @@ __all__ = [
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 # Set by launch() for the ranks it starts: the launching command's start (time.time()), for --time-budget.
 STARTED_AT_VARIABLE = "PVT_NP_STARTED_AT"
+# Set by launch() for the ranks: "PID:START" of the launching pvt-np train (START: see process_start), which
+# every rank watches, ending itself when the launcher has gone (SIGKILL cannot be forwarded).
+LAUNCHER_VARIABLE = "PVT_NP_LAUNCHER"
+# Set by launch() for the ranks: the inherited file descriptor of the run directory's lock (pvt_np.training.runlock).
+LOCK_FD_VARIABLE = "PVT_NP_RUN_LOCK_FD"
+# Exit codes of pvt-np train, the same in one process and under MPI (docs/faults.md): 0 done, 1 any failure,
+# 2 a bad option, 128 + the signal's number for a run stopped by SIGHUP (129), SIGINT (130) or SIGTERM (143).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+SIGNAL_EXITS = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143}
+# Seconds between a rank's checks that its launcher lives, and how long it then waits for its own SIGTERM
+# handler to end it (the main thread may be stuck in a collective with a rank already gone) before _exit.
+WATCH_SECONDS = 0.25
+WATCH_GRACE_SECONDS = 5.0
 # Horovod's default fusion threshold: one message per 64 MiB keeps MPI's int counts far from
 # overflow and the temporary buffers of large reductions bounded; b0's 3.0 M float32 is one bucket.
 DEFAULT_BUCKET_BYTES = 64 << 20
@@ -75,6 +94,11 @@ T = TypeVar("T")
 
 class DistributedError(RuntimeError):
     """Raised on every rank with the same message: the ranks agreed to stop."""
+
+
+class OptionError(DistributedError):
+    """An option that the ranks cannot run with (``--batch-size`` not divisible by them, ``--nprocs`` under
+    mpiexec): ``pvt-np train`` exits 2 for it, as for any bad option."""
 
 
 @dataclass
@@ -209,7 +233,7 @@ def local_batch_size(global_batch: int, world: World) -> int:
     if global_batch % world.size:
         below, above = global_batch - global_batch % world.size, global_batch - global_batch % world.size + world.size
         nearest = f"{below} or {above}" if below else f"{above}"
-        raise DistributedError(
+        raise OptionError(
             f"--batch-size {global_batch} is not divisible by the {world.size} ranks: every rank takes an equal "
             f"slice of each batch; use a multiple of {world.size} (e.g. {nearest})"
         )
@@ -439,7 +463,7 @@ def launch_command(nprocs: int, argv: Sequence[str]) -> list[str]:
     if nprocs < 1:
         raise DistributedError(f"--nprocs: expected a positive number of processes, got {nprocs}")
     if under_launcher():
-        raise DistributedError("--nprocs: this process was already started by mpiexec; use one or the other")
+        raise OptionError("--nprocs: this process was already started by mpiexec; use one or the other")
     mpiexec = _find_mpiexec()
     if mpiexec is None:
         raise DistributedError(
@@ -474,11 +498,13 @@ def fail(
     return 1
 
 
-def launch(nprocs: int, argv: Sequence[str], started: float | None = None) -> int:
-    """Run ``pvt-np`` under ``mpiexec -n nprocs``; returns its exit code.
+def launch(nprocs: int, argv: Sequence[str], started: float | None = None, lock_fd: int | None = None) -> int:
+    """Run ``pvt-np`` under ``mpiexec -n nprocs``; returns its exit code (see :func:`exit_code`).
 
     ``started``: the ``time.time()`` at which the command started, passed to the ranks (see
     :func:`command_started`) so that a ``--time-budget`` counts mpiexec's own start-up too.
+    ``lock_fd``: the run directory's lock (pvt_np.training.runlock), handed to mpiexec and through
+    it to the ranks, whose rank 0 adopts it: the lock lives as long as any process of the run.
 
     mpiexec runs in a session of its own, without the terminal's input, and this process
     forwards the signals it gets (:class:`_SignalForwarder`): SIGINT as SIGINT, which
@@ -488,21 +514,151 @@ def launch(nprocs: int, argv: Sequence[str], started: float | None = None) -> in
     run as a Ctrl-C at the terminal does, and a ``kill`` or a closed terminal leaves no
     ranks training behind it. (In the terminal's process group mpiexec would get each
     Ctrl-C from the terminal as well, and two copies of one Ctrl-C make it abort.)
+
+    A signal that cannot be forwarded, SIGKILL, must be noticed: on Linux mpiexec gets SIGTERM
+    when this process dies (a parent-death signal), and every rank watches this process
+    (:func:`watch_launcher`), so no rank outlives the launcher by more than a few seconds.
     """
     try:
         command = launch_command(nprocs, argv)
     except DistributedError as err:
         print(f"pvt-np train: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE if isinstance(err, OptionError) else EXIT_FAILURE
     env = dict(os.environ)
     if started is not None:
         env[STARTED_AT_VARIABLE] = repr(float(started))
+    env[LAUNCHER_VARIABLE] = f"{os.getpid()}:{process_start(os.getpid()) or ''}"
+    if lock_fd is not None:
+        env[LOCK_FD_VARIABLE] = str(lock_fd)
     forwarder = _SignalForwarder()
     with forwarder.installed() as forwarding:  # (off the main thread: mpiexec stays in the terminal's group)
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=forwarding)
+        process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, start_new_session=forwarding,
+            pass_fds=() if lock_fd is None else (lock_fd,), preexec_fn=_parent_death_signal(),
+        )  # fmt: skip
         with process:
             forwarder.attach(process)
-            return process.wait()
+            code = process.wait()
+    return exit_code(code, forwarder.received)
+
+
+def exit_code(mpiexec_code: int, received: Sequence[int] = ()) -> int:
+    """The launcher's exit code: 128 + the number of the first signal it got (SIGINT 130, SIGTERM 143, SIGHUP 129,
+    as one process gives), else mpiexec's when it is one that ``pvt-np train`` gives (0, 1, 2, 129, 130, 143: the
+    ranks' own), else 1 with a line giving mpiexec's code (a rank killed, mpiexec's own failure)."""
+    if received:
+        return 128 + int(received[0])
+    if mpiexec_code in (EXIT_OK, EXIT_FAILURE, EXIT_USAGE, *SIGNAL_EXITS.values()):
+        return mpiexec_code
+    if mpiexec_code < 0:
+        how = f"mpiexec was killed by {signal.Signals(-mpiexec_code).name}"
+    else:  # a rank killed (MPICH: its signal's number), mpiexec's own failure, or ranks that ended unlike
+        how = f"mpiexec exit code {mpiexec_code}"
+    print(f"pvt-np train: error: the run ended abnormally: {how}; every rank has ended", file=sys.stderr, flush=True)
+    return EXIT_FAILURE
+
+
+# -- processes: the ranks end with the launcher ------------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _prctl() -> Any:
+    """libc's prctl, or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux), else None.
+
+    Looked up before the fork, so the child only calls it; a launcher that died between the fork and
+    the call is caught by comparing the child's parent with it."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def process_start(pid: int) -> str | None:
+    """An identity of process ``pid`` that a reused pid does not share: its start time in clock ticks after boot
+    (Linux's /proc/PID/stat), or None where that cannot be read (another system, or no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2 :].split()[19]  # field 22, counted after the command's closing ")"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` runs on this host, a zombie (ended, not yet reaped) counting as gone; with ``start``
+    (from :func:`process_start`), whether it is still that process rather than a new one given the same pid."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # (os.kill there would end the process, not probe it): cannot tell, so alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (not Linux): os.kill's answer; or the process has just gone
+        return not Path("/proc/self/stat").exists()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return not start or fields[19] == start
+
+
+def launcher_identity() -> tuple[int, str | None] | None:
+    """(pid, start) of the ``pvt-np train`` that launched this rank (from :data:`LAUNCHER_VARIABLE`), else None."""
+    pid, _, start = os.environ.get(LAUNCHER_VARIABLE, "").partition(":")
+    return (int(pid), start or None) if pid.isdigit() and under_launcher() else None
+
+
+def watch_launcher(interval: float = WATCH_SECONDS, grace: float = WATCH_GRACE_SECONDS) -> threading.Thread | None:
+    """In a rank started by ``pvt-np train --nprocs`` (none otherwise: a user's own mpiexec keeps MPI's tear-down):
+    end this rank when the launcher has gone, whatever killed it, SIGKILL included.
+
+    A daemon thread checks every ``interval`` seconds that the launcher lives; once it has gone, the thread
+    sends this process SIGTERM (``pvt-np train`` ends on it between two bytecodes: a checkpoint being written
+    is abandoned, its temporary removed, the last one intact), and if the process still runs ``grace``
+    seconds later (its main thread stuck in a collective with a rank that has gone) it exits at once (143).
+    The rank also gets SIGTERM if its own parent, mpiexec's proxy, dies (Linux).
+    """
+    identity = launcher_identity()
+    if identity is None:
+        return None
+    pid, start = identity
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    def watch() -> None:
+        while process_alive(pid, start):
+            time.sleep(interval)
+        print(f"pvt-np train: the launching pvt-np train (pid {pid}) has gone; ending this rank (pid {os.getpid()})",
+              file=sys.stderr, flush=True)  # fmt: skip
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os._exit(SIGNAL_EXITS["SIGTERM"])
+
+    thread = threading.Thread(target=watch, name="pvt-np-launcher-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 class _SignalForwarder:
@@ -518,8 +674,10 @@ class _SignalForwarder:
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         self.pending: list[int] = []
+        self.received: list[int] = []  # the signals this process got, in order (its exit code: 128 + the first)
 
     def __call__(self, signum: int, frame: Any) -> None:
+        self.received.append(int(signum))
         sent = getattr(signal, self.FORWARDED[signal.Signals(signum).name])
         if self.process is None:
             self.pending.append(sent)

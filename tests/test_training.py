@@ -46,6 +46,7 @@ from pvt_np.nn import CrossEntropyLoss, no_grad
 from pvt_np.optim import AdamW, CosineWarmupSchedule, cosine_warmup_lr, param_groups_weight_decay
 from pvt_np.training import cli_evaluate, cli_train, load_checkpoint, train_step
 from pvt_np.training import trainer as trainer_mod
+from pvt_np.training.runlock import LOCK_NAME
 from pvt_np.weights import load_model
 
 # Parity with PyTorch ---------------------------------------------------------------------------------
@@ -271,11 +272,12 @@ def reference_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under ``folder``: (contents, mtime in ns)."""
+    """Every file under ``folder``: (contents, mtime in ns); the run lock's file aside (there while a run holds the
+    lock, with the holder's pid: docs/faults.md)."""
     return {
         str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_NAME
     }
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
 from pvt_np.io.checkpoint import CheckpointError
 from pvt_np.models import list_models
+from pvt_np.training import runlock
 from pvt_np.training.trainer import ABSENT_FIELD_VALUES, TrainConfig, Trainer, TrainingError
 from pvt_np.training.validation import TTA_MODES, ConfigError
 
@@ -265,7 +268,95 @@ def flag_error(err: ConfigError) -> str:
     return f"argument {flag}: expected {err.expected}, got {got}"
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP reached ``pvt-np train``: it ends now, keeping the last checkpoint (a checkpoint being
+    written is abandoned and its temporary removed), with the exit code 128 + the signal's number.
+
+    A BaseException, as KeyboardInterrupt is: no ``except Exception`` on its way catches it."""
+
+    def __init__(self, signum: int) -> None:
+        self.code = 128 + int(signum)
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _terminated_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` for the duration, once (on the main thread; the handlers before
+    are put back): the same exit codes, 143 and 129, in one process and on every rank."""
+
+    raised = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if not raised:  # once: a second SIGTERM (mpiexec's and the launcher watch's) must not cut the ending short
+            raised.append(signum)
+            raise Terminated(signum)
+
+    previous: dict[int, Any] = {}
+    try:
+        for name in ("SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):  # (Windows has no SIGHUP)
+                number = getattr(signal, name)
+                previous[number] = signal.signal(number, handler)
+    except ValueError:  # not the main thread: no handler can be set
+        pass
+    try:
+        yield
+    finally:
+        for number, before in previous.items():
+            signal.signal(number, before)
+
+
+class _Refused(Exception):
+    """The run directory is held by another run (or cannot be locked): exit 1 with the message, on every rank."""
+
+
+def _lock_run(world: Any, output: str) -> runlock.RunLock | None:
+    """Rank 0 (the writer) holds the lock on ``output``: the one its launcher handed down, or its own; a
+    :class:`_Refused` on every rank if another run holds it."""
+    from pvt_np import distributed
+
+    lock, message = None, None
+    if world.is_root:
+        launcher = distributed.launcher_identity()
+        try:
+            lock = runlock.adopt(output) or runlock.acquire(
+                output, mine=lambda holder: launcher is not None and holder.get("pid") == launcher[0]
+            )
+            if lock.held:
+                who = {"rank": world.rank, "ranks": world.size} if world.size > 1 else {}
+                if launcher is not None:
+                    who.update(launcher_pid=launcher[0], launcher_start=launcher[1])
+                lock.record(**who)
+        except runlock.RunLocked as err:
+            message = str(err)
+        except OSError as err:
+            message = f"cannot lock the run directory {output}: {err}"
+    else:
+        runlock.drop_inherited(output)
+    if world.size > 1:
+        message = world.comm.bcast(message, root=0)
+    if message is not None:
+        raise _Refused(message)
+    return lock
+
+
 def run(args: argparse.Namespace) -> int:
+    """``pvt-np train``; its exit code: 0, 1 (a failure), 2 (a bad option), 129/130/143 (SIGHUP/SIGINT/SIGTERM),
+    the same under MPI (docs/faults.md)."""
+    from pvt_np import distributed
+
+    with _terminated_by_signals():
+        try:
+            return _run(args)
+        except Terminated as stop:  # before training (set-up, launching)
+            print(f"pvt-np train: stopped by {stop}", file=sys.stderr, flush=True)
+            return stop.code
+        except _Refused as err:  # the launcher's own refusal (the ranks print theirs)
+            print(f"pvt-np train: error: {err}", file=sys.stderr, flush=True)
+            return distributed.EXIT_FAILURE
+
+
+def _run(args: argparse.Namespace) -> int:
     import time
 
     from pvt_np import distributed
@@ -286,19 +377,48 @@ def run(args: argparse.Namespace) -> int:
             return 1
         nprocs = distributed.auto_nprocs(config.device, args.threads, config.batch_size)
     if nprocs is not None and (nprocs > 1 or distributed.under_launcher()):  # (typed under mpiexec: refused)
-        return distributed.launch(nprocs, sys.argv[1:], started=started_wall)
+        if distributed.under_launcher():
+            return distributed.launch(nprocs, sys.argv[1:], started=started_wall)
+        # The run directory is locked before any rank starts (a second run is refused at once), and the lock is
+        # handed to the ranks, whose rank 0 holds it for the run's life.
+        try:
+            lock = runlock.acquire(args.output)
+        except runlock.RunLocked as err:
+            raise _Refused(str(err)) from err
+        except OSError as err:
+            raise _Refused(f"cannot lock the run directory {args.output}: {err}") from err
+        lock.record()
+        try:
+            return distributed.launch(nprocs, sys.argv[1:], started=started_wall, lock_fd=lock.detach_fd())
+        finally:
+            lock.release()
     try:
         world = distributed.get_world()
     except distributed.DistributedError as err:
         print(f"pvt-np train: error: {err}", file=sys.stderr)
         return 1
     distributed.set_threads(world, args.threads)
+    distributed.watch_launcher()  # under pvt-np train --nprocs: this rank ends when the launcher has gone
+    lock = None
     try:
+        lock = _lock_run(world, args.output)
         base = saved_config(Path(args.output)) if args.resume else None
         trainer = world.agree(
             lambda: Trainer(config_from_args(args, base), args.output, resume=args.resume, started=started)
         )
         result = trainer.fit()
+    except _Refused as err:
+        if world.is_root:
+            print(f"pvt-np train: error: {err}", file=sys.stderr, flush=True)
+        return 1
+    except Terminated as stop:  # SIGTERM or SIGHUP: end now; the last checkpoint stays as it was
+        if world.is_root:
+            last = Path(args.output) / "last.npz"
+            kept = f"{last} holds the last checkpoint (continue with --resume)" if last.exists() else "no checkpoint"
+            print(f"pvt-np train: stopped by {stop}; {kept}", file=sys.stderr, flush=True)
+        if world.size > 1:  # the other ranks may wait in a collective for this one
+            world.abort(stop.code)
+        return stop.code
     except KeyboardInterrupt as stop:
         if world.size > 1 and not str(stop):  # a second Ctrl-C on one rank: the others cannot finish the step
             world.abort(130)
@@ -310,15 +430,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"pvt-np train: error: {flag_error(err)}", file=sys.stderr)
         return 2
     except distributed.DistributedError as err:
-        if isinstance(err.__cause__, ConfigError):  # every rank refused the same option (under mpiexec)
+        # Every rank refused the same option (under mpiexec), or an option the ranks cannot run with.
+        bad_option = (ConfigError, distributed.OptionError)
+        if isinstance(err, distributed.OptionError) or isinstance(err.__cause__, bad_option):
             if world.is_root:
-                print(f"pvt-np train: error: {flag_error(err.__cause__)}", file=sys.stderr)
+                shown = flag_error(err.__cause__) if isinstance(err.__cause__, ConfigError) else str(err)
+                print(f"pvt-np train: error: {shown}", file=sys.stderr)
             return 2
         return distributed.fail(world, err)
     except (TrainingError, CheckpointError, DataError, ValueError, RuntimeError, OSError) as err:
         # A TrainingError that gets here comes from a loss all-reduced over the ranks (or from set-up,
         # which the ranks agree on): every rank raised it at the same step.
         return distributed.fail(world, err, agreed=(TrainingError,))
+    finally:
+        if lock is not None:  # a run that wrote nothing leaves no directory behind
+            lock.release()
     if not world.is_root:
         return 0
     if result:
