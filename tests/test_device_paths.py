@@ -6,6 +6,7 @@
   GELU, the fused multi-tensor AdamW, and a whole b0 and b2_li forward and backward;
 * the cuBLAS calls (GEMM, strided-batched GEMM with a shared matrix, GEMV), made on host addresses by a
   column-major stand-in: the row-major to column-major mapping of every product;
+* where the device is chosen: by each fast op once (cuda.active), never inside its _cpu and _gpu functions;
 * the counter-based device generator against an independent scalar SplitMix64, and its re-keying;
 * manual_seed re-keys the device generator instead of rebuilding it (with a stand-in CuPy module);
 * the cached adaptive-pooling matrices;
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import ast
 import types
 from pathlib import Path
 from typing import Any
@@ -245,6 +247,36 @@ def test_dense_conv_gpu_path_matches_numpy(
     actual, expected = _run_both(run, host_kernels, monkeypatch)
     assert host_kernels.calls.get("col2im", 0) == before + 1
     _assert_all_close(actual, expected, ["out", "dx", "dw", "db"][: len(expected)], dtype)
+
+
+def _asks_for_the_device(node: ast.AST) -> int:
+    """How many calls of ``cuda.active(...)`` (or ``active(...)``) the code under ``node`` makes."""
+    return sum(
+        isinstance(n, ast.Call)
+        and (
+            (isinstance(n.func, ast.Attribute) and n.func.attr == "active")
+            or (isinstance(n.func, ast.Name) and n.func.id == "active")
+        )
+        for n in ast.walk(node)
+    )
+
+
+def test_each_op_chooses_its_device_in_one_place() -> None:
+    """In pvt_np/ops only the registered fast ops ask cuda.active, once each, and blas's two products (which
+    run on either device); the _cpu and _gpu functions that hold the math never do."""
+    fast = [getattr(op, f"fast_{phase}") for op in ops.registered_ops().values() for phase in ("forward", "backward")]
+    allowed = {(fn.__module__, fn.__name__) for fn in fast} | {
+        ("pvt_np.ops.blas", "matmul"),
+        ("pvt_np.ops.blas", "column_sums"),
+    }
+    asking = {}
+    for path in sorted(Path(ops.__file__).parent.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and _asks_for_the_device(node):
+                asking[(f"pvt_np.ops.{path.stem}", node.name)] = _asks_for_the_device(node)
+    assert set(asking) <= allowed, f"device branches outside the ops' dispatch: {sorted(set(asking) - allowed)}"
+    assert all(count == 1 for count in asking.values()), asking
+    assert ("pvt_np.ops.conv", "conv2d_forward") in asking and ("pvt_np.ops.norm", "layer_norm_backward") in asking
 
 
 def test_cuda_launch_names_the_argument_it_refuses() -> None:
