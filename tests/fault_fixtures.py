@@ -5,7 +5,8 @@ Run as a script, this module is ``pvt-np`` with optional hooks placed before the
     python tests/fault_fixtures.py [--pause-at STEP --marker DIR] [--slow-exit SECONDS] -- train ...
 
 --pause-at STEP      before training step STEP (counted from 0 in this process) write DIR/paused.<pid>
-                     (holding the rank) and wait there until DIR/release exists (signals are handled meanwhile)
+                     (holding the rank) and wait there until DIR/release exists (signals are handled meanwhile;
+                     a SIGINT there also writes DIR/sigint.<pid>)
 --slow-exit SECONDS  once paused, the first SIGTERM waits SECONDS before ending the process as pvt-np would
                      (a rank slow to end: the processes of a killed run outlive their launcher a while)
 
@@ -122,11 +123,22 @@ def _install_pause(step: int, marker: Path, slow_exit: float | None) -> None:
 
         signal.signal(signal.SIGTERM, handler)
 
+    def note_sigint() -> None:
+        handling = signal.getsignal(signal.SIGINT)  # the trainer's (finish the step, save, stop)
+
+        def handler(signum: int, frame: Any) -> None:
+            (marker / f"sigint.{os.getpid()}").touch()  # the test releases the step once every process has it
+            if callable(handling):
+                handling(signum, frame)
+
+        signal.signal(signal.SIGINT, handler)
+
     def pausing_step(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         if calls == step:
             if slow_exit is not None:
                 slow_terminate()
+            note_sigint()
             marker.mkdir(parents=True, exist_ok=True)
             (marker / f"paused.{os.getpid()}").write_text(os.environ.get("PMI_RANK", "0"))  # this process's rank
             deadline = time.monotonic() + WAIT_LIMIT

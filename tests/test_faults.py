@@ -190,7 +190,7 @@ def test_a_resume_while_the_run_goes_on_is_refused(data: Path, tmp_path: Path) -
 
 @needs_mpi
 def test_resume_right_after_a_sigkill_waits_for_the_lock_then_is_bitwise_exact(data: Path, tmp_path: Path) -> None:
-    """kill -9 of the launcher of a 2-rank run whose ranks take 5 s to end, then --resume at once: it says it
+    """kill -9 of the launcher of a 2-rank run whose ranks take 6 s to end, then --resume at once: it says it
     waits for the old processes' lock, takes over once they have gone and ends bit-equal to an uninterrupted run,
     no temporary left."""
     from test_training import _assert_same_run
@@ -202,7 +202,7 @@ def test_resume_right_after_a_sigkill_waits_for_the_lock_then_is_bitwise_exact(d
     )  # fmt: skip
     assert ref.returncode == 0, ref.stderr
     args = _args(data, tmp_path / "run")
-    run = Run(tmp_path, "run", args, 2, STEPS + 3, "--slow-exit", "5")
+    run = Run(tmp_path, "run", args, 2, STEPS + 3, "--slow-exit", "6")
     resume = None
     try:
         run.wait_paused()
@@ -242,7 +242,9 @@ def test_a_signal_gives_the_same_exit_code_with_and_without_mpi(
     try:
         run.wait_paused()
         run.process.send_signal(sig)
-        run.release()  # SIGINT: the step is finished, then the run saves and stops
+        if sig == signal.SIGINT:  # held until every process has it (mpiexec passes it on a moment later)
+            ff.wait_for(lambda: len(list(run.marker.glob("sigint.*"))) == nprocs, "SIGINT reached every process")
+        run.release()  # SIGINT: the held step is finished, then the run saves and stops
         code = run.process.wait(timeout=60)
         log = _log(run.log)
         assert code == 128 + sig, log
