@@ -157,7 +157,6 @@ def for_each_chunk(
     num_rows: int,
     row_elements: int,
     kernel: Callable[[int, int], None],
-    xp: Any = np,
     *,
     rows_per_chunk: int | None = None,
 ) -> None:
@@ -169,11 +168,8 @@ def for_each_chunk(
     schedules late (a busy machine) simply finds less left to do and the caller never
     waits for a thread that has not started. Kernels must only write to their own
     rows. A kernel that itself calls for_each_chunk runs that call's chunks serially
-    (its siblings already keep every thread busy). For CuPy, one call covers all rows.
+    (its siblings already keep every thread busy). CPU only: the GPU functions run whole arrays.
     """
-    if xp is not np:
-        kernel(0, num_rows)
-        return
     rows = chunk_rows(row_elements) if rows_per_chunk is None else max(1, int(rows_per_chunk))
     starts = range(0, num_rows, rows)
     threads = min(get_num_threads(), len(starts))
