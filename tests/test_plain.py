@@ -250,9 +250,9 @@ def test_large_cases_are_chunked() -> None:
     calls: list[tuple[int, int]] = []
     real = parallel.for_each_chunk
 
-    def counting(num_rows: int, row_elements: int, kernel: Callable[[int, int], None], xp: Any = np) -> None:
+    def counting(num_rows: int, row_elements: int, kernel: Callable[[int, int], None]) -> None:
         calls.append((num_rows, row_elements))
-        real(num_rows, row_elements, kernel, xp)
+        real(num_rows, row_elements, kernel)
 
     parallel.for_each_chunk = counting
     try:
@@ -276,11 +276,12 @@ def test_gemm_ops_run_in_several_chunks(pair: Pair) -> None:
     chunks: list[int] = []
     real = parallel.for_each_chunk
 
-    def counting(num_rows: int, row_elements: int, kernel: Callable[[int, int], None], xp: Any = np,
-                 *, rows_per_chunk: int | None = None) -> None:  # fmt: skip
+    def counting(
+        num_rows: int, row_elements: int, kernel: Callable[[int, int], None], *, rows_per_chunk: int | None = None
+    ) -> None:
         rows = parallel.chunk_rows(row_elements) if rows_per_chunk is None else rows_per_chunk
         chunks.append(math.ceil(num_rows / rows))
-        real(num_rows, row_elements, kernel, xp, rows_per_chunk=rows_per_chunk)
+        real(num_rows, row_elements, kernel, rows_per_chunk=rows_per_chunk)
 
     parallel.for_each_chunk = counting
     try:
