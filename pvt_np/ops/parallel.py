@@ -24,8 +24,8 @@ in the heap for the next step.
 
 :func:`configure_threads` sets the thread count (default: the cores this process may
 run on, at most 8); the first chunked op calls it if nobody has. Only NumPy arrays
-large enough to amortise the thread hand-off are split; CuPy arrays (the GPU is
-parallel already) run in one call.
+large enough to amortise the thread hand-off are split; the ops' GPU functions (the GPU is
+parallel already) never come here.
 """
 
 from __future__ import annotations
