@@ -41,7 +41,7 @@ _FUNCTIONS = {
     "manual_seed": "backend",
     "predict": "inference",
     "relative_error": "grad_check",
-    "set_threads": "backend",
+    "set_threads": "ops.parallel",
     "to_device": "backend",
     "to_numpy": "backend",
 }
@@ -70,7 +70,6 @@ if TYPE_CHECKING:  # what the lazy attributes are, for type checkers and IDEs
         get_array_module,
         gpu_available,
         manual_seed,
-        set_threads,
         to_device,
         to_numpy,
     )
@@ -78,6 +77,7 @@ if TYPE_CHECKING:  # what the lazy attributes are, for type checkers and IDEs
     from pvt_np.grad_check import gradcheck, relative_error  # noqa: F401
     from pvt_np.inference import predict  # noqa: F401
     from pvt_np.models import create_model, list_models  # noqa: F401
+    from pvt_np.ops.parallel import set_threads  # noqa: F401
     from pvt_np.weights import load_model  # noqa: F401
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pvt_np.counter_rng import CounterRng
+
 try:  # CuPy is an optional extra; its absence is normal on CPU machines.
     import cupy as _cupy
 except Exception:
@@ -92,22 +94,6 @@ def check_float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
     return dt
 
 
-def set_threads(threads: int) -> int:
-    """Run pvt_np's CPU ops on ``threads`` threads, and hold BLAS at one thread; returns the count.
-
-    Set at run time (threadpoolctl), so it works whenever it is called: before or after
-    NumPy has loaded its BLAS, no environment variable and no kernel restart needed.
-    BLAS stays at one thread whatever ``threads`` is, because pvt_np splits its GEMMs into
-    chunks on its own threads (see :mod:`pvt_np.ops.parallel`, whose ``configure_threads``
-    this calls). Without a call, the first op uses the cores this process may run on, at most 8.
-    """
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"set_threads: threads must be a positive integer, got {threads!r}")
-    from pvt_np.ops import parallel
-
-    return parallel.configure_threads(int(threads))
-
-
 # Random numbers ------------------------------------------------------------
 # Dropout and drop-path draw from one generator per backend. Seeding it with
 # manual_seed makes every mask reproducible; the trainer reseeds it from
@@ -183,8 +169,6 @@ def get_rng(xp: ModuleType = np) -> Any:
         if xp is np:
             rng = np.random.default_rng(_SEED)
         else:
-            from pvt_np.counter_rng import CounterRng
-
             rng = CounterRng(xp, _SEED)
         _RNGS[key] = rng if _BATCH_SHARD[1] == 1 else _BatchShardedGenerator(rng, *_BATCH_SHARD)
     return _RNGS[key]

@@ -38,7 +38,6 @@ synchronise. It runs the CPU table's configs and the GPU ones (:data:`GPU_CONFIG
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
 import json
@@ -55,6 +54,14 @@ from typing import Any
 
 import numpy as np
 
+from pvt_np import backend, ops
+from pvt_np.io.atomic import atomic_write
+from pvt_np.io.timm import timm_twin
+from pvt_np.models import create_model
+from pvt_np.nn import CrossEntropyLoss
+from pvt_np.ops import parallel
+from pvt_np.optim import AdamW, param_groups_weight_decay
+
 # name -> (model name, create_model overrides, image size, batch size)
 CONFIGS: dict[str, tuple[str, dict[str, Any], int, int]] = {
     "b0-cifar": ("pvt_v2_b0", {"cifar": True, "num_classes": 10}, 32, 128),
@@ -70,38 +77,9 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 NEIGHBOURS = ("loop", "gemm", "pvt_np", "torch")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    extra = " ".join(c for c in GPU_CONFIGS if c not in CPU_CONFIGS)
-    p.add_argument("--configs", nargs="+", choices=list(CONFIGS),
-                   help=f"what to time (default: {' '.join(CPU_CONFIGS)}; with --device gpu also {extra})")  # fmt: skip
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks")
-    p.add_argument("--repeats", type=int, default=10, help="timed iterations per measurement")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
-    p.add_argument("--rounds", type=_positive_int, default=1,
-                   help="time every pair this many times, interleaved; medians and each ratio's range")  # fmt: skip
-    p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
-    p.add_argument("--neighbour", nargs="+", choices=NEIGHBOURS, default=[],
-                   help="also time each training step beside this process: loop (a single-threaded busy loop), "
-                   "gemm (a NumPy GEMM loop on --threads BLAS threads), pvt_np or torch (a second b0 CIFAR "
-                   "training with its defaults); reports the slowdown against the quiet step")  # fmt: skip
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS)
-    p.add_argument("--step-only", action="store_true", help=argparse.SUPPRESS)  # worker: the training step alone
-    p.add_argument("--neighbour-run", choices=NEIGHBOURS, help=argparse.SUPPRESS)  # be the neighbour until killed
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: Any) -> int:
+    """Time every pair ``args`` asks for (the parsed options of ``pvt-np bench``: an attribute per flag) and print
+    the report; or, as a worker or a neighbour (its hidden options), time one pair or be the neighbour."""
     if args.neighbour_run:
         _be_neighbour(args.neighbour_run, args.threads)
         return 0
@@ -111,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
         print("BENCH-RESULT " + json.dumps(result))
         return 0
     if args.device == "gpu":
-        from pvt_np import backend
-
         backend.check_device("gpu")
     configs = args.configs or list(GPU_CONFIGS if args.device == "gpu" else CPU_CONFIGS)
     report: dict[str, Any] = {"machine": machine_info(args.device, args.threads), "results": []}
@@ -154,13 +130,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str, report: dict[str, Any]) -> None:
-    from pvt_np.io.atomic import atomic_write
-
     with atomic_write(path, "w") as f:
         json.dump(report, f, indent=2)
 
 
-def _spawn(framework: str, config: str, args: argparse.Namespace, step_only: bool = False) -> dict[str, Any]:
+def _spawn(framework: str, config: str, args: Any, step_only: bool = False) -> dict[str, Any]:
     env = dict(os.environ, **{v: str(args.threads) for v in THREAD_VARS})
     cmd = [
         sys.executable, "-m", "pvt_np", "bench", "--worker", framework, config,
@@ -323,11 +297,6 @@ def _worker(
 def _pvt_np_steps(
     name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str, threads: int | None
 ):
-    from pvt_np import backend, create_model
-    from pvt_np.nn import CrossEntropyLoss
-    from pvt_np.ops import parallel
-    from pvt_np.optim import AdamW, param_groups_weight_decay
-
     if threads is not None:  # None: the defaults (the first op configures them), as a user's script gets
         parallel.configure_threads(threads)
     model = create_model(name, device=device, **overrides)
@@ -415,9 +384,6 @@ def _torch_steps(
 ):
     import torch
 
-    from pvt_np import create_model
-    from pvt_np.io.timm import timm_twin
-
     torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "gpu" else "cpu")
     if device == "gpu":  # true float32 on both sides (CuPy's GEMMs do not use TF32 by default)
@@ -484,8 +450,6 @@ def _profile_ops(
     step is timed around its call. The rest (reshapes, residual adds, module
     glue) is reported as "other".
     """
-    from pvt_np import ops
-
     totals: dict[str, float] = defaultdict(float)
 
     def record(call: ops.OpCall) -> None:
@@ -510,8 +474,6 @@ def _op_label(call: Any) -> str:
 
     The forward has the weight and groups among its arguments, the backward in its cache.
     """
-    from pvt_np import ops
-
     if call.op != "conv2d":
         return call.op
     arguments = inspect.signature(getattr(ops, f"conv2d_{call.phase}")).bind(*call.args, **call.kwargs).arguments

@@ -39,6 +39,8 @@ import numpy as np
 
 from pvt_np import backend
 from pvt_np.backend import Array
+from pvt_np.data import Dataset
+from pvt_np.ops import parallel
 
 __all__ = [
     "CHECK_WEIGHTS_EVERY",
@@ -247,8 +249,6 @@ def shard_dataset(dataset: Any, world: World) -> Any:
     n = len(dataset)
     if n < world.size:
         raise DistributedError(f"the test set has {n} images, fewer than the {world.size} ranks that share it")
-    from pvt_np.data import Dataset
-
     start, stop = n * world.rank // world.size, n * (world.rank + 1) // world.size
     return Dataset(
         dataset.images[start:stop], dataset.labels[start:stop], dataset.classes, dataset.name, dataset.split,
@@ -258,8 +258,6 @@ def shard_dataset(dataset: Any, world: World) -> Any:
 
 def default_threads(world: World, requested: int | None) -> int:
     """Threads for this rank: ``requested`` (--threads), else this node's cores shared among its ranks."""
-    from pvt_np.ops import parallel
-
     if requested is not None:
         return int(requested)
     return max(1, min(parallel.available_cores(), parallel.MAX_THREADS * world.local_size) // world.local_size)
@@ -271,8 +269,6 @@ def set_threads(world: World, requested: int | None) -> None:
     One process takes configure_threads' default unless ``requested``; N ranks on a
     node share its cores, so two ranks on two cores do not run four threads.
     """
-    from pvt_np.ops import parallel
-
     parallel.configure_threads(default_threads(world, requested))
 
 
@@ -424,8 +420,6 @@ def auto_nprocs(device: str, threads: int | None, batch_size: int) -> int:
     large ops; on 2 cores two ranks trained b0 CIFAR at 1.46x the speed of one process of two
     threads (README, Data-parallel training).
     """
-    from pvt_np.ops import parallel
-
     if device != "cpu" or threads is not None or under_launcher():
         return 1
     cores = min(parallel.available_cores(), parallel.MAX_THREADS, batch_size)

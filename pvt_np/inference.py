@@ -1,4 +1,5 @@
-"""Classify images with a trained model: ``pvt_np.predict`` and ``pvt-np predict``.
+"""Classify images with a trained model: ``pvt_np.predict`` (the command ``pvt-np predict`` is
+:mod:`pvt_np.cli.predict`).
 
 Images are prepared as the run prepared its own (``model.meta``, filled by
 :func:`pvt_np.load_model` from the checkpoint): converted to RGB, resized so they
@@ -11,22 +12,22 @@ computes.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from pvt_np import backend
+from pvt_np.data.loader import BatchLoader
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
 from pvt_np.models.registry import model_meta
+from pvt_np.nn import no_grad
 
-__all__ = ["Prediction", "add_arguments", "predict", "prepare_images", "run"]
+__all__ = ["Prediction", "predict", "prepare_images"]
 
 _BATCH_SIZE = 64  # images per forward pass: bounds memory whatever the number of images
 
@@ -76,8 +77,6 @@ def _is_pil(value: Any) -> bool:
 
 def _open(image: Any, index: int) -> tuple[Any, str]:
     """(an RGB PIL image, its name) from a path, a PIL image or a uint8 array."""
-    from PIL import Image, UnidentifiedImageError
-
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         try:
@@ -105,8 +104,6 @@ def _open(image: Any, index: int) -> tuple[Any, str]:
 
 def _fit(image: Any, size: tuple[int, int]) -> np.ndarray:
     """Resize so the image covers ``size`` (height, width), keeping its aspect, then centre-crop."""
-    from PIL import Image
-
     height, width = size
     scale = max(height / image.height, width / image.width)
     new_size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
@@ -146,9 +143,6 @@ def predict(
     Normalisation uses ``model.meta``'s mean and std. The model runs in eval mode, without
     keeping anything for a backward pass, on its own device and dtype; its mode is restored.
     """
-    from pvt_np.data.loader import BatchLoader
-    from pvt_np.nn import no_grad
-
     top_k = _check_top_k(top_k)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
@@ -199,65 +193,3 @@ def predict(
     finally:
         model.train(was_training)
     return results
-
-
-# ---------------------------------------------------------------------------
-# pvt-np predict
-# ---------------------------------------------------------------------------
-def _positive_int(flag: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1 or str(value) != text.strip():
-            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
-        return value
-
-    return parse
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``pvt-np predict``."""
-    parser.add_argument(
-        "checkpoint",
-        metavar="CHECKPOINT",
-        help="a run's best.npz / last.npz, or a weights file (.npz, .safetensors, .pth)",
-    )
-    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any size and mode Pillow opens)")
-    parser.add_argument(
-        "--top-k", type=_positive_int("--top-k"), default=5, metavar="K",
-        help="classes shown per image (at most the model's number of classes)",
-    )  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print a JSON list, one entry per image")
-    parser.add_argument("--device", choices=backend.DEVICES, default="cpu", help="where the model runs")
-    parser.add_argument(
-        "--input-size", type=_positive_int("--input-size"), nargs=2, metavar=("H", "W"), default=None,
-        help="feed images at H x W instead of the training size the checkpoint records",
-    )  # fmt: skip
-    parser.epilog = "exit status: 0 done, 1 unreadable checkpoint or image, 2 bad usage"
-
-
-def _format(predictions: Sequence[Prediction]) -> str:
-    lines = []
-    for p in predictions:
-        lines.append(p.source)
-        width = max(len(label) for label in p.labels)
-        lines += [f"  {prob:8.2%}  {label:<{width}}  (class {i})" for label, i, prob in
-                  zip(p.labels, p.indices, p.probabilities, strict=True)]  # fmt: skip
-    return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``pvt-np predict``; returns the exit status."""
-    from pvt_np.io.load import load_model
-
-    try:
-        model = load_model(args.checkpoint, device=args.device)
-        input_size = tuple(args.input_size) if args.input_size else None
-        predictions = predict(model, args.images, top_k=args.top_k, input_size=input_size)
-    except (ValueError, OSError, ImportError, RuntimeError) as err:
-        print(f"pvt-np predict: error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps([p.to_dict() for p in predictions], indent=2) if args.json else _format(predictions))
-    return 0

@@ -607,10 +607,10 @@ def test_stager_rotates_and_grows_its_buffers() -> None:
 def _bench_args(*argv: str) -> Any:
     import argparse
 
-    from pvt_np import bench
+    from pvt_np.cli import bench as bench_cli
 
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench_cli.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 

@@ -166,6 +166,7 @@ def test_bench_neighbour_reports_each_slowdown(monkeypatch: pytest.MonkeyPatch, 
     import contextlib
 
     from pvt_np import bench
+    from pvt_np.cli import bench as bench_cli
 
     running: list[str] = []
     calls: list[tuple[str, str, bool, list[str]]] = []
@@ -189,7 +190,7 @@ def test_bench_neighbour_reports_each_slowdown(monkeypatch: pytest.MonkeyPatch, 
     machine = {"cpu": "x", "cores": 2, "threads": 2, "python": "3", "numpy": "2", "torch": "2", "device": "cpu"}
     monkeypatch.setattr(bench, "machine_info", lambda device, threads: machine)
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench_cli.add_arguments(parser)
     out = tmp_path / "bench.json"
     args = parser.parse_args(["--configs", "b0-cifar", "--neighbour", "loop", "pvt_np", "--json", str(out)])
     assert bench.run(args) == 0

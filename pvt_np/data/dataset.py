@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from pvt_np.data.loader import BatchLoader
+from pvt_np.data.loader import BatchLoader
 
 __all__ = ["SPLITS", "Dataset", "check_split"]
 
@@ -98,7 +97,5 @@ class Dataset:
 
     def loader(self, batch_size: int, **kwargs: Any) -> BatchLoader:
         """A :class:`~pvt_np.data.BatchLoader` over this split (``num_classes`` filled in)."""
-        from pvt_np.data.loader import BatchLoader
-
         kwargs.setdefault("num_classes", self.num_classes)
         return BatchLoader(self.images, self.labels, batch_size, **kwargs)

@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 CHUNK_ELEMENTS = 131072  # elements per chunk: large enough to amortise Python's per-call cost, small enough for L2
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, the thread hand-off costs more than it saves
@@ -108,8 +109,6 @@ def configure_threads(threads: int | None = None) -> int:
         threads = max(1, min(available_cores(), MAX_THREADS))
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"configure_threads: threads must be a positive integer, got {threads!r}")
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(limits=1, user_api="blas")
     if not _memory_configured:  # once: a user's configure_memory(False) stays in force
         configure_memory()
@@ -118,6 +117,21 @@ def configure_threads(threads: int | None = None) -> int:
         _pool = None
     _num_threads = int(threads)
     return _num_threads
+
+
+def set_threads(threads: int) -> int:
+    """Run pvt_np's CPU ops on ``threads`` threads, and hold BLAS at one thread; returns the count
+    (``pvt_np.set_threads``, the public call).
+
+    Set at run time (threadpoolctl), so it works whenever it is called: before or after
+    NumPy has loaded its BLAS, no environment variable and no kernel restart needed.
+    BLAS stays at one thread whatever ``threads`` is, because pvt_np splits its GEMMs into
+    chunks on its own threads (:func:`configure_threads`). Without a call, the first op uses
+    the cores this process may run on, at most 8.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"set_threads: threads must be a positive integer, got {threads!r}")
+    return configure_threads(int(threads))
 
 
 def get_num_threads() -> int:

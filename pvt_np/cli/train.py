@@ -8,17 +8,21 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from pvt_np import distributed
 from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
 from pvt_np.io.checkpoint import CheckpointError
 from pvt_np.models import list_models
 from pvt_np.training import runlock
-from pvt_np.training.trainer import ABSENT_FIELD_VALUES, TrainConfig, Trainer, TrainingError
+from pvt_np.training.config import ABSENT_FIELD_VALUES, TrainConfig
+from pvt_np.training.errors import TrainingError
+from pvt_np.training.trainer import Trainer
 from pvt_np.training.validation import TTA_MODES, ConfigError
 
 DEFAULTS = TrainConfig()
@@ -313,8 +317,6 @@ class _Refused(Exception):
 def _lock_run(world: Any, output: str) -> runlock.RunLock | None:
     """Rank 0 (the writer) holds the lock on ``output``: the one its launcher handed down, or its own; a
     :class:`_Refused` on every rank if another run holds it."""
-    from pvt_np import distributed
-
     lock, message = None, None
     if world.is_root:
         launcher = distributed.launcher_identity()
@@ -343,8 +345,6 @@ def _lock_run(world: Any, output: str) -> runlock.RunLock | None:
 def run(args: argparse.Namespace) -> int:
     """``pvt-np train``; its exit code: 0, 1 (a failure), 2 (a bad option), 129/130/143 (SIGHUP/SIGINT/SIGTERM),
     the same under MPI (docs/faults.md)."""
-    from pvt_np import distributed
-
     with _terminated_by_signals():
         try:
             return _run(args)
@@ -357,10 +357,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import time
-
-    from pvt_np import distributed
-
     started = distributed.command_started()  # --time-budget counts from here (or from the launching command)
     started_wall = time.time()
     nprocs = args.nprocs

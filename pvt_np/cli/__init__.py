@@ -1,7 +1,7 @@
 """The ``pvt-np`` command (also ``python -m pvt_np``): one sub-command per job.
 
-Each sub-command lives beside the code it drives and exposes
-``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them up.
+Each sub-command is a module of this package (``train``, ``evaluate``, ``predict``, ``convert``, ``flops``,
+``bench``) holding its argparse and ``run(args) -> int``, which calls the library; this file only wires them up.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# name -> (module, one-line help). Each module imports torch or CuPy only when it needs them.
+# name -> (module, one-line help). A command's module is imported by name, so each loads only what it drives.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("pvt_np.training.cli_train", "train a PVT v2 on CIFAR-10/100 or an image folder"),
-    "evaluate": ("pvt_np.training.cli_evaluate", "evaluate a checkpoint on a test set"),
-    "predict": ("pvt_np.inference", "classify images with a trained model: top-k classes and their probabilities"),
-    "convert": ("pvt_np.io.convert", "convert a checkpoint between pvt_np (.npz), timm and the official PVT layout"),
-    "flops": ("pvt_np.complexity", "print params and FLOPs per layer, per stage and in total"),
-    "bench": ("pvt_np.bench", "time pvt_np against PyTorch on this machine (speed and memory)"),
+    "train": ("pvt_np.cli.train", "train a PVT v2 on CIFAR-10/100 or an image folder"),
+    "evaluate": ("pvt_np.cli.evaluate", "evaluate a checkpoint on a test set"),
+    "predict": ("pvt_np.cli.predict", "classify images with a trained model: top-k classes and their probabilities"),
+    "convert": ("pvt_np.cli.convert", "convert a checkpoint between pvt_np (.npz), timm and the official PVT layout"),
+    "flops": ("pvt_np.cli.flops", "print params and FLOPs per layer, per stage and in total"),
+    "bench": ("pvt_np.cli.bench", "time pvt_np against PyTorch on this machine (speed and memory)"),
 }
 
 

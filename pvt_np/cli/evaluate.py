@@ -7,13 +7,15 @@ import sys
 
 import numpy as np
 
-from pvt_np.data import DATASETS
+from pvt_np.cli.train import positive_int
+from pvt_np.data import DATASETS, load_dataset
 from pvt_np.data.errors import DataError
 from pvt_np.io.checkpoint import CheckpointError
 from pvt_np.io.load import load_model
 from pvt_np.io.read import read_checkpoint
-from pvt_np.training.cli_train import positive_int
-from pvt_np.training.trainer import TrainConfig, _subset, evaluate, scoring_tta
+from pvt_np.training.config import TrainConfig
+from pvt_np.training.datasets import random_subset
+from pvt_np.training.tta import evaluate, scoring_tta
 from pvt_np.training.validation import TTA_MODES
 
 
@@ -38,8 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pvt_np.data import load_dataset
-    from pvt_np.training.plots import plot_confusion
+    from pvt_np.training.plots import plot_confusion  # matplotlib
 
     try:
         # Any file load_model reads: a training checkpoint also says which data the run used.
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         size = args.test_subset or (saved.get("test_subset") if own_data else None)
         if size is not None and size > len(test):
             raise ValueError(f"--test-subset: expected at most {len(test)} (the test images), got {size}")
-        subset = _subset(test, size, 0)
+        subset = random_subset(test, size, 0)
         whose = "--test-subset" if args.test_subset else "the run's --test-subset"
         note = f" ({whose})" if len(subset) < len(test) else ""
         test = subset

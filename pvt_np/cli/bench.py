@@ -1,0 +1,40 @@
+"""``pvt-np bench``: pvt_np against PyTorch on this machine (the runner is :mod:`pvt_np.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pvt_np.bench import CONFIGS, CPU_CONFIGS, FRAMEWORKS, GPU_CONFIGS, NEIGHBOURS
+from pvt_np.bench import run as run
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    extra = " ".join(c for c in GPU_CONFIGS if c not in CPU_CONFIGS)
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS),
+                   help=f"what to time (default: {' '.join(CPU_CONFIGS)}; with --device gpu also {extra})")  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks")
+    p.add_argument("--repeats", type=int, default=10, help="timed iterations per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
+    p.add_argument("--rounds", type=_positive_int, default=1,
+                   help="time every pair this many times, interleaved; medians and each ratio's range")  # fmt: skip
+    p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    p.add_argument("--neighbour", nargs="+", choices=NEIGHBOURS, default=[],
+                   help="also time each training step beside this process: loop (a single-threaded busy loop), "
+                   "gemm (a NumPy GEMM loop on --threads BLAS threads), pvt_np or torch (a second b0 CIFAR "
+                   "training with its defaults); reports the slowdown against the quiet step")  # fmt: skip
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS)
+    p.add_argument("--step-only", action="store_true", help=argparse.SUPPRESS)  # worker: the training step alone
+    p.add_argument("--neighbour-run", choices=NEIGHBOURS, help=argparse.SUPPRESS)  # be the neighbour until killed
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
