@@ -123,7 +123,7 @@ def test_adamw_chunked_update_is_the_whole_array_update(dtype: Any, betas: tuple
     """A parameter of 2.5 chunks is updated in chunks on the worker threads: bit for bit the update of the whole
     array (the same operations, elementwise), and torch's to its tolerance; a small one alongside, whole."""
     from pvt_np.ops import parallel
-    from pvt_np.optim import ADAMW_CHUNK_ELEMENTS, _adamw_whole
+    from pvt_np.optim.adamw import ADAMW_CHUNK_ELEMENTS, _adamw_whole
 
     rng = np.random.default_rng(5)
     shapes = [(5 * ADAMW_CHUNK_ELEMENTS // 2,), (3, 7)]

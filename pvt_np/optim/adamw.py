@@ -1,0 +1,197 @@
+"""AdamW, equal to ``torch.optim.AdamW``: the update on NumPy in chunks on worker threads, on CuPy in one fused
+kernel over every parameter."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from pvt_np import backend
+from pvt_np.backend import Array
+from pvt_np.ops import cuda, parallel
+from pvt_np.optim.base import Optimizer, ParamsT, _nonneg, _unit_interval
+from pvt_np.staging import HostStager
+
+
+class AdamW(Optimizer):
+    r"""Adam with decoupled weight decay, equal to ``torch.optim.AdamW`` (amsgrad=False, maximize=False).
+
+    For each parameter ``p`` with gradient ``g`` (parameters whose ``grad`` is None are
+    skipped and their step counter does not advance), with ``t`` its own step count::
+
+        t   <- t + 1
+        p   <- p * (1 - lr * weight_decay)             # decoupled decay, before the moments
+        m   <- m + (1 - beta1) * (g - m)               # torch's m.lerp_(g, 1 - beta1)
+        v   <- beta2 * v + (1 - beta2) * g * g
+        bc1 = 1 - beta1 ** t ;  bc2 = 1 - beta2 ** t   # Python floats
+        p   <- p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+
+    ``m`` and ``v`` (state ``exp_avg``, ``exp_avg_sq``) start at zero. As in torch the lerp
+    is evaluated as ``g - (g - m) * beta1`` when ``1 - beta1 >= 0.5``. On NumPy every
+    parameter's update is a task for the worker threads, large ones cut into chunks of
+    ADAMW_CHUNK_ELEMENTS (elementwise, so the bits are those of the whole-array update).
+    On the GPU the parameters of a group that share a step count are updated by one
+    kernel launch (:func:`pvt_np.ops.cuda.adamw_multi`), with the same bits.
+    """
+
+    state_keys = ("step", "exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        self._stager: HostStager | None = None  # the fused update's table of addresses goes through it
+
+    def _check_options(self, options: dict[str, Any], where: str) -> dict[str, Any]:
+        options["lr"] = _nonneg(options["lr"], "lr", where)
+        options["eps"] = _nonneg(options["eps"], "eps", where)
+        options["weight_decay"] = _nonneg(options["weight_decay"], "weight_decay", where)
+        betas = options["betas"]
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable) or len(tuple(betas)) != 2:
+            raise ValueError(f"{where}: betas: expected a pair (beta1, beta2), got {betas!r}")
+        b1, b2 = tuple(betas)
+        options["betas"] = (_unit_interval(b1, "betas[0]", where), _unit_interval(b2, "betas[1]", where))
+        return options
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One AdamW update of every parameter that has a gradient; returns ``closure()`` if given."""
+        loss = closure() if closure is not None else None
+        tasks: list[Callable[[], None]] = []  # NumPy: every update, large ones in chunks, run on the worker threads
+        fused: dict[tuple[Any, ...], tuple[Any, dict[str, float], list[tuple[Array, ...]]]] = {}  # same options
+        for group in self.param_groups:
+            lr = group["lr"]
+            beta1, beta2 = group["betas"]
+            eps = group["eps"]
+            decay = 1 - lr * group["weight_decay"]
+            w = 1 - beta1
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                data = p.data
+                xp = backend.get_array_module(data)
+                state = self.state.get(p)
+                if not state:
+                    state = {"step": 0, "exp_avg": xp.zeros_like(data), "exp_avg_sq": xp.zeros_like(data)}
+                    self.state[p] = state
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                opts = {"decay": decay, "w": w, "beta2": beta2, "eps": eps}
+                opts["step_size"] = lr / (1 - beta1**t)
+                opts["bc2_sqrt"] = (1 - beta2**t) ** 0.5
+                if cuda.active(xp) and _fusable(data, g, m, v):  # the GPU: one kernel per group (pvt_np.ops.cuda)
+                    key = (data.dtype, *opts.values())
+                    fused.setdefault(key, (xp, opts, []))[2].append((data, xp.ascontiguousarray(g), m, v))
+                elif xp is np and _chunkable(data, g, m, v):
+                    size = data.size
+                    flat = [a.reshape(-1) for a in (data, g, m, v)]
+                    for start in range(0, size, ADAMW_CHUNK_ELEMENTS):
+                        stop = min(size, start + ADAMW_CHUNK_ELEMENTS)
+                        tasks.append(functools.partial(_adamw_chunk, *flat, start, stop, opts))
+                elif xp is np:
+                    tasks.append(functools.partial(_adamw_whole, data, g, m, v, opts))
+                else:
+                    _adamw_whole(data, g, m, v, opts)
+        parallel.run_tasks(tasks)
+        for (dtype, *_), (xp, opts, tensors) in fused.items():
+            self._fused_update(xp, dtype, opts, tensors)
+        return loss
+
+    def _fused_update(self, xp: Any, dtype: Any, opts: dict[str, float], tensors: list[tuple[Array, ...]]) -> None:
+        """The update of ``tensors`` [(param, grad, exp_avg, exp_avg_sq), ...] with the same options, one launch.
+
+        The launch takes a table of the tensors' starts and addresses (:func:`pvt_np.ops.cuda.adamw_multi`),
+        sent in one asynchronous copy from pinned memory (a copy from pageable memory would make the host
+        wait for the GPU every step).
+        """
+        tensors = [t for t in tensors if t[0].size]
+        if not tensors:
+            return
+        starts = np.cumsum([0] + [t[0].size for t in tensors], dtype=np.int64)
+        addresses = np.array([cuda.address(a) for t in tensors for a in t], dtype=np.int64)
+        if self._stager is None or self._stager.xp is not xp:
+            self._stager = HostStager(xp)
+        (table,) = self._stager.upload([np.concatenate([starts, addresses])])
+        cuda.adamw_multi(table, len(tensors), int(starts[-1]), dtype, **opts)
+
+
+def _fusable(data: Array, g: Array, m: Array, v: Array) -> bool:
+    """Whether the fused kernel can update this parameter: one float dtype, contiguous state."""
+    return (
+        data.dtype == g.dtype == m.dtype == v.dtype
+        and data.dtype in cuda.C_TYPES
+        and all(a.flags.c_contiguous for a in (data, m, v))
+    )
+
+
+# AdamW's update makes 14 NumPy calls per chunk; as for the GELU (pvt_np.ops.activation.GELU_CHUNK_ELEMENTS), chunks
+# twice the common size keep the GIL hand-offs between the threads from eating the second thread.
+ADAMW_CHUNK_ELEMENTS = 2 * parallel.CHUNK_ELEMENTS
+
+
+def _chunkable(data: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray) -> bool:
+    """Whether the update can run on flat slices: more than one chunk, contiguous, one dtype (so the scratch
+    buffers hold what the whole-array update's temporaries would)."""
+    arrays = (data, g, m, v)
+    return (
+        data.size > ADAMW_CHUNK_ELEMENTS
+        and all(a.flags.c_contiguous for a in arrays)
+        and len({a.dtype for a in arrays}) == 1
+    )
+
+
+def _adamw_update(
+    xp: Any, data: Array, g: Array, m: Array, v: Array, tmp: Array, denom: Array, opts: dict[str, float]
+) -> None:
+    """AdamW's update (class docstring) in place on arrays of one shape, in torch's order of operations.
+
+    ``tmp`` (the dtype of g - m) and ``denom`` (v's) are scratch of that shape. Elementwise only, so
+    any slicing of the arrays gives the same bits.
+    """
+    w, beta2 = opts["w"], opts["beta2"]
+    if opts["decay"] != 1:
+        data *= opts["decay"]
+    xp.subtract(g, m, out=tmp)  # m.lerp_(g, w)
+    if abs(w) < 0.5:
+        tmp *= w
+        m += tmp
+    else:
+        tmp *= 1 - w
+        xp.subtract(g, tmp, out=m)
+    xp.multiply(g, 1 - beta2, out=tmp)  # v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    tmp *= g
+    v *= beta2
+    v += tmp
+    xp.sqrt(v, out=denom)
+    denom /= opts["bc2_sqrt"]
+    denom += opts["eps"]
+    xp.multiply(m, -opts["step_size"], out=tmp)  # p.addcdiv_(m, denom, value=-step_size)
+    tmp /= denom
+    data += tmp
+
+
+def _adamw_whole(data: Array, g: Array, m: Array, v: Array, opts: dict[str, float]) -> None:
+    """The update on whole arrays, with fresh temporaries."""
+    xp = backend.get_array_module(data)
+    tmp = xp.empty(data.shape, dtype=xp.result_type(g, m))
+    _adamw_update(xp, data, g, m, v, tmp, xp.empty_like(v), opts)
+
+
+def _adamw_chunk(
+    data: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, start: int, stop: int, opts: dict[str, float]
+) -> None:
+    """The update on elements [start, stop) of flat, contiguous, same-dtype arrays, in per-thread scratch."""
+    n = stop - start
+    tmp = parallel.scratch("adamw_tmp", (n,), data.dtype)
+    denom = parallel.scratch("adamw_denom", (n,), data.dtype)
+    part = slice(start, stop)
+    _adamw_update(np, data[part], g[part], m[part], v[part], tmp, denom, opts)
