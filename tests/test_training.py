@@ -46,8 +46,10 @@ from pvt_np.io.checkpoint import save_checkpoint
 from pvt_np.models import create_model
 from pvt_np.nn import CrossEntropyLoss, no_grad
 from pvt_np.optim import AdamW, CosineWarmupSchedule, cosine_warmup_lr, param_groups_weight_decay
-from pvt_np.training import load_checkpoint, train_step
+from pvt_np.training import ConfigError, TrainConfig, TrainingError, budget, build_model, load_checkpoint, train_step
 from pvt_np.training import trainer as trainer_mod
+from pvt_np.training import tta as tta_mod
+from pvt_np.training.rundir import write_metrics
 from pvt_np.training.runlock import LOCK_NAME
 from pvt_np.weights import load_model
 
@@ -321,7 +323,7 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
 def test_reference_run_shows_progress(image_folder: Path, reference_run: tuple[Path, Any]) -> None:
     out, proc = reference_run
     # One line at the start says what the run does.
-    model = trainer_mod.build_model(cli_train.saved_config(out), tf.NUM_CLASSES, (16, 16))
+    model = build_model(cli_train.saved_config(out), tf.NUM_CLASSES, (16, 16))
     start = proc.stdout.splitlines()[0]
     for part in (
         f"starting: imagefolder at {image_folder} ",
@@ -456,7 +458,7 @@ def test_outputs_metrics_plots_best_and_evaluate(
         # accuracies are counts over the 64 training / 32 test images
         assert (r["train_accuracy"] * tf.N_TRAIN).is_integer() and (r["test_accuracy"] * tf.N_TEST).is_integer()
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    assert rows[-1]["lr"] == pytest.approx(trainer_mod.TrainConfig().min_lr)  # the cosine reached min_lr
+    assert rows[-1]["lr"] == pytest.approx(TrainConfig().min_lr)  # the cosine reached min_lr
     assert json.loads((out / "config.json").read_text())["epochs"] == 3
     _assert_png(out / "curves.png")
     _assert_png(out / "confusion.png")
@@ -857,7 +859,7 @@ def test_weights_spoiled_by_the_last_step_of_an_epoch_are_not_saved(
         return result
 
     monkeypatch.setattr(trainer_mod, "train_step", step)
-    with pytest.raises(trainer_mod.TrainingError, match=r"non-finite test loss \(nan\) after epoch 2") as err:
+    with pytest.raises(TrainingError, match=r"non-finite test loss \(nan\) after epoch 2") as err:
         trainer.fit()
     assert str(out / "last.npz") in str(err.value) and "untouched" in str(err.value)
     assert "last.npz" in snapshot and _snapshot(out) == snapshot
@@ -1016,7 +1018,7 @@ def test_deferred_loss_reads_pin_a_non_finite_loss_to_its_step(
     monkeypatch.setattr(BatchLoader, "batch", poisoned)
     with pytest.raises(BaseException) as stop:  # not KeyboardInterrupt (that would end the test session)
         trainer.fit()
-    assert isinstance(stop.value, trainer_mod.TrainingError), repr(stop.value)
+    assert isinstance(stop.value, TrainingError), repr(stop.value)
     assert f"at epoch 2, step 3/{tf.STEPS_PER_EPOCH} (global step {tf.STEPS_PER_EPOCH + 3})" in str(stop.value)
     assert "last.npz" in snapshot and _snapshot(out) == snapshot
 
@@ -1025,7 +1027,7 @@ def test_step_log_and_plots_leave_the_matplotlib_backend_alone(image_folder: Pat
     """Trainer.step_log has one entry per step on the CPU; saving plots does not switch pyplot's backend."""
     import matplotlib
 
-    from pvt_np.training import TrainConfig, Trainer
+    from pvt_np.training import Trainer
 
     backend_before = matplotlib.get_backend()
     config = TrainConfig(
@@ -1141,24 +1143,24 @@ def test_curves_mark_the_ten_views_apart_from_the_flip(tmp_path: Path, monkeypat
 
 def test_train_config_checks_its_fields() -> None:
     """The Python API gets the same checks, in its own terms (the field names)."""
-    with pytest.raises(trainer_mod.ConfigError, match=r"TrainConfig: batch_size: expected an integer >= 1, got 0"):
-        trainer_mod.TrainConfig(batch_size=0)
-    with pytest.raises(trainer_mod.ConfigError, match=r"warmup_epochs: expected a number in \[0, 2\]"):
-        trainer_mod.TrainConfig(epochs=2, warmup_epochs=2.5)
-    with pytest.raises(trainer_mod.ConfigError, match="model: expected one of pvt_v2_b0"):
-        trainer_mod.TrainConfig(model="resnet50")
-    assert trainer_mod.TrainConfig(epochs=2, warmup_epochs=2, train_subset=5).warmup_epochs == 2
-    with pytest.raises(trainer_mod.ConfigError, match=r"time_budget: expected a number of minutes > 0 .* got -1"):
-        trainer_mod.TrainConfig(time_budget=-1)
-    with pytest.raises(trainer_mod.ConfigError, match="budget_fit: expected None or the record of a time-budget fit"):
-        trainer_mod.TrainConfig(budget_fit=[3])  # type: ignore[arg-type]
-    with pytest.raises(trainer_mod.ConfigError, match="trivial_augment: expected True or False, got 'yes'"):
-        trainer_mod.TrainConfig(trivial_augment="yes")  # type: ignore[arg-type]
-    with pytest.raises(trainer_mod.ConfigError, match=r"ema_decay: expected a number in \(0, 1\)"):
-        trainer_mod.TrainConfig(ema_decay=float("nan"))
+    with pytest.raises(ConfigError, match=r"TrainConfig: batch_size: expected an integer >= 1, got 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match=r"warmup_epochs: expected a number in \[0, 2\]"):
+        TrainConfig(epochs=2, warmup_epochs=2.5)
+    with pytest.raises(ConfigError, match="model: expected one of pvt_v2_b0"):
+        TrainConfig(model="resnet50")
+    assert TrainConfig(epochs=2, warmup_epochs=2, train_subset=5).warmup_epochs == 2
+    with pytest.raises(ConfigError, match=r"time_budget: expected a number of minutes > 0 .* got -1"):
+        TrainConfig(time_budget=-1)
+    with pytest.raises(ConfigError, match="budget_fit: expected None or the record of a time-budget fit"):
+        TrainConfig(budget_fit=[3])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="trivial_augment: expected True or False, got 'yes'"):
+        TrainConfig(trivial_augment="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"ema_decay: expected a number in \(0, 1\)"):
+        TrainConfig(ema_decay=float("nan"))
     expected = "tta: expected 'none' or 'flip' or 'flip-shift' or 'flip-grid', got 'both'"
-    with pytest.raises(trainer_mod.ConfigError, match=expected):
-        trainer_mod.TrainConfig(tta="both")
+    with pytest.raises(ConfigError, match=expected):
+        TrainConfig(tta="both")
 
 
 def _seen_batches(monkeypatch: pytest.MonkeyPatch, trainer: trainer_mod.Trainer) -> list[tuple[int, np.ndarray]]:
@@ -1222,8 +1224,8 @@ def test_low_res_epochs_train_on_resized_batches(
     np.testing.assert_array_equal(seen[-1][1], trainer.train_loader.batch(2, tf.STEPS_PER_EPOCH - 1).x)
     rows = load_checkpoint(out / "last.npz")["history"]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and all(r["test_accuracy"] is not None for r in rows)
-    with pytest.raises(trainer_mod.ConfigError, match=r"low_res_epochs: expected 0 or none given with --time-budget"):
-        trainer_mod.TrainConfig(low_res_epochs=1, time_budget=10)
+    with pytest.raises(ConfigError, match=r"low_res_epochs: expected 0 or none given with --time-budget"):
+        TrainConfig(low_res_epochs=1, time_budget=10)
 
 
 def test_a_run_from_before_low_res_epochs_resumes_without_them(
@@ -1253,7 +1255,7 @@ def test_metrics_csv_has_every_rows_columns(tmp_path: Path) -> None:
         {"epoch": 2, "test_accuracy": 0.75, "test_accuracy_single_view": 0.625},
         {"epoch": 3, "test_accuracy": 0.875},
     ]
-    trainer_mod.Trainer._write_logs(types.SimpleNamespace(history=history, out=tmp_path))  # type: ignore[arg-type]
+    write_metrics(tmp_path, history)
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [list(r) for r in rows] == [["epoch", "test_accuracy", "test_accuracy_single_view"]] * 3
@@ -1291,15 +1293,15 @@ def test_flip_tta_scores_the_mean_of_the_image_and_its_mirror(dtype: Any) -> Non
     single = np.concatenate([a for a, _ in views])
     y = np.concatenate([labels for _, labels in batches])
     expected_loss = np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y])
-    flip = trainer_mod.evaluate(model, _Batches(batches), 5, tta="flip")
-    none = trainer_mod.evaluate(model, _Batches(batches), 5, tta="none")
+    flip = tta_mod.evaluate(model, _Batches(batches), 5, tta="flip")
+    none = tta_mod.evaluate(model, _Batches(batches), 5, tta="none")
     assert flip["accuracy"] == np.mean(z.argmax(axis=1) == y)
     assert flip["single_view_accuracy"] == none["accuracy"] == np.mean(single.argmax(axis=1) == y)
     np.testing.assert_array_equal(flip["confusion"], np.bincount(y * 5 + z.argmax(axis=1), minlength=25).reshape(5, 5))
     assert flip["loss"] == pytest.approx(expected_loss, rel=1e-6 if dtype == np.float32 else 1e-12)
     assert flip["accuracy"] != none["accuracy"] or flip["loss"] != none["loss"]  # the mirror view counted
     with pytest.raises(ValueError, match="tta must be one of none, flip, flip-shift, flip-grid, got 'both'"):
-        trainer_mod.evaluate(model, _Batches(batches), 5, tta="both")
+        tta_mod.evaluate(model, _Batches(batches), 5, tta="both")
 
 
 def _mean_of_views(
@@ -1333,17 +1335,17 @@ def test_flip_shift_tta_scores_the_mean_of_ten_views(dtype: Any) -> None:
     zero_pixel = np.array([-1.5, 0.25, 2.0], dtype=dtype).reshape(1, 3, 1, 1)
     z, y, expected_loss = _mean_of_views(model, batches, zero_pixel, [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)])
     loader = _Batches(batches, zero_pixel)
-    ten = trainer_mod.evaluate(model, loader, 5, tta="flip-shift")
-    flip = trainer_mod.evaluate(model, loader, 5, tta="flip")
+    ten = tta_mod.evaluate(model, loader, 5, tta="flip-shift")
+    flip = tta_mod.evaluate(model, loader, 5, tta="flip")
     assert ten["accuracy"] == np.mean(z.argmax(axis=1) == y)
     assert ten["flip_accuracy"] == flip["accuracy"] and ten["single_view_accuracy"] == flip["single_view_accuracy"]
     assert "flip_accuracy" not in flip
     np.testing.assert_array_equal(ten["confusion"], np.bincount(y * 5 + z.argmax(axis=1), minlength=25).reshape(5, 5))
     assert ten["loss"] == pytest.approx(expected_loss, rel=1e-6 if dtype == np.float32 else 1e-12)
     assert ten["loss"] != flip["loss"]  # the shifted views counted
-    assert trainer_mod.scoring_tta("flip-shift", last=False) == "flip"
-    assert trainer_mod.scoring_tta("flip-shift", last=True) == "flip-shift"
-    assert [trainer_mod.scoring_tta(t, last) for t in ("none", "flip") for last in (False, True)] == [
+    assert tta_mod.scoring_tta("flip-shift", last=False) == "flip"
+    assert tta_mod.scoring_tta("flip-shift", last=True) == "flip-shift"
+    assert [tta_mod.scoring_tta(t, last) for t in ("none", "flip") for last in (False, True)] == [
         "none", "none", "flip", "flip"
     ]  # fmt: skip
 
@@ -1360,10 +1362,10 @@ def test_flip_grid_tta_scores_the_mean_of_fifty_views(dtype: Any) -> None:
     shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
     z, y, expected_loss = _mean_of_views(model, batches, zero_pixel, shifts)
     loader = _Batches(batches, zero_pixel)
-    grid = trainer_mod.evaluate(model, loader, 5, tta="flip-grid")
-    ten = trainer_mod.evaluate(model, loader, 5, tta="flip-shift")
-    assert len(set(trainer_mod.TTA_VIEWS["flip-grid"])) == 50
-    assert trainer_mod.TTA_VIEWS["flip-grid"][:10] == trainer_mod.TTA_VIEWS["flip-shift"]
+    grid = tta_mod.evaluate(model, loader, 5, tta="flip-grid")
+    ten = tta_mod.evaluate(model, loader, 5, tta="flip-shift")
+    assert len(set(tta_mod.TTA_VIEWS["flip-grid"])) == 50
+    assert tta_mod.TTA_VIEWS["flip-grid"][:10] == tta_mod.TTA_VIEWS["flip-shift"]
     assert grid["accuracy"] == np.mean(z.argmax(axis=1) == y)
     assert grid["flip_shift_accuracy"] == ten["accuracy"] and "flip_shift_accuracy" not in ten
     assert grid["flip_accuracy"] == ten["flip_accuracy"]
@@ -1371,8 +1373,8 @@ def test_flip_grid_tta_scores_the_mean_of_fifty_views(dtype: Any) -> None:
     np.testing.assert_array_equal(grid["confusion"], np.bincount(y * 5 + z.argmax(axis=1), minlength=25).reshape(5, 5))
     assert grid["loss"] == pytest.approx(expected_loss, rel=1e-6 if dtype == np.float32 else 1e-12)
     assert grid["loss"] != ten["loss"]  # the diagonal and one-pixel views counted
-    assert trainer_mod.scoring_tta("flip-grid", last=False) == "flip"
-    assert trainer_mod.scoring_tta("flip-grid", last=True) == "flip-grid"
+    assert tta_mod.scoring_tta("flip-grid", last=False) == "flip"
+    assert tta_mod.scoring_tta("flip-grid", last=True) == "flip-grid"
 
 
 def test_ema_and_eval_every(
@@ -1436,20 +1438,20 @@ def test_ema_and_eval_every(
 
 def test_fit_epochs() -> None:
     """The most epochs whose training and evaluations (every K-th epoch and the last) fit in the time left."""
-    assert trainer_mod.fit_epochs(100.0, 10.0, 5.0, 1) == 6  # 15 s an epoch
-    assert trainer_mod.fit_epochs(90.0, 10.0, 5.0, 1) == 6  # exactly full
-    assert trainer_mod.fit_epochs(100.0, 10.0, 5.0, 3) == 8  # 80 s + 3 evaluations (3, 6, 8)
-    assert trainer_mod.fit_epochs(104.9, 10.0, 5.0, 3) == 8  # 9 epochs: 90 s + 3 evaluations = 105 s
-    assert trainer_mod.fit_epochs(105.0, 10.0, 5.0, 3) == 9
-    assert trainer_mod.fit_epochs(14.9, 10.0, 5.0, 1) == 0 and trainer_mod.fit_epochs(-3.0, 10.0, 5.0, 1) == 0
+    assert budget.fit_epochs(100.0, 10.0, 5.0, 1) == 6  # 15 s an epoch
+    assert budget.fit_epochs(90.0, 10.0, 5.0, 1) == 6  # exactly full
+    assert budget.fit_epochs(100.0, 10.0, 5.0, 3) == 8  # 80 s + 3 evaluations (3, 6, 8)
+    assert budget.fit_epochs(104.9, 10.0, 5.0, 3) == 8  # 9 epochs: 90 s + 3 evaluations = 105 s
+    assert budget.fit_epochs(105.0, 10.0, 5.0, 3) == 9
+    assert budget.fit_epochs(14.9, 10.0, 5.0, 1) == 0 and budget.fit_epochs(-3.0, 10.0, 5.0, 1) == 0
     # The first E // 2 epochs at 5 s: 8 epochs cost 4 * 5 + 4 * 10 + 8 evaluations * 5 = 100 s, 9 cost 115 s.
-    assert trainer_mod.fit_epochs(100.0, 10.0, 5.0, 1, 5.0) == 8
-    assert trainer_mod.fit_epochs(99.9, 10.0, 5.0, 1, 5.0) == 7  # 3 * 5 + 4 * 10 + 7 * 5 = 90 s
-    assert trainer_mod.fit_epochs(14.9, 10.0, 5.0, 1, 1.0) == 0  # one epoch has no low-resolution half
+    assert budget.fit_epochs(100.0, 10.0, 5.0, 1, 5.0) == 8
+    assert budget.fit_epochs(99.9, 10.0, 5.0, 1, 5.0) == 7  # 3 * 5 + 4 * 10 + 7 * 5 = 90 s
+    assert budget.fit_epochs(14.9, 10.0, 5.0, 1, 1.0) == 0  # one epoch has no low-resolution half
     # A dearer last evaluation (flip-grid's fifty views): 8 epochs, 2 evaluations (3, 6) and the last: 80 + 10 + 20.
-    assert trainer_mod.fit_epochs(110.0, 10.0, 5.0, 3, None, 20.0) == 8
-    assert trainer_mod.fit_epochs(109.9, 10.0, 5.0, 3, None, 20.0) == 7  # 70 + 10 + 20 = 100 s
-    assert trainer_mod.fit_epochs(29.9, 10.0, 5.0, 3, None, 20.0) == 0  # one epoch and its last evaluation: 30 s
+    assert budget.fit_epochs(110.0, 10.0, 5.0, 3, None, 20.0) == 8
+    assert budget.fit_epochs(109.9, 10.0, 5.0, 3, None, 20.0) == 7  # 70 + 10 + 20 = 100 s
+    assert budget.fit_epochs(29.9, 10.0, 5.0, 3, None, 20.0) == 0  # one epoch and its last evaluation: 30 s
 
 
 def _budget_args(image_folder: Path, out: Path, *extra: str) -> list[str]:
@@ -1459,7 +1461,7 @@ def _budget_args(image_folder: Path, out: Path, *extra: str) -> list[str]:
     return args[:at] + args[at + 2 :]
 
 
-def _config(args: list[str], base: Any = None) -> trainer_mod.TrainConfig:
+def _config(args: list[str], base: Any = None) -> TrainConfig:
     return cli_train.config_from_args(cli.build_parser().parse_args(args), base)
 
 
@@ -1471,20 +1473,20 @@ def test_time_budget_fits_the_schedule_and_resume_keeps_it(
     continues it from the recorded fit without timing again."""
     out = tmp_path / "budget"
     trainer = trainer_mod.Trainer(_config(_budget_args(image_folder, out, "--time-budget", "0.1")), out)
-    stop_at = trainer_mod.PROBE_STEPS + trainer_mod.PROBE_LOW_RES_STEPS + tf.STEPS_PER_EPOCH + 3
+    stop_at = budget.PROBE_STEPS + budget.PROBE_LOW_RES_STEPS + tf.STEPS_PER_EPOCH + 3
     steps = _count_steps(monkeypatch, trainer, stop_at=stop_at)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
-    probe = trainer_mod.PROBE_STEPS + trainer_mod.PROBE_LOW_RES_STEPS  # full size, then the first half's 12x12
+    probe = budget.PROBE_STEPS + budget.PROBE_LOW_RES_STEPS  # full size, then the first half's 12x12
     assert steps[0] == probe + tf.STEPS_PER_EPOCH + 4  # the probe's steps, epoch 1, 4 of epoch 2
     saved = json.loads((out / "config.json").read_text())
     fit = saved["budget_fit"]
     assert saved["time_budget"] == 0.1 and saved["epochs"] == fit["epochs"] >= 2
     epoch_seconds = tf.STEPS_PER_EPOCH * fit["step_seconds"] + fit["write_seconds"]
     low_epoch_seconds = tf.STEPS_PER_EPOCH * fit["low_res_step_seconds"] + fit["write_seconds"]
-    available = 0.1 * 60 * (1 - trainer_mod.BUDGET_MARGIN) - fit["start_seconds"]
+    available = 0.1 * 60 * (1 - budget.BUDGET_MARGIN) - fit["start_seconds"]
     # The last evaluation is the fifty views of --tta flip-grid, timed apart (the others score the flip).
-    expected = trainer_mod.fit_epochs(
+    expected = budget.fit_epochs(
         available, epoch_seconds, fit["eval_seconds"], 1, low_epoch_seconds, fit["last_eval_seconds"]
     )
     assert fit["epochs"] == expected
@@ -1506,7 +1508,7 @@ def test_time_budget_fits_the_schedule_and_resume_keeps_it(
     _assert_same_run(out / "best.npz", plain / "best.npz")
     last = load_checkpoint(out / "last.npz")
     assert len(last["history"]) == fit["epochs"]
-    assert last["history"][-1]["lr"] == pytest.approx(trainer_mod.TrainConfig().min_lr)
+    assert last["history"][-1]["lr"] == pytest.approx(TrainConfig().min_lr)
 
 
 def test_time_budget_too_short(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,10 +13,13 @@ import math
 import numbers
 from typing import Any
 
+from pvt_np.data import DATASETS
+from pvt_np.models import list_models
+
 __all__ = ["ConfigError", "check_subset", "check_train_config"]
 
 
-# Test-time augmentation of the evaluation (see trainer.evaluate): the image alone; the mean of its logits and its
+# Test-time augmentation of the evaluation (see pvt_np.training.tta): the image alone; the mean of its logits and its
 # mirror image's; those two and each shifted by 2 pixels in four directions (ten views); those two at every shift of
 # up to 2 pixels each way (fifty views). A run scores its last evaluation by the ten or fifty views and the ones
 # before it with the flip alone.
@@ -63,9 +66,6 @@ def check_train_config(config: Any) -> None:
     size against the training images used, whether the overrides build a model) is
     checked by the trainer once the data is loaded.
     """
-    from pvt_np.data import DATASETS
-    from pvt_np.models import list_models
-
     if config.model not in list_models():
         raise ConfigError("model", f"one of {', '.join(list_models())}", config.model)
     if not isinstance(config.model_overrides, dict):
