@@ -16,24 +16,23 @@ BatchNorm), so an N-rank run computes the 1-process run to rounding.
 A run started without an MPI launcher, or with one process, gets the
 single-process :class:`World`: every collective is then the identity and mpi4py
 is never imported.
+
+Here: the world and its collectives, the gradient all-reduce, and launching the ranks through mpiexec; the
+processes' identities and the ranks' watch on their launcher are :mod:`pvt_np.processes`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import importlib.util
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,10 +40,24 @@ from pvt_np import backend
 from pvt_np.backend import Array
 from pvt_np.data import Dataset
 from pvt_np.ops import parallel
+from pvt_np.processes import (
+    LAUNCHER_SIZE_VARIABLES,
+    LAUNCHER_VARIABLE,
+    _parent_death_signal,
+    _SignalForwarder,
+    launcher_identity,
+    process_alive,
+    process_start,
+    under_launcher,
+    watch_launcher,
+)
 
+# The launcher's and the ranks' process checks (pvt_np.processes) are named here too, as the command uses them.
 __all__ = [
     "CHECK_WEIGHTS_EVERY",
     "DEFAULT_BUCKET_BYTES",
+    "LAUNCHER_SIZE_VARIABLES",
+    "LAUNCHER_VARIABLE",
     "DistributedError",
     "GradientAllReduce",
     "OptionError",
@@ -55,33 +68,26 @@ __all__ = [
     "get_world",
     "launch",
     "launch_command",
+    "launcher_identity",
     "local_batch_size",
     "process_alive",
+    "process_start",
     "set_threads",
     "shard_dataset",
+    "under_launcher",
     "use_local_gpu",
     "watch_launcher",
     "weights_checksum",
 ]
 
-# Environment variables by which MPI launchers tell a process the size of its world
-# (MPICH's Hydra and Slurm's PMI, Open MPI, MVAPICH).
-LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 # Set by launch() for the ranks it starts: the launching command's start (time.time()), for --time-budget.
 STARTED_AT_VARIABLE = "PVT_NP_STARTED_AT"
-# Set by launch() for the ranks: "PID:START" of the launching pvt-np train (START: see process_start), which
-# every rank watches, ending itself when the launcher has gone (SIGKILL cannot be forwarded).
-LAUNCHER_VARIABLE = "PVT_NP_LAUNCHER"
 # Set by launch() for the ranks: the inherited file descriptor of the run directory's lock (pvt_np.training.runlock).
 LOCK_FD_VARIABLE = "PVT_NP_RUN_LOCK_FD"
 # Exit codes of pvt-np train, the same in one process and under MPI (docs/faults.md): 0 done, 1 any failure,
 # 2 a bad option, 128 + the signal's number for a run stopped by SIGHUP (129), SIGINT (130) or SIGTERM (143).
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 SIGNAL_EXITS = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143}
-# Seconds between a rank's checks that its launcher lives, and how long it then waits for its own SIGTERM
-# handler to end it (the main thread may be stuck in a collective with a rank already gone) before _exit.
-WATCH_SECONDS = 0.25
-WATCH_GRACE_SECONDS = 5.0
 # Horovod's default fusion threshold: one message per 64 MiB keeps MPI's int counts far from
 # overflow and the temporary buffers of large reductions bounded; b0's 3.0 M float32 is one bucket.
 DEFAULT_BUCKET_BYTES = 64 << 20
@@ -404,11 +410,6 @@ def _find_mpiexec() -> str | None:
     return beside_python if os.access(beside_python, os.X_OK) else shutil.which("mpiexec")
 
 
-def under_launcher() -> bool:
-    """Whether mpiexec (or another MPI launcher) started this process, whatever its number of ranks."""
-    return any(name in os.environ for name in LAUNCHER_SIZE_VARIABLES)
-
-
 def auto_nprocs(device: str, threads: int | None, batch_size: int) -> int:
     """How many processes ``pvt-np train`` runs when ``--nprocs`` is not typed.
 
@@ -550,153 +551,3 @@ def exit_code(mpiexec_code: int, received: Sequence[int] = ()) -> int:
         how = f"mpiexec exit code {mpiexec_code}"
     print(f"pvt-np train: error: the run ended abnormally: {how}; every rank has ended", file=sys.stderr, flush=True)
     return EXIT_FAILURE
-
-
-# -- processes: the ranks end with the launcher ------------------------------------------------------------
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _prctl() -> Any:
-    """libc's prctl, or None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux), else None.
-
-    Looked up before the fork, so the child only calls it; a launcher that died between the fork and
-    the call is caught by comparing the child's parent with it."""
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
-def process_start(pid: int) -> str | None:
-    """An identity of process ``pid`` that a reused pid does not share: its start time in clock ticks after boot
-    (Linux's /proc/PID/stat), or None where that cannot be read (another system, or no such process)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2 :].split()[19]  # field 22, counted after the command's closing ")"
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def process_alive(pid: int, start: str | None = None) -> bool:
-    """Whether process ``pid`` runs on this host, a zombie (ended, not yet reaped) counting as gone; with ``start``
-    (from :func:`process_start`), whether it is still that process rather than a new one given the same pid."""
-    if pid <= 0:
-        return False
-    if os.name == "nt":  # (os.kill there would end the process, not probe it): cannot tell, so alive
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # no /proc (not Linux): os.kill's answer; or the process has just gone
-        return not Path("/proc/self/stat").exists()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return False
-    return not start or fields[19] == start
-
-
-def launcher_identity() -> tuple[int, str | None] | None:
-    """(pid, start) of the ``pvt-np train`` that launched this rank (from :data:`LAUNCHER_VARIABLE`), else None."""
-    pid, _, start = os.environ.get(LAUNCHER_VARIABLE, "").partition(":")
-    return (int(pid), start or None) if pid.isdigit() and under_launcher() else None
-
-
-def watch_launcher(interval: float = WATCH_SECONDS, grace: float = WATCH_GRACE_SECONDS) -> threading.Thread | None:
-    """In a rank started by ``pvt-np train --nprocs`` (none otherwise: a user's own mpiexec keeps MPI's tear-down):
-    end this rank when the launcher has gone, whatever killed it, SIGKILL included.
-
-    A daemon thread checks every ``interval`` seconds that the launcher lives; once it has gone, the thread
-    sends this process SIGTERM (``pvt-np train`` ends on it between two bytecodes: a checkpoint being written
-    is abandoned, its temporary removed, the last one intact), and if the process still runs ``grace``
-    seconds later (its main thread stuck in a collective with a rank that has gone) it exits at once (143).
-    The rank also gets SIGTERM if its own parent, mpiexec's proxy, dies (Linux).
-    """
-    identity = launcher_identity()
-    if identity is None:
-        return None
-    pid, start = identity
-    prctl = _prctl()
-    if prctl is not None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-    def watch() -> None:
-        while process_alive(pid, start):
-            time.sleep(interval)
-        print(f"pvt-np train: the launching pvt-np train (pid {pid}) has gone; ending this rank (pid {os.getpid()})",
-              file=sys.stderr, flush=True)  # fmt: skip
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(grace)
-        os._exit(SIGNAL_EXITS["SIGTERM"])
-
-    thread = threading.Thread(target=watch, name="pvt-np-launcher-watch", daemon=True)
-    thread.start()
-    return thread
-
-
-class _SignalForwarder:
-    """Signal handlers that pass SIGINT, SIGTERM and SIGHUP on to the launched mpiexec.
-
-    A signal that arrives before mpiexec has started is held and sent as soon as it has
-    (:meth:`attach`), so none is lost to the moment between the handlers and the process.
-    """
-
-    # the signal received -> the signal sent on
-    FORWARDED: ClassVar[dict[str, str]] = {"SIGINT": "SIGINT", "SIGTERM": "SIGTERM", "SIGHUP": "SIGTERM"}
-
-    def __init__(self) -> None:
-        self.process: subprocess.Popen[bytes] | None = None
-        self.pending: list[int] = []
-        self.received: list[int] = []  # the signals this process got, in order (its exit code: 128 + the first)
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.received.append(int(signum))
-        sent = getattr(signal, self.FORWARDED[signal.Signals(signum).name])
-        if self.process is None:
-            self.pending.append(sent)
-        else:  # (send_signal does nothing once mpiexec has exited)
-            self.process.send_signal(sent)
-
-    def attach(self, process: subprocess.Popen[bytes]) -> None:
-        self.process = process
-        while self.pending:
-            process.send_signal(self.pending.pop(0))
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[bool]:
-        """Install the handlers for the duration (the ones before are put back); yields whether they are in
-        place: off the main thread Python lets no handler be set, and nothing is installed."""
-        previous: dict[int, Any] = {}
-        try:
-            for name in self.FORWARDED:
-                if hasattr(signal, name):  # (Windows has no SIGHUP)
-                    number = getattr(signal, name)
-                    previous[number] = signal.signal(number, self)
-        except ValueError:  # not the main thread
-            pass
-        try:
-            yield bool(previous)
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
