@@ -76,7 +76,7 @@ def _main(argv: list[str]) -> int:
     hooks = parser.parse_args(argv[:split])
 
     from pvt_np import cli, data, distributed
-    from pvt_np.training import trainer
+    from pvt_np.training import datasets, trainer
 
     world = distributed.get_world()
     if hooks.serve_cifar is not None:
@@ -86,7 +86,7 @@ def _main(argv: list[str]) -> int:
         def unreadable(*args: Any, **kwargs: Any) -> Any:
             raise data.DataError(f"cannot read the data at rank {world.rank}'s end (simulated)")
 
-        data.load_dataset = unreadable
+        datasets.load_dataset = unreadable  # where the run's data set-up finds it
 
     real_step = trainer.train_step
     losses: list[float] = []
