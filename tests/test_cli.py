@@ -13,7 +13,7 @@ import pytest
 from pvt_np import bench, cli, ops
 from pvt_np.nn import Conv2d, LayerNorm, Linear, Module, Sequential
 from pvt_np.optim import SGD
-from pvt_np.training.trainer import TrainConfig
+from pvt_np.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
