@@ -532,7 +532,7 @@ def test_cli_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture
 def test_cli_rejects_bad_numbers(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["flops", "pvt_v2_b0", "--input-size", "0", "32"])
-    assert "must be >= 1" in capsys.readouterr().err
+    assert "argument --input-size: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_bad_input_errors() -> None:

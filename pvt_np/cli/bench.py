@@ -7,6 +7,7 @@ import os
 
 from pvt_np.bench import CONFIGS, CPU_CONFIGS, FRAMEWORKS, GPU_CONFIGS, NEIGHBOURS
 from pvt_np.bench import run as run
+from pvt_np.cli.arguments import positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks")
     p.add_argument("--repeats", type=int, default=10, help="timed iterations per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
-    p.add_argument("--rounds", type=_positive_int, default=1,
+    p.add_argument("--rounds", type=positive_int, default=1,
                    help="time every pair this many times, interleaved; medians and each ratio's range")  # fmt: skip
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
     p.add_argument("--neighbour", nargs="+", choices=NEIGHBOURS, default=[],
@@ -28,13 +29,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS)
     p.add_argument("--step-only", action="store_true", help=argparse.SUPPRESS)  # worker: the training step alone
     p.add_argument("--neighbour-run", choices=NEIGHBOURS, help=argparse.SUPPRESS)  # be the neighbour until killed
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from pvt_np.cli.train import positive_int
+from pvt_np.cli.arguments import positive_int
 from pvt_np.data import DATASETS, load_dataset
 from pvt_np.data.errors import DataError
 from pvt_np.io.checkpoint import CheckpointError

@@ -5,22 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pvt_np.cli.arguments import non_negative_int, positive_int
 from pvt_np.complexity import DEPTHS, paper_table, print_complexity
 from pvt_np.models import create_model, list_models
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,12 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help=f"model name ({', '.join(list_models())})")
     parser.add_argument(
         "--input-size",
-        type=_positive_int,
+        type=positive_int,
         nargs=2,
         metavar=("H", "W"),
         help="input image size (default 224 224, or 32 32 with --cifar)",
     )
-    parser.add_argument("--num-classes", type=_non_negative_int, default=1000, help="head size (default 1000)")
+    parser.add_argument("--num-classes", type=non_negative_int, default=1000, help="head size (default 1000)")
     parser.add_argument("--cifar", action="store_true", help="the CIFAR config (3x3 stride-2 stem, sr_ratios 4,2,1,1)")
     parser.add_argument("--depth", choices=DEPTHS, default="stage", help="table granularity (default stage)")
     parser.add_argument("--paper", action="store_true", help="all seven variants at 224x224 next to the paper's table")

@@ -6,24 +6,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from pvt_np import backend
+from pvt_np.cli.arguments import positive_int
 from pvt_np.inference import Prediction, predict
 from pvt_np.io.load import load_model
-
-
-def _positive_int(flag: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1 or str(value) != text.strip():
-            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
-        return value
-
-    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any size and mode Pillow opens)")
     parser.add_argument(
-        "--top-k", type=_positive_int("--top-k"), default=5, metavar="K",
+        "--top-k", type=positive_int, default=5, metavar="K",
         help="classes shown per image (at most the model's number of classes)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print a JSON list, one entry per image")
     parser.add_argument("--device", choices=backend.DEVICES, default="cpu", help="where the model runs")
     parser.add_argument(
-        "--input-size", type=_positive_int("--input-size"), nargs=2, metavar=("H", "W"), default=None,
+        "--input-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
         help="feed images at H x W instead of the training size the checkpoint records",
     )  # fmt: skip
     parser.epilog = "exit status: 0 done, 1 unreadable checkpoint or image, 2 bad usage"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pvt_np import distributed
+from pvt_np.cli.arguments import positive_int
 from pvt_np.data import DATASETS
 from pvt_np.data.errors import DataError
 from pvt_np.io.checkpoint import CheckpointError
@@ -48,17 +49,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     except (ValueError, SyntaxError) as err:
         raise argparse.ArgumentTypeError(f"cannot parse the value of {key!r}: {value!r}") from err
     return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (the message names the range and the value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def _mark_given(namespace: argparse.Namespace, dest: str) -> None:
