@@ -23,12 +23,6 @@ LAZY_ALLOWED = (
 )
 LAZY_ALLOWED_PVT_NP = ("pvt_np.training.plots",)
 
-# The imports inside functions that remain outside those: module -> (what it imports late, why). Each is to go as
-# the layers are straightened; the test fails when one is no longer made, so the list only shrinks.
-KNOWN_LATE = {
-    "pvt_np.data.cifar": (("numpy._core", "numpy.core"), "NumPy 2's and NumPy 1's name of one module, tried in turn"),
-}
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -120,9 +114,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def _allowed_late(importer: str, target: str) -> bool:
-    known = KNOWN_LATE.get(importer, ((), ""))[0]
-    return target.split(".")[0] in LAZY_ALLOWED or target in LAZY_ALLOWED_PVT_NP or target in known
+def _allowed_late(target: str) -> bool:
+    return target.split(".")[0] in LAZY_ALLOWED or target in LAZY_ALLOWED_PVT_NP
 
 
 def test_the_graph_reader_sees_packages_and_relative_imports() -> None:
@@ -136,23 +129,14 @@ def test_the_graph_reader_sees_packages_and_relative_imports() -> None:
 
 
 def test_import_graph_has_no_cycle() -> None:
-    """Every import, at module level or inside a function (the known late ones aside), points down the layers."""
-    known = modules()
+    """Every import, at module level or inside a function, points down the layers."""
     graph, _ = import_graph()
-    for importer, (targets_, _) in KNOWN_LATE.items():
-        for target in targets_:
-            graph[importer].difference_update(edges(importer, target, known))
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 def test_imports_inside_functions_only_defer_optional_dependencies() -> None:
-    """A function imports only an optional or heavy dependency (or the plots); the known exceptions are listed."""
+    """A function imports only an optional or heavy dependency (or the plots)."""
     _, late = import_graph()
-    stray = sorted(
-        f"{importer} line {line}: {target}" for importer, target, line in late if not _allowed_late(importer, target)
-    )
+    stray = sorted(f"{importer} line {line}: {target}" for importer, target, line in late if not _allowed_late(target))
     assert not stray, "imports inside functions: " + "; ".join(stray)
-    still = {(importer, target) for importer, target, _ in late}
-    gone = sorted(f"{m} -> {t}" for m, (targets_, _) in KNOWN_LATE.items() for t in targets_ if (m, t) not in still)
-    assert not gone, "no longer imported inside a function, remove from KNOWN_LATE: " + ", ".join(gone)

@@ -31,6 +31,11 @@ from pvt_np.data.dataset import SPLITS, Dataset, check_split
 from pvt_np.data.download import DownloadError, download_url, file_md5
 from pvt_np.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
 
+try:  # the module that holds the array-reconstruction functions a pickled array names
+    from numpy._core import multiarray, numeric  # NumPy >= 2
+except ImportError:  # pragma: no cover - NumPy 1.x
+    from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+
 __all__ = ["CIFAR_SPECS", "CifarSpec", "find_cifar", "load_cifar"]
 
 BASE_URL = "https://www.cs.toronto.edu/~kriz/"
@@ -101,10 +106,6 @@ _VERIFIED: set[tuple[str, int, int]] = set()
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
-    try:
-        from numpy._core import multiarray, numeric  # NumPy >= 2
-    except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
