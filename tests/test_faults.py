@@ -431,3 +431,27 @@ def test_a_rank_ends_when_its_launcher_has_gone(rank: str) -> None:
         for p in (launcher, child):
             p.kill()
             p.wait()
+
+
+def test_a_forked_child_ends_quietly_on_sigterm() -> None:
+    """The image decoders' worker pool is forked while the run's SIGTERM handler is set; the pool ends its workers
+    with SIGTERM. A child dies of the signal as by default, with no traceback, and the parent's handler is intact."""
+    from pvt_np.cli import train as cli_train
+
+    with cli_train._terminated_by_signals():
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child: wait to be killed, reporting to the parent that it is ready
+            os.close(read)
+            os.write(write, b"ready")
+            time.sleep(30)
+            os._exit(3)  # not reached when SIGTERM ends it
+        os.close(write)
+        assert os.read(read, 5) == b"ready"
+        os.close(read)
+        os.kill(child, signal.SIGTERM)
+        _, status = os.waitpid(child, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+        with pytest.raises(cli_train.Terminated):  # the parent still turns SIGTERM into Terminated
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)

@@ -6,6 +6,7 @@ import argparse
 import ast
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -279,8 +280,13 @@ def _terminated_by_signals() -> Iterator[None]:
     are put back): the same exit codes, 143 and 129, in one process and on every rank."""
 
     raised = []
+    owner = os.getpid()
 
     def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked child (the image decoders' pool) inherited it: end as by default, quietly
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if not raised:  # once: a second SIGTERM (mpiexec's and the launcher watch's) must not cut the ending short
             raised.append(signum)
             raise Terminated(signum)
