@@ -47,8 +47,10 @@ CELL_TIMEOUT_S = 600  # per cell
 PARAMETER_CELL_WITHIN = 3  # the parameter cell is among the first code cells
 QUICK_ENV = "PVT_NP_NOTEBOOK_QUICK"
 
-# Machine-specific absolute paths (home folders, this project's checkout, temporary folders).
-ABSOLUTE_PATH = re.compile(r"(/work/|/root/|/home/|/Users/|/tmp/|/private/var/|[A-Za-z]:\\\\?Users\\\\?)")
+# Machine-specific absolute paths (this checkout's own, home folders, temporary folders).
+ABSOLUTE_PATH = re.compile(
+    "(" + re.escape(str(NOTEBOOK_DIR.parent)) + r"|/root/|/home/|/Users/|/tmp/|/private/var/|[A-Za-z]:\\\\?Users\\\\?)"
+)
 # Calls that draw a figure; a cell making one must have stored an image.
 PLOT_CALL = re.compile(
     r"\bplt\.(show|figure|subplots|subplot|subplot_mosaic|imshow|matshow|plot|bar|barh|step|scatter|hist|"
