@@ -18,6 +18,10 @@ sees. mmcv's "FLOPs" are multiply-accumulates for convs and linears, so one
   pvt_np's LayerNorm is always affine, mmcv doubles when ``elementwise_affine``).
 * relu: 1 per output element (mmcv ``relu_flops_counter_hook``).
 * adaptive_avg_pool2d: 1 per INPUT element (mmcv ``pool_flops_counter_hook``).
+* interpolate: 1 per OUTPUT element, nearest and bilinear alike (mmcv
+  ``upsample_flops_counter_hook``, so a segmentation head counts as mmseg's
+  numbers count it; the work is 0 (a copy) for nearest and 4 multiply-adds
+  for bilinear).
 * gelu, softmax, dropout, drop_path, token_mean (the final pooling of tokens)
   and cross_entropy: 0 (mmcv has no hook for them, or they are not modules);
   the residual adds and identities are not ops and cost nothing.

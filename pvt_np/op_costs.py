@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pvt_np import backend, ops
+from pvt_np.ops.checks import check_interpolate
 
 Shape = tuple[int, ...]
 Arguments = Mapping[str, Any]  # an op forward's arguments by parameter name, defaults filled in
@@ -82,6 +83,12 @@ def _pool_shape(args: Arguments) -> Shape:
     return (x.shape[0], oh, ow, x.shape[3]) if args["channels_last"] else (x.shape[0], x.shape[1], oh, ow)
 
 
+def _interpolate_shape(args: Arguments) -> Shape:
+    x, channels_last = args["x"], args["channels_last"]
+    (oh, ow), _ = check_interpolate(x, args["size"], args["scale_factor"], args["mode"], channels_last, "interpolate")
+    return (x.shape[0], oh, ow, x.shape[3]) if channels_last else (x.shape[0], x.shape[1], oh, ow)
+
+
 def _attention_shape(args: Arguments) -> Shape:
     return (*args["q"].shape[:-1], args["v"].shape[-1])
 
@@ -106,6 +113,7 @@ OP_RULES: dict[str, OpRule] = {
     "softmax": OpRule(_same_shape, _free),
     "attention": OpRule(_attention_shape, _attention_flops, "matmul", "AttentionMatmul", _attention_note),
     "adaptive_avg_pool2d": OpRule(_pool_shape, lambda a, out: prod(a["x"].shape)),
+    "interpolate": OpRule(_interpolate_shape, lambda a, out: prod(out)),
     "dropout": OpRule(_same_shape, _free),
     "drop_path": OpRule(_same_shape, _free),
     "cross_entropy": OpRule(lambda a: (), _free),

@@ -21,7 +21,18 @@ from pvt_np.complexity import (
     print_complexity,
 )
 from pvt_np.models import Attention, create_model
-from pvt_np.nn import AdaptiveAvgPool2d, Conv2d, Identity, LayerNorm, Linear, Module, ReLU, Sequential, no_grad
+from pvt_np.nn import (
+    AdaptiveAvgPool2d,
+    Conv2d,
+    Identity,
+    LayerNorm,
+    Linear,
+    Module,
+    ReLU,
+    Sequential,
+    Upsample,
+    no_grad,
+)
 from pvt_np.nn.module import watch_calls
 from pvt_np.ops import OpCall
 from pvt_np.ops.dispatch import substitute
@@ -290,6 +301,9 @@ def _op_examples(rng: np.random.Generator) -> list[tuple[str, Callable[[], Any],
         ("attention", lambda: ops.attention_forward(q, k, v, scale=0.3, dropout_p=0.2), 2 * 2 * 5 * 7 * 12),
         ("adaptive_avg_pool2d", lambda: ops.adaptive_avg_pool2d_forward(img, (4, 3)), img.size),
         ("adaptive_avg_pool2d", lambda: ops.adaptive_avg_pool2d_forward(nhwc, 5, channels_last=True), nhwc.size),
+        # 1 per output element, either mode: 7x6 -> 16x5 bilinear, 7x6x6 -> floor(7 * 2.5) x floor(6 * 0.5)
+        ("interpolate", lambda: ops.interpolate_forward(img, (16, 5), mode="bilinear"), 2 * 3 * 16 * 5),
+        ("interpolate", lambda: ops.interpolate_forward(nhwc, None, (2.5, 0.5), channels_last=True), 2 * 17 * 3 * 6),
         ("dropout", lambda: ops.dropout_forward(tokens, 0.5, True), 0),
         ("drop_path", lambda: ops.drop_path_forward(tokens, 0.5, True), 0),
         ("cross_entropy", lambda: ops.cross_entropy_forward(x[:, 0], target, 0.1), 0),
@@ -353,6 +367,32 @@ def test_a_new_layer_is_counted_without_a_new_rule() -> None:
     head = {r.name: r for r in flops_breakdown(model, (64, 64), "stage")}["head"]
     assert (head.kind, head.params, head.flops) == ("LinearNorm", 256 * 10 + 10 + 20, 256 * 10 + 20)
     assert count_params(model) == sum(r.params for r in rows)
+
+
+class UpsampleHead(Module):
+    """A head that resizes the pooled features, seen as a 16 x 4 x 4 map, to 7 x 9 (bilinear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = Upsample(size=(7, 9), mode="bilinear")
+
+    def forward(self, x: Any) -> Any:
+        return self.up(x.reshape(x.shape[0], 16, 4, 4))
+
+
+def test_an_upsampling_layer_is_charged_per_output_element() -> None:
+    model = create_model("pvt_v2_b0", num_classes=10, depths=(1, 1, 1, 1))  # 256 features = 16 x 4 x 4
+    model.head = Identity()
+    without = count_flops(model, (64, 64))
+    model.head = UpsampleHead()
+    rows = flops_breakdown(model, (64, 64), "layer")
+    assert (rows[-1].name, rows[-1].kind, rows[-1].output_shape, rows[-1].flops) == (
+        "head.up",
+        "Upsample",
+        (16, 7, 9),
+        16 * 7 * 9,
+    )
+    assert count_flops(model, (64, 64)) == without + 16 * 7 * 9
 
 
 class HiddenLinear(Module):

@@ -212,6 +212,20 @@ OP_CASES = [
         ops.cross_entropy_backward,
         lambda r: [randn(r, 6, 5), r.dirichlet(np.ones(5), 6)],
     ),
+    OpCase(
+        "interpolate",
+        "interpolate-bilinear-nhwc",
+        lambda x: ops.interpolate_forward(x, (16, 5), mode="bilinear", channels_last=True),
+        ops.interpolate_backward,
+        lambda r: [randn(r, 2, 7, 13, 3)],
+    ),
+    OpCase(
+        "interpolate",
+        "interpolate-nearest-nchw",
+        lambda x: ops.interpolate_forward(x, scale_factor=(2.5, 0.5)),
+        ops.interpolate_backward,
+        lambda r: [randn(r, 1, 3, 9, 7)],
+    ),
     OpCase("token_mean", "token_mean", ops.token_mean_forward, ops.token_mean_backward, lambda r: [randn(r, 2, 13, 7)]),
 ]
 

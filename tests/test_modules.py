@@ -39,6 +39,13 @@ class TorchConv2dNHWC(torch.nn.Conv2d):
         return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+class TorchUpsampleNHWC(torch.nn.Upsample):
+    """torch.nn.Upsample on channels-last input."""
+
+    def forward(self, x: Any) -> Any:
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 class TorchPoolNHWC(torch.nn.AdaptiveAvgPool2d):
     """torch.nn.AdaptiveAvgPool2d on channels-last input."""
 
@@ -129,6 +136,13 @@ MOD_CASES = [
     ModCase("pool-15x11-to-7", lambda: nn.AdaptiveAvgPool2d(7), lambda tr: T.AdaptiveAvgPool2d(7), (2, 3, 15, 11)),
     ModCase("pool-nhwc-13x7-to-3x5", lambda: nn.AdaptiveAvgPool2d((3, 5), channels_last=True),
             lambda tr: TorchPoolNHWC((3, 5)), (1, 13, 7, 2)),
+    ModCase("upsample-bilinear-x2-odd", lambda: nn.Upsample(scale_factor=2, mode="bilinear"),
+            lambda tr: T.Upsample(scale_factor=2, mode="bilinear"), (1, 3, 7, 5)),
+    ModCase("upsample-nearest-13x5-to-5x16", lambda: nn.Upsample((5, 16)), lambda tr: T.Upsample((5, 16)),
+            (2, 2, 13, 5)),
+    ModCase("upsample-nhwc-bilinear-x1.5x0.5", lambda: nn.Upsample(scale_factor=(1.5, 0.5), mode="bilinear",
+                                                                   channels_last=True),
+            lambda tr: TorchUpsampleNHWC(scale_factor=(1.5, 0.5), mode="bilinear"), (1, 7, 9, 3)),
     ModCase("ce-index", lambda: nn.CrossEntropyLoss(), lambda tr: T.CrossEntropyLoss(), (4, 6), (_CE_INDEX,),
             scale=2.0),
     ModCase("ce-index-smoothing", lambda: nn.CrossEntropyLoss(label_smoothing=0.1),

@@ -315,6 +315,46 @@ POOL_SPECS = [
 POOL_CASES = [_pool_case(*spec, channels_last=cl) for spec in POOL_SPECS for cl in (False, True)]
 
 
+# -- interpolation ----------------------------------------------------------------
+def _interp_case(name: str, shape_nchw: tuple[int, int, int, int], mode: str, channels_last: bool, **kw: Any) -> OpCase:
+    n, c, h, w = shape_nchw
+
+    def make(rng: np.random.Generator) -> list[np.ndarray]:
+        return [randn(rng, n, h, w, c) if channels_last else randn(rng, n, c, h, w)]
+
+    def ref(_cache: Any, x: Any) -> Any:
+        if channels_last:
+            return _nhwc(F.interpolate(_nchw(x), mode=mode, **kw))
+        return F.interpolate(x, mode=mode, **kw)
+
+    return OpCase(
+        f"interpolate-{mode}-{name}-{'nhwc' if channels_last else 'nchw'}",
+        lambda x: ops.interpolate_forward(x, mode=mode, channels_last=channels_last, **kw),
+        ops.interpolate_backward,
+        make,
+        ref,
+        ("x",),
+    )
+
+
+INTERP_SPECS: list[tuple[str, tuple[int, int, int, int], dict[str, Any]]] = [
+    ("7x13-to-16x5", (2, 3, 7, 13), {"size": (16, 5)}),  # up on H by 16/7, down on W by 5/13
+    ("13x5-to-5x16", (1, 2, 13, 5), {"size": (5, 16)}),
+    ("x2-odd-7x5", (2, 2, 7, 5), {"scale_factor": 2}),  # torch's nearest shortcut for out == 2 * in
+    ("x2.5x0.5-9x7", (1, 3, 9, 7), {"scale_factor": (2.5, 0.5)}),  # coordinates from 1 / scale_factor
+    ("x1.7-to-11x8", (1, 2, 7, 5), {"scale_factor": 1.7}),
+    ("x1.2-size-kept", (2, 2, 3, 4), {"scale_factor": 1.2}),  # 3x4 stays 3x4: torch copies, whatever the scale
+    ("x0.3-down", (1, 2, 13, 11), {"scale_factor": 0.3}),
+    ("1x1-to-4x3", (1, 3, 1, 1), {"size": (4, 3)}),
+]
+INTERP_CASES = [
+    _interp_case(name, shape, mode, cl, **kw)
+    for name, shape, kw in INTERP_SPECS
+    for mode in ("nearest", "bilinear")
+    for cl in (False, True)
+]
+
+
 # -- dropout, drop path ---------------------------------------------------------
 def _mask_ref(cache: Any, x: Any) -> Any:
     """torch reference of a masked op: x * (pvt_np's scaled mask), or x when the op was the identity.
@@ -388,6 +428,7 @@ DETERMINISTIC_CASES = [
     *RESHAPE_CASES,
     *ATTENTION_CASES,
     *POOL_CASES,
+    *INTERP_CASES,
     *CE_CASES,
 ]
 ALL_CASES = [*DETERMINISTIC_CASES, *RANDOM_CASES]
@@ -436,6 +477,26 @@ def test_relu_gradient_at_zero_is_zero_like_torch() -> None:
     F.relu(t).backward(torch.ones_like(t))
     np.testing.assert_array_equal(out, F.relu(to_torch(x)).numpy())
     np.testing.assert_array_equal(dx, t.grad.numpy())
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_interpolate_matches_torch_at_many_ratios(mode: str) -> None:
+    """torch computes nearest source indices in float32 (floor(d * s), s = in / out or 1 / scale_factor), bilinear
+    coordinates in the map's dtype: an arange resized to many sizes and by many factors equals torch's result
+    (nearest: bit for bit, the same pixels; bilinear: to float64 rounding)."""
+    atol = 0.0 if mode == "nearest" else 1e-13
+    for in_size in (1, 2, 3, 5, 7, 13, 16, 31):
+        x = np.arange(in_size * 3, dtype=np.float64).reshape(1, 1, in_size, 3)
+        for out_size in (1, 2, 5, 7, 13, 16, 29, 64):
+            out, _ = ops.interpolate_forward(x, size=(out_size, 3), mode=mode)
+            ref = F.interpolate(to_torch(x), size=(out_size, 3), mode=mode).numpy()
+            np.testing.assert_allclose(out, ref, rtol=0, atol=atol * in_size * 3)
+        for factor in (0.25, 0.3, 0.5, 0.9, 1.1, 1.5, 2.0, 2.09, 2.5, 3.0, 4.0, 7.3):
+            if int(in_size * factor) < 1:
+                continue
+            out, _ = ops.interpolate_forward(x, scale_factor=(factor, 1.0), mode=mode)
+            ref = F.interpolate(to_torch(x), scale_factor=(factor, 1.0), mode=mode).numpy()
+            np.testing.assert_allclose(out, ref, rtol=0, atol=atol * in_size * 3)
 
 
 def test_softmax_is_overflow_safe() -> None:

@@ -12,6 +12,7 @@ from pvt_np.nn.layers import (
     Linear,
     ReLU,
     Softmax,
+    Upsample,
     skip_init,
 )
 from pvt_np.nn.module import Module, ModuleList, Parameter, Sequential, is_grad_enabled, no_grad
@@ -32,6 +33,7 @@ __all__ = [
     "ReLU",
     "Sequential",
     "Softmax",
+    "Upsample",
     "is_grad_enabled",
     "no_grad",
     "skip_init",

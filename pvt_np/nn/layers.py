@@ -331,6 +331,46 @@ class AdaptiveAvgPool2d(Module):
         return f"output_size={self.output_size}"
 
 
+class Upsample(Module):
+    """Resizes (N, C, H, W) maps (or (N, H, W, C) with ``channels_last``) to ``size``, or by ``scale_factor``,
+    by torch's 'nearest' or 'bilinear' (align_corners=False) interpolation, as torch.nn.Upsample.
+
+    Op: ``pvt_np.ops.interpolate_forward`` / ``interpolate_backward``.
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int] | None = None,
+        scale_factor: float | tuple[float, float] | None = None,
+        mode: str = "nearest",
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if (size is None) == (scale_factor is None):
+            raise ValueError(f"Upsample: give exactly one of size and scale_factor, got size={size!r}, "
+                             f"scale_factor={scale_factor!r}")  # fmt: skip
+        if mode not in ("nearest", "bilinear"):
+            raise ValueError(f"Upsample: mode must be 'nearest' or 'bilinear', got {mode!r}")
+        self.size = None if size is None else pair(size, "Upsample", "size")
+        self.scale_factor = scale_factor
+        self.mode = mode
+        self.channels_last = bool(channels_last)
+
+    def forward(self, x: Array) -> Array:
+        out, cache = ops.interpolate_forward(
+            x, self.size, self.scale_factor, self.mode, self.channels_last, layer=self._label()
+        )
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        return ops.interpolate_backward(dout, self._pop_cache())
+
+    def extra_repr(self) -> str:
+        given = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        return f"{given}, mode={self.mode!r}"
+
+
 class CrossEntropyLoss(Module):
     """Mean softmax cross-entropy: ``loss = crit(logits, target)`` then ``dlogits = crit.backward()``.
 

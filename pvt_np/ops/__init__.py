@@ -24,6 +24,7 @@ from pvt_np.ops import loss as _loss
 from pvt_np.ops import norm as _norm
 from pvt_np.ops import plain as _plain
 from pvt_np.ops import pooling as _pooling
+from pvt_np.ops import resize as _resize
 from pvt_np.ops.activation import erf
 from pvt_np.ops.attention import AttentionCache
 from pvt_np.ops.conv import ConvCache, conv_output_size
@@ -33,6 +34,7 @@ from pvt_np.ops.pooling import (
     nhwc_to_tokens,
     tokens_to_nhwc,
 )
+from pvt_np.ops.resize import interpolation_matrix
 
 # The public ops are dispatchers (pvt_np.ops.dispatch): the fast implementation, or the plain one in use_plain().
 linear_forward, linear_backward = register(
@@ -99,6 +101,14 @@ adaptive_avg_pool2d_forward, adaptive_avg_pool2d_backward = register(
     _plain.adaptive_avg_pool2d_backward,
     _plain.PlainAdaptiveAvgPool2dCache,
 )
+interpolate_forward, interpolate_backward = register(
+    "interpolate",
+    _resize.interpolate_forward,
+    _resize.interpolate_backward,
+    _plain.interpolate_forward,
+    _plain.interpolate_backward,
+    _plain.PlainInterpolateCache,
+)
 dropout_forward, dropout_backward = register(
     "dropout",
     _dropout.dropout_forward,
@@ -149,6 +159,9 @@ __all__ = [
     "erf",
     "gelu_backward",
     "gelu_forward",
+    "interpolate_backward",
+    "interpolate_forward",
+    "interpolation_matrix",
     "layer_norm_backward",
     "layer_norm_forward",
     "linear_backward",

@@ -209,3 +209,37 @@ def check_cross_entropy(logits: Array, target: Any, label_smoothing: Any, layer:
 def check_token_mean(x: Array, layer: str) -> None:
     """Tokens (B, N, C)."""
     check_ndim(x, 3, layer, "(B, tokens, C)")
+
+
+def check_interpolate(
+    x: Array, size: Any, scale_factor: Any, mode: str, channels_last: bool, layer: str
+) -> tuple[tuple[int, int], tuple[float | None, float | None]]:
+    """A rank-4 float map and exactly one of size / scale_factor; returns the output size and the scale factor
+    of each axis that sets its coordinate map (None for an axis resized by ``size`` or left its size).
+
+    As torch.nn.functional.interpolate: the output size is floor(in * scale_factor) per axis, and must be >= 1.
+    """
+    check_ndim(x, 4, layer, "(N, H, W, C)" if channels_last else "(N, C, H, W)")
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"{layer}: mode must be 'nearest' or 'bilinear', got {mode!r}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{layer}: give exactly one of size and scale_factor, got size={size!r}, "
+                         f"scale_factor={scale_factor!r}")  # fmt: skip
+    h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    if size is not None:
+        out = pair(size, layer, "size")
+        if min(out) < 1:
+            raise ValueError(f"{layer}: size must be positive, got {size!r}")
+        return out, (None, None)
+    factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
+    if len(factors) != 2 or not all(isinstance(f, (int, float, np.integer, np.floating)) for f in factors):
+        raise TypeError(f"{layer}: scale_factor must be a number or a pair of numbers, got {scale_factor!r}")
+    sh, sw = float(factors[0]), float(factors[1])
+    if not (sh > 0.0 and sw > 0.0 and np.isfinite(sh) and np.isfinite(sw)):
+        raise ValueError(f"{layer}: scale_factor must be positive and finite, got {scale_factor!r}")
+    out = (int(np.floor(h * sh)), int(np.floor(w * sw)))
+    if min(out) < 1:
+        raise ValueError(f"{layer}: scale_factor {scale_factor!r} maps the {h}x{w} input to an empty {out[0]}x{out[1]}")
+    # torch copies an axis whose size does not change, whatever its scale factor: its coordinate map is then
+    # the one of size= (scale in / out = 1, the identity)
+    return out, (None if out[0] == h else sh, None if out[1] == w else sw)

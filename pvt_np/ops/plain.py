@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from pvt_np.backend import Array, get_array_module, get_rng
 from pvt_np.ops.activation import erf
 from pvt_np.ops.checks import (
@@ -37,6 +39,7 @@ from pvt_np.ops.checks import (
     check_drop_path,
     check_dropout,
     check_gelu,
+    check_interpolate,
     check_layer_norm,
     check_linear,
     check_softmax,
@@ -411,6 +414,100 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: PlainAdaptiveAvgPool2dCache
             rows, cols = _window(i, h, out_h), _window(j, w, out_w)
             area = (rows.stop - rows.start) * (cols.stop - cols.start)
             dx[:, rows, cols, :] += g[:, i : i + 1, j : j + 1, :] / area
+    return dx if channels_last else dx.transpose(0, 3, 1, 2)
+
+
+class PlainInterpolateCache(NamedTuple):
+    in_size: tuple[int, int]
+    taps: tuple[list[list[tuple[int, float]]], list[list[tuple[int, float]]]]  # rows', columns' (source, weight)
+    channels_last: bool
+
+
+def _interpolation_taps(
+    in_size: int, out_size: int, scale_factor: float | None, mode: str, real: type
+) -> list[list[tuple[int, float]]]:
+    """For each output index d of one axis, its (source index, weight) pairs, by torch's rules.
+
+    The scale is s = 1 / scale_factor when a scale factor was given, else s = in / out, in the map's dtype
+    ``real`` (torch computes a float32 map's coordinates in float32; nearest always in float32).
+    An axis whose size does not change is copied, whatever its scale factor (torch's shortcut; the checks
+    then pass scale_factor None, so s = 1).
+    nearest (torch's legacy mode): src = min(floor(d * s), in - 1), weight 1; d // 2 when out == 2 * in
+    (torch's shortcut, which can differ from the formula when a scale factor near 2 was given).
+    bilinear, align_corners=False (half-pixel centres): x = max(s (d + 1/2) - 1/2, 0),
+    i = min(floor(x), in - 1), l = min(max(x - i, 0), 1), taps (i, 1 - l) and (min(i + 1, in - 1), l).
+    """
+    taps = []
+    for d in range(out_size):
+        if mode == "nearest":
+            if out_size == 2 * in_size:
+                src = d // 2
+            else:
+                f32 = np.float32
+                s = f32(1.0 / scale_factor) if scale_factor is not None else f32(in_size) / f32(out_size)
+                src = min(math.floor(f32(d) * s), in_size - 1)
+            taps.append([(src, 1.0)])
+        else:
+            s = real(1.0 / scale_factor) if scale_factor is not None else real(in_size) / real(out_size)
+            x = max(s * (real(d) + real(0.5)) - real(0.5), real(0))
+            i = min(math.floor(x), in_size - 1)
+            lam = min(max(x - real(i), real(0)), real(1))
+            taps.append([(i, real(1) - lam), (min(i + 1, in_size - 1), lam)])
+    return taps
+
+
+def interpolate_forward(
+    x: Array,
+    size: int | tuple[int, int] | None = None,
+    scale_factor: float | tuple[float, float] | None = None,
+    mode: str = "nearest",
+    channels_last: bool = False,
+    *,
+    layer: str = "interpolate",
+) -> tuple[Array, PlainInterpolateCache]:
+    """torch.nn.functional.interpolate(x, size or scale_factor, mode) on (N, C, H, W) or (N, H, W, C) maps,
+    'nearest' or 'bilinear' with align_corners=False; the output size is ``size``, or floor(in * scale_factor)
+    per axis, whose scale factor then also sets the coordinate map (torch's recompute_scale_factor=None; for
+    its recompute_scale_factor=True pass the output size instead).
+
+    out[n, i, j, c] = sum over the row taps (p, a) of i and the column taps (q, b) of j of a * b * x[n, p, q, c],
+    the taps of each axis as :func:`_interpolation_taps` states them: one tap of weight 1 for nearest, two
+    for bilinear (so four terms, a weighted mean of the 2 x 2 pixels around the source point).
+    """
+    (out_h, out_w), (sh, sw) = check_interpolate(x, size, scale_factor, mode, channels_last, layer)
+    xp = get_array_module(x)
+    x_nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
+    n, h, w, c = x_nhwc.shape
+    real = np.dtype(x.dtype).type
+    rows = _interpolation_taps(h, out_h, sh, mode, real)
+    cols = _interpolation_taps(w, out_w, sw, mode, real)
+    out = xp.zeros((n, out_h, out_w, c), dtype=x.dtype)
+    for i in range(out_h):
+        for j in range(out_w):
+            for p, a in rows[i]:
+                for q, b in cols[j]:
+                    out[:, i, j, :] += (a * b) * x_nhwc[:, p, q, :]
+    cache = PlainInterpolateCache((h, w), (rows, cols), channels_last)
+    return (out if channels_last else out.transpose(0, 3, 1, 2)), cache
+
+
+def interpolate_backward(dout: Array, cache: PlainInterpolateCache) -> Array:
+    """The forward is linear in x with d out[n, i, j, c] / d x[n, p, q, c] = a * b for each tap pair
+    ((p, a), (q, b)) of (i, j), and 0 elsewhere, so
+
+    dx[n, p, q, c] = sum over the outputs (i, j) with a tap pair at (p, q) of a * b * G[n, i, j, c]:
+    the transpose of the interpolation, a scatter-add of G with the forward's weights (several outputs
+    share a source when upsampling; pixels no output reads get 0 when downsampling).
+    """
+    (h, w), (rows, cols), channels_last = cache
+    xp = get_array_module(dout)
+    g = dout if channels_last else dout.transpose(0, 2, 3, 1)
+    dx = xp.zeros((g.shape[0], h, w, g.shape[3]), dtype=dout.dtype)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            for p, a in rows[i]:
+                for q, b in cols[j]:
+                    dx[:, p, q, :] += (a * b) * g[:, i, j, :]
     return dx if channels_last else dx.transpose(0, 3, 1, 2)
 
 
