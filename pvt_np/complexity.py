@@ -16,6 +16,8 @@ sees. mmcv's "FLOPs" are multiply-accumulates for convs and linears, so one
   counted (mmcv ``linear_flops_counter_hook``).
 * layer_norm: 2 per input element (normalise, then the affine scale/shift;
   pvt_np's LayerNorm is always affine, mmcv doubles when ``elementwise_affine``).
+* group_norm: 2 per input element, as layer_norm (mmcv's ``norm_flops_counter_hook``,
+  doubled for the affine GroupNorm).
 * relu: 1 per output element (mmcv ``relu_flops_counter_hook``).
 * adaptive_avg_pool2d: 1 per INPUT element (mmcv ``pool_flops_counter_hook``).
 * interpolate: 1 per OUTPUT element, nearest and bilinear alike (mmcv

@@ -108,6 +108,7 @@ OP_RULES: dict[str, OpRule] = {
     "linear": OpRule(_linear_shape, lambda a, out: prod(a["x"].shape) * a["weight"].shape[0]),
     "conv2d": OpRule(_conv_shape, _conv_flops),
     "layer_norm": OpRule(_same_shape, lambda a, out: 2 * prod(out)),
+    "group_norm": OpRule(_same_shape, lambda a, out: 2 * prod(out)),
     "gelu": OpRule(_same_shape, _free),
     "relu": OpRule(_same_shape, lambda a, out: prod(out)),
     "softmax": OpRule(_same_shape, _free),

@@ -24,6 +24,7 @@ from pvt_np.models import Attention, create_model
 from pvt_np.nn import (
     AdaptiveAvgPool2d,
     Conv2d,
+    GroupNorm,
     Identity,
     LayerNorm,
     Linear,
@@ -295,6 +296,8 @@ def _op_examples(rng: np.random.Generator) -> list[tuple[str, Callable[[], Any],
         # grouped NHWC, no bias, int stride/padding: output 4 x 3
         ("conv2d", lambda: ops.conv2d_forward(nhwc, wg, None, 2, 1, 3, True), 3 * 3 * 2 * 6 * 2 * 4 * 3),
         ("layer_norm", lambda: ops.layer_norm_forward(tokens, gamma, beta, 1e-5), 2 * 2 * 9 * 6),
+        ("group_norm", lambda: ops.group_norm_forward(img, gamma[:3], beta[:3], 3), 2 * img.size),
+        ("group_norm", lambda: ops.group_norm_forward(nhwc, gamma, beta, 2, 1e-6, True), 2 * nhwc.size),
         ("gelu", lambda: ops.gelu_forward(tokens, "tanh"), 0),
         ("relu", lambda: ops.relu_forward(tokens), 2 * 9 * 6),
         ("softmax", lambda: ops.softmax_forward(img, 1), 0),
@@ -369,30 +372,30 @@ def test_a_new_layer_is_counted_without_a_new_rule() -> None:
     assert count_params(model) == sum(r.params for r in rows)
 
 
-class UpsampleHead(Module):
-    """A head that resizes the pooled features, seen as a 16 x 4 x 4 map, to 7 x 9 (bilinear)."""
+class SegmentationLikeHead(Module):
+    """A head that sees the pooled features as a 16 x 4 x 4 map: GroupNorm, then a bilinear resize to 7 x 9."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.norm = GroupNorm(4, 16)
         self.up = Upsample(size=(7, 9), mode="bilinear")
 
     def forward(self, x: Any) -> Any:
-        return self.up(x.reshape(x.shape[0], 16, 4, 4))
+        return self.up(self.norm(x.reshape(x.shape[0], 16, 4, 4)))
 
 
-def test_an_upsampling_layer_is_charged_per_output_element() -> None:
+def test_group_norm_and_upsampling_layers_are_charged() -> None:
+    """GroupNorm: 2 per element (+ 32 parameters); Upsample: 1 per output element."""
     model = create_model("pvt_v2_b0", num_classes=10, depths=(1, 1, 1, 1))  # 256 features = 16 x 4 x 4
     model.head = Identity()
     without = count_flops(model, (64, 64))
-    model.head = UpsampleHead()
+    model.head = SegmentationLikeHead()
     rows = flops_breakdown(model, (64, 64), "layer")
-    assert (rows[-1].name, rows[-1].kind, rows[-1].output_shape, rows[-1].flops) == (
-        "head.up",
-        "Upsample",
-        (16, 7, 9),
-        16 * 7 * 9,
-    )
-    assert count_flops(model, (64, 64)) == without + 16 * 7 * 9
+    assert [(r.name, r.kind, r.output_shape, r.params, r.flops) for r in rows[-2:]] == [
+        ("head.norm", "GroupNorm", (16, 4, 4), 32, 2 * 256),
+        ("head.up", "Upsample", (16, 7, 9), 0, 16 * 7 * 9),
+    ]
+    assert count_flops(model, (64, 64)) == without + 2 * 256 + 16 * 7 * 9
 
 
 class HiddenLinear(Module):

@@ -213,6 +213,20 @@ OP_CASES = [
         lambda r: [randn(r, 6, 5), r.dirichlet(np.ones(5), 6)],
     ),
     OpCase(
+        "group_norm",
+        "group_norm-nhwc",
+        lambda x, w, b: ops.group_norm_forward(x, w, b, 4, 1e-5, True),
+        ops.group_norm_backward,
+        lambda r: [randn(r, 2, 7, 5, 8) + 0.3, 1.0 + 0.5 * randn(r, 8), randn(r, 8)],
+    ),
+    OpCase(
+        "group_norm",
+        "group_norm-nchw",
+        lambda x, w, b: ops.group_norm_forward(x, w, b, 3),
+        ops.group_norm_backward,
+        lambda r: [randn(r, 2, 6, 13, 7) - 0.3, 1.0 + 0.5 * randn(r, 6), randn(r, 6)],
+    ),
+    OpCase(
         "interpolate",
         "interpolate-bilinear-nhwc",
         lambda x: ops.interpolate_forward(x, (16, 5), mode="bilinear", channels_last=True),

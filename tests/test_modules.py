@@ -39,6 +39,13 @@ class TorchConv2dNHWC(torch.nn.Conv2d):
         return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+class TorchGroupNormNHWC(torch.nn.GroupNorm):
+    """torch.nn.GroupNorm on channels-last input."""
+
+    def forward(self, x: Any) -> Any:
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 class TorchUpsampleNHWC(torch.nn.Upsample):
     """torch.nn.Upsample on channels-last input."""
 
@@ -125,6 +132,10 @@ MOD_CASES = [
     # small-variance input (var ~1e-4), where eps 1e-6 instead of 1e-5 changes the output by ~5 %
     ModCase("layernorm-eps1e-6-batch1-smallvar", lambda: nn.LayerNorm(5, eps=1e-6, dtype=F64),
             lambda tr: T.LayerNorm(5, eps=1e-6, **T64), (1, 5), scale=0.01),
+    ModCase("groupnorm-3-of-6", lambda: nn.GroupNorm(3, 6, dtype=F64), lambda tr: T.GroupNorm(3, 6, **T64),
+            (2, 6, 5, 3)),
+    ModCase("groupnorm-nhwc-batch1-eps1e-6", lambda: nn.GroupNorm(2, 4, eps=1e-6, channels_last=True, dtype=F64),
+            lambda tr: TorchGroupNormNHWC(2, 4, eps=1e-6, **T64), (1, 7, 5, 4), scale=0.01),
     ModCase("gelu-none", lambda: nn.GELU(), lambda tr: T.GELU(), (2, 13, 7)),
     ModCase("gelu-tanh", lambda: nn.GELU("tanh"), lambda tr: T.GELU(approximate="tanh"), (1, 13, 7)),
     ModCase("relu", lambda: nn.ReLU(), lambda tr: T.ReLU(), (2, 13, 7), make_input=away_from_zero),
@@ -529,6 +540,7 @@ CACHED_MODULES = [
     (lambda: nn.Linear(3, 2, dtype=F64), (np.ones((1, 3)),), "Linear"),
     (lambda: nn.Conv2d(2, 2, 1, dtype=F64), (np.ones((1, 2, 3, 3)),), "Conv2d"),
     (lambda: nn.LayerNorm(3, dtype=F64), (np.ones((1, 3)),), "LayerNorm"),
+    (lambda: nn.GroupNorm(1, 2, dtype=F64), (np.ones((1, 2, 3, 3)),), "GroupNorm"),
     (lambda: nn.GELU(), (np.ones((1, 3)),), "GELU"),
     (lambda: nn.ReLU(), (np.ones((1, 3)),), "ReLU"),
     (lambda: nn.Softmax(), (np.ones((1, 3)),), "Softmax"),

@@ -315,6 +315,46 @@ POOL_SPECS = [
 POOL_CASES = [_pool_case(*spec, channels_last=cl) for spec in POOL_SPECS for cl in (False, True)]
 
 
+# -- group norm -------------------------------------------------------------------
+def _group_norm_case(
+    name: str, shape_nchw: tuple[int, ...], groups: int, eps: float, scale: float = 1.0, *, channels_last: bool
+) -> OpCase:
+    c = shape_nchw[1]
+    shape = (shape_nchw[0], *shape_nchw[2:], c) if channels_last else shape_nchw
+
+    def make(rng: np.random.Generator) -> list[np.ndarray]:
+        return [randn(rng, *shape) * scale + 0.3, 1.0 + 0.5 * randn(rng, c), randn(rng, c)]
+
+    def ref(_cache: Any, x: Any, w: Any, b: Any) -> Any:
+        if not channels_last:
+            return F.group_norm(x, groups, w, b, eps)
+        # contiguous: torch's kernel for a channels-last strided float32 map loses ~1e-4 at a small variance
+        # beside a mean (measured 7.6e-5 to 1.2e-4 relative to float64 at var ~1e-4, mean 0.3; pvt_np's 1.7e-6)
+        return F.group_norm(x.movedim(-1, 1).contiguous(), groups, w, b, eps).movedim(1, -1)
+
+    return OpCase(
+        f"group_norm-{name}-g{groups}-{'nhwc' if channels_last else 'nchw'}",
+        lambda x, w, b: ops.group_norm_forward(x, w, b, groups, eps, channels_last),
+        ops.group_norm_backward,
+        make,
+        ref,
+        ("x", "weight", "bias"),
+    )
+
+
+GROUP_NORM_CASES = [
+    _group_norm_case(*spec, channels_last=cl)
+    for spec in [
+        ("13x7", (2, 6, 13, 7), 3, 1e-5),
+        ("batch1-5x3", (1, 8, 5, 3), 8, 1e-5),  # one channel a group (instance norm)
+        ("one-group", (2, 4, 3, 5), 1, 1e-5),  # one group (layer norm over C, H, W)
+        ("1d", (3, 4, 7), 2, 1e-6),  # (N, C, L)
+        ("small-var", (2, 6, 3, 2), 2, 1e-5, 0.01),  # var ~1e-4: eps matters
+    ]
+    for cl in (False, True)
+]
+
+
 # -- interpolation ----------------------------------------------------------------
 def _interp_case(name: str, shape_nchw: tuple[int, int, int, int], mode: str, channels_last: bool, **kw: Any) -> OpCase:
     n, c, h, w = shape_nchw
@@ -428,6 +468,7 @@ DETERMINISTIC_CASES = [
     *RESHAPE_CASES,
     *ATTENTION_CASES,
     *POOL_CASES,
+    *GROUP_NORM_CASES,
     *INTERP_CASES,
     *CE_CASES,
 ]

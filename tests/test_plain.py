@@ -133,6 +133,11 @@ SMALL_PAIRS = [
     Pair("layer_norm", "layer_norm", lambda rng: [randn(rng, 2, 13, 7) + 0.3, 1 + randn(rng, 7), randn(rng, 7)]),
     Pair("layer_norm-small-var", "layer_norm", lambda rng: [randn(rng, 3, 6) * 0.01, randn(rng, 6), randn(rng, 6)],
          {"eps": 1e-6}),
+    Pair("group_norm-nchw", "group_norm", lambda rng: [randn(rng, 2, 6, 13, 7) + 0.3, 1 + randn(rng, 6), randn(rng, 6)],
+         {"num_groups": 3}),
+    Pair("group_norm-nhwc-small-var", "group_norm",
+         lambda rng: [randn(rng, 1, 5, 3, 8) * 0.01, randn(rng, 8), randn(rng, 8)],
+         {"num_groups": 4, "eps": 1e-6, "channels_last": True}),
     Pair("gelu-none", "gelu", _arrays((2, 13, 7), scale=3.0)),
     Pair("gelu-tanh", "gelu", _arrays((2, 13, 7), scale=3.0), {"approximate": "tanh"}),
     Pair("relu", "relu", _arrays((2, 13, 7))),
@@ -185,6 +190,11 @@ LARGE_PAIRS = [
     Pair("linear-few-rows-wide", "linear", _arrays((3, 40, 256), (520, 256), (520,))),  # 1 row chunk, 7 column blocks
     Pair("linear-uneven-rows", "linear", _arrays((601, 64), (96, 64), (96,))),  # 2 row chunks of 301 and 300 rows
     Pair("layer_norm-large", "layer_norm", lambda rng: [randn(rng, 8, 2048, 32), 1 + randn(rng, 32), randn(rng, 32)]),
+    Pair("group_norm-large-nhwc", "group_norm",
+         lambda rng: [randn(rng, 4, 32, 32, 64) + 0.3, 1 + randn(rng, 64), randn(rng, 64)],
+         {"num_groups": 32, "channels_last": True}),
+    Pair("group_norm-large-nchw", "group_norm",
+         lambda rng: [randn(rng, 2, 128, 24, 40) - 0.2, 1 + randn(rng, 128), randn(rng, 128)], {"num_groups": 32}),
     Pair("gelu-none-large", "gelu", _arrays((4 * BIG + 7,), scale=3.0)),
     Pair("gelu-tanh-large", "gelu", _arrays((4 * BIG + 7,), scale=3.0), {"approximate": "tanh"}),
     Pair("relu-large", "relu", _arrays((4 * BIG + 7,))),

@@ -202,6 +202,53 @@ class LayerNorm(Module):
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
+class GroupNorm(Module):
+    """Normalises each sample over groups of ``num_channels / num_groups`` channels and all positions, then
+    scales and shifts per channel (weight ones, bias zeros), as torch.nn.GroupNorm; (N, C, *) input, or
+    (N, *, C) with ``channels_last``.
+
+    Op: ``pvt_np.ops.group_norm_forward`` / ``group_norm_backward``.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        channels_last: bool = False,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__()
+        dtype = backend.check_float_dtype(dtype)
+        for name, value in (("num_groups", num_groups), ("num_channels", num_channels)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GroupNorm: {name} must be a positive int, got {value!r}")
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_groups={num_groups} must divide num_channels={num_channels}")
+        self.num_groups, self.num_channels = int(num_groups), int(num_channels)
+        self.eps = float(eps)
+        self.channels_last = bool(channels_last)
+        self.weight = Parameter(np.ones(self.num_channels, dtype=dtype))
+        self.bias = Parameter(np.zeros(self.num_channels, dtype=dtype))
+
+    def forward(self, x: Array) -> Array:
+        out, cache = ops.group_norm_forward(
+            x, self.weight.data, self.bias.data, self.num_groups, self.eps, self.channels_last, layer=self._label()
+        )
+        self._save(cache)
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        _check_gradient(dout, self.weight.data, self._label())
+        dx, dw, db = ops.group_norm_backward(dout, self._pop_cache())
+        self.weight.accumulate(dw)
+        self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
 class GELU(Module):
     """x * Phi(x) (approximate='none') or its tanh approximation (approximate='tanh').
 

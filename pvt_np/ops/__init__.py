@@ -19,6 +19,7 @@ from pvt_np.ops import activation as _activation
 from pvt_np.ops import attention as _attention
 from pvt_np.ops import conv as _conv
 from pvt_np.ops import dropout as _dropout
+from pvt_np.ops import group_norm as _group_norm
 from pvt_np.ops import linear as _linear
 from pvt_np.ops import loss as _loss
 from pvt_np.ops import norm as _norm
@@ -60,6 +61,14 @@ layer_norm_forward, layer_norm_backward = register(
     _plain.layer_norm_forward,
     _plain.layer_norm_backward,
     _plain.PlainLayerNormCache,
+)
+group_norm_forward, group_norm_backward = register(
+    "group_norm",
+    _group_norm.group_norm_forward,
+    _group_norm.group_norm_backward,
+    _plain.group_norm_forward,
+    _plain.group_norm_backward,
+    _plain.PlainGroupNormCache,
 )
 gelu_forward, gelu_backward = register(
     "gelu",
@@ -159,6 +168,8 @@ __all__ = [
     "erf",
     "gelu_backward",
     "gelu_forward",
+    "group_norm_backward",
+    "group_norm_forward",
     "interpolate_backward",
     "interpolate_forward",
     "interpolation_matrix",

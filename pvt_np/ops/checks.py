@@ -243,3 +243,24 @@ def check_interpolate(
     # torch copies an axis whose size does not change, whatever its scale factor: its coordinate map is then
     # the one of size= (scale in / out = 1, the identity)
     return out, (None if out[0] == h else sh, None if out[1] == w else sw)
+
+
+def check_group_norm(
+    x: Array, num_groups: Any, weight: Array, bias: Array, channels_last: bool, layer: str
+) -> tuple[int, int]:
+    """x (N, C, *) or, channels last, (N, *, C) of weight's dtype; weight and bias (C,); num_groups divides C.
+    Returns (num_groups, C)."""
+    check_array(x, layer)
+    check_ndim(weight, 1, layer, "(C,)", name="weight")
+    c = weight.shape[0]
+    expect = f"(N, ..., {c})" if channels_last else f"(N, {c}, ...)"
+    if x.ndim < 2 or x.shape[-1 if channels_last else 1] != c:
+        raise ValueError(f"{layer}: expected input of shape {expect}, got {tuple(x.shape)}")
+    check_same_dtype(x, weight, layer)
+    if tuple(bias.shape) != (c,):
+        raise ValueError(f"{layer}: expected bias of shape ({c},), got {tuple(bias.shape)}")
+    if not isinstance(num_groups, (int, np.integer)) or isinstance(num_groups, bool) or num_groups < 1:
+        raise ValueError(f"{layer}: num_groups must be a positive int, got {num_groups!r}")
+    if c % num_groups:
+        raise ValueError(f"{layer}: num_groups={num_groups} must divide the {c} channels")
+    return int(num_groups), c

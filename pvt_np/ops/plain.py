@@ -39,6 +39,7 @@ from pvt_np.ops.checks import (
     check_drop_path,
     check_dropout,
     check_gelu,
+    check_group_norm,
     check_interpolate,
     check_layer_norm,
     check_linear,
@@ -221,6 +222,79 @@ def layer_norm_backward(dout: Array, cache: PlainLayerNormCache) -> tuple[Array,
     through_var = xhat * (g * xhat).mean(axis=-1, keepdims=True)
     dx = rstd * (g - through_mean - through_var)
     return dx, dweight, dbias
+
+
+class PlainGroupNormCache(NamedTuple):
+    xhat: Array  # (N, G, C/G, S): the channels-first map, one axis per group
+    rstd: Array  # (N, G, 1, 1)
+    weight: Array
+    shape: tuple[int, ...]  # the input's
+    channels_last: bool
+
+
+def _channels_first(a: Array, channels_last: bool) -> Array:
+    """(N, C, *) as (N, C, S); a channels-last (N, *, C) map is transposed to it first."""
+    n, c = a.shape[0], a.shape[-1 if channels_last else 1]
+    return a.reshape(n, -1, c).transpose(0, 2, 1) if channels_last else a.reshape(n, c, -1)
+
+
+def _back_to_input_layout(a: Array, shape: tuple[int, ...], channels_last: bool) -> Array:
+    """(N, C, S) -> the input's layout and shape."""
+    return a.transpose(0, 2, 1).reshape(shape) if channels_last else a.reshape(shape)
+
+
+def group_norm_forward(
+    x: Array,
+    weight: Array,
+    bias: Array,
+    num_groups: int,
+    eps: float = 1e-5,
+    channels_last: bool = False,
+    *,
+    layer: str = "group_norm",
+) -> tuple[Array, PlainGroupNormCache]:
+    """torch.nn.functional.group_norm on (N, C, *) maps, or (N, *, C) with ``channels_last``: the C channels
+    fall into G = num_groups groups of C/G consecutive channels, and per sample n and group k, over the
+    m = (C/G) * S elements of the group's channels at all S positions:
+
+    mean = x.mean(),  var = ((x - mean)^2).mean()  (biased, as torch),
+    rstd = 1 / sqrt(var + eps),  xhat = (x - mean) * rstd,  y[n, c, s] = xhat[n, c, s] * weight[c] + bias[c].
+    """
+    groups, c = check_group_norm(x, num_groups, weight, bias, channels_last, layer)
+    xp = get_array_module(x)
+    n = x.shape[0]
+    xg = _channels_first(x, channels_last).reshape(n, groups, c // groups, -1)
+    mean = xg.mean(axis=(2, 3), keepdims=True)
+    var = ((xg - mean) ** 2).mean(axis=(2, 3), keepdims=True)
+    rstd = 1.0 / xp.sqrt(var + eps)
+    xhat = (xg - mean) * rstd
+    y = xhat.reshape(n, c, -1) * weight[:, None] + bias[:, None]
+    return _back_to_input_layout(y, x.shape, channels_last), PlainGroupNormCache(
+        xhat, rstd, weight, tuple(x.shape), channels_last
+    )
+
+
+def group_norm_backward(dout: Array, cache: PlainGroupNormCache) -> tuple[Array, Array, Array]:
+    """Layer norm's derivation with a group's m elements in place of a row's C. With g = G * weight[c] (the
+    gradient reaching xhat) and means over each (sample, group):
+
+    dbias[c] = sum over samples and positions of G[n, c, s],  dweight[c] = the same sum of G * xhat
+    xhat = (x - mean) * rstd depends on x directly, through mean and through var:
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+          direct   via mean     via var  (d var / dx_i = 2 (x_i - mean) / m)
+    Returns (dx, dweight, dbias).
+    """
+    xhat, rstd, weight, shape, channels_last = cache
+    n, groups, per_group, _ = xhat.shape
+    c = groups * per_group
+    gc = _channels_first(dout, channels_last)  # (N, C, S)
+    dbias = gc.sum(axis=(0, 2))
+    dweight = (gc * xhat.reshape(n, c, -1)).sum(axis=(0, 2))
+    g = (gc * weight[:, None]).reshape(xhat.shape)
+    through_mean = g.mean(axis=(2, 3), keepdims=True)
+    through_var = xhat * (g * xhat).mean(axis=(2, 3), keepdims=True)
+    dx = rstd * (g - through_mean - through_var)
+    return _back_to_input_layout(dx.reshape(n, c, -1), shape, channels_last), dweight, dbias
 
 
 # -- pointwise ---------------------------------------------------------------------------
