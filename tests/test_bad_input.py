@@ -86,8 +86,13 @@ LAYER_CASES: list[tuple[str, Callable[[], nn.Module], Callable[[Any], Any], type
     ("pool-int", lambda: nn.AdaptiveAvgPool2d(7), lambda m: m(_ints(1, 3, 15, 11)), TypeError,
      ("AdaptiveAvgPool2d", "float32 or float64", "int64")),
     # loss
-    ("ce-rank3", lambda: nn.CrossEntropyLoss(), lambda m: m(_x(2, 3, 4), np.array([0, 1])), ValueError,
-     ("CrossEntropyLoss", "rank 2", "(N, num_classes)", "(2, 3, 4)")),
+    ("ce-rank1", lambda: nn.CrossEntropyLoss(), lambda m: m(_x(3), np.array([0, 1, 2])), ValueError,
+     ("CrossEntropyLoss", "rank >= 2", "(N, num_classes, ...)", "(3,)")),
+    ("ce-pixel-target-shape", lambda: nn.CrossEntropyLoss(), lambda m: m(_x(2, 3, 4), np.array([0, 1])), ValueError,
+     ("CrossEntropyLoss", "(2, 4) indices", "(2, 3, 4) probabilities", "got (2,)")),
+    ("ce-ignore-index-out-of-range", lambda: nn.CrossEntropyLoss(ignore_index=255),
+     lambda m: m(_x(2, 3, 2), np.array([[0, 255], [3, 1]])), ValueError,
+     ("CrossEntropyLoss", "[0, 2] (or ignore_index=255)", "3")),
     ("ce-int-logits", lambda: nn.CrossEntropyLoss(), lambda m: m(_ints(2, 3), np.array([0, 1])), TypeError,
      ("CrossEntropyLoss", "float32 or float64", "int64")),
     ("ce-target-length", lambda: nn.CrossEntropyLoss(), lambda m: m(_x(2, 3), np.array([0, 1, 2])), ValueError,
@@ -199,6 +204,8 @@ OP_CASES: list[tuple[str, Callable[[], Any], type[Exception], tuple[str, ...]]] 
      ("cross_entropy", "[0, 999]", "-100")),
     ("ce-target-rank", lambda: ops.cross_entropy_forward(_x(2, 3), _x(2, 3, 1)), ValueError,
      ("cross_entropy", "(N,)", "(N, K)", "(2, 3, 1)")),
+    ("ce-ignore-index-type", lambda: ops.cross_entropy_forward(_x(2, 3), np.array([0, 1]), 0.0, 2.5), TypeError,
+     ("cross_entropy", "ignore_index", "int or None", "2.5")),
 ]  # fmt: skip
 
 
@@ -223,6 +230,7 @@ def test_op_rejects_bad_input(call: Callable[[], Any], exc: type[Exception], par
         (lambda: nn.AdaptiveAvgPool2d((7, 7, 7)), TypeError, ("AdaptiveAvgPool2d", "output_size", "(7, 7, 7)")),
         (lambda: nn.Upsample(), ValueError, ("Upsample", "exactly one of size and scale_factor")),
         (lambda: nn.GroupNorm(4, 6), ValueError, ("GroupNorm", "num_groups=4", "num_channels=6")),
+        (lambda: nn.CrossEntropyLoss(ignore_index="255"), TypeError, ("CrossEntropyLoss", "ignore_index", "'255'")),
         (lambda: nn.Upsample(4, mode="area"), ValueError, ("Upsample", "'nearest' or 'bilinear'", "'area'")),
     ],
     ids=[
@@ -237,6 +245,7 @@ def test_op_rejects_bad_input(call: Callable[[], Any], exc: type[Exception], par
         "pool",
         "upsample-neither",
         "groupnorm-groups",
+        "ce-ignore-index",
         "upsample-mode",
     ],
 )

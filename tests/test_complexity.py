@@ -310,6 +310,7 @@ def _op_examples(rng: np.random.Generator) -> list[tuple[str, Callable[[], Any],
         ("dropout", lambda: ops.dropout_forward(tokens, 0.5, True), 0),
         ("drop_path", lambda: ops.drop_path_forward(tokens, 0.5, True), 0),
         ("cross_entropy", lambda: ops.cross_entropy_forward(x[:, 0], target, 0.1), 0),
+        ("cross_entropy", lambda: ops.cross_entropy_forward(img, np.zeros((2, 7, 6), int), 0.0, 255), 0),
         ("token_mean", lambda: ops.token_mean_forward(tokens), 0),
     ]
 

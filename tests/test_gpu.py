@@ -240,6 +240,13 @@ OP_CASES = [
         ops.interpolate_backward,
         lambda r: [randn(r, 1, 3, 9, 7)],
     ),
+    OpCase(
+        "cross_entropy",
+        "cross_entropy-pixels-ignore",
+        lambda z, t: ops.cross_entropy_forward(z, t, 0.1, 255),
+        ops.cross_entropy_backward,
+        lambda r: [randn(r, 2, 5, 3, 4), np.where(r.random((2, 3, 4)) < 0.3, 255, r.integers(0, 5, (2, 3, 4)))],
+    ),
     OpCase("token_mean", "token_mean", ops.token_mean_forward, ops.token_mean_backward, lambda r: [randn(r, 2, 13, 7)]),
 ]
 

@@ -105,6 +105,7 @@ class ModCase:
 _CE_RNG = np.random.default_rng(42)
 _CE_SOFT = _CE_RNG.dirichlet(np.ones(6), size=4)
 _CE_INDEX = _CE_RNG.integers(0, 6, size=4)
+_CE_PIXELS = np.where(_CE_RNG.random((2, 3, 2)) < 0.3, 255, _CE_RNG.integers(0, 6, size=(2, 3, 2)))
 
 MOD_CASES = [
     ModCase("linear-3d", lambda: nn.Linear(7, 5, dtype=F64), lambda tr: T.Linear(7, 5, **T64), (2, 13, 7)),
@@ -156,6 +157,8 @@ MOD_CASES = [
             lambda tr: TorchUpsampleNHWC(scale_factor=(1.5, 0.5), mode="bilinear"), (1, 7, 9, 3)),
     ModCase("ce-index", lambda: nn.CrossEntropyLoss(), lambda tr: T.CrossEntropyLoss(), (4, 6), (_CE_INDEX,),
             scale=2.0),
+    ModCase("ce-pixels-ignore255", lambda: nn.CrossEntropyLoss(ignore_index=255),
+            lambda tr: T.CrossEntropyLoss(ignore_index=255), (2, 6, 3, 2), (_CE_PIXELS,), scale=2.0),
     ModCase("ce-index-smoothing", lambda: nn.CrossEntropyLoss(label_smoothing=0.1),
             lambda tr: T.CrossEntropyLoss(label_smoothing=0.1), (4, 6), (_CE_INDEX,), scale=2.0),
     ModCase("ce-index-batch1", lambda: nn.CrossEntropyLoss(), lambda tr: T.CrossEntropyLoss(), (1, 6),

@@ -453,6 +453,37 @@ CE_CASES = [
     _ce_case("unnormalised-soft-smoothing", 3, 5, 0.1, "weights"),
 ]
 
+
+def _seg_ce_case(name: str, shape: tuple[int, ...], smoothing: float, ignore_index: int | None) -> OpCase:
+    """Per-position cross-entropy: logits (N, K, d1, ...), index targets (N, d1, ...), every third one ignored."""
+    trng = np.random.default_rng(_seed(name))
+    target = trng.integers(0, shape[1], size=(shape[0], *shape[2:]))
+    if ignore_index is not None:
+        target.reshape(-1)[1::3] = ignore_index
+
+    def ref(_cache: Any, z: Any) -> Any:
+        ignored = -100 if ignore_index is None else ignore_index
+        return F.cross_entropy(z, torch.from_numpy(target), ignore_index=ignored, label_smoothing=smoothing)
+
+    return OpCase(
+        f"cross_entropy-{name}",
+        lambda z: ops.cross_entropy_forward(z, target, smoothing, ignore_index),
+        lambda g, c: ops.cross_entropy_backward(g, c),
+        lambda rng: [randn(rng, *shape) * 2.0],
+        ref,
+        ("logits",),
+    )
+
+
+SEG_CE_CASES = [
+    _seg_ce_case("pixels-ignore255", (2, 5, 3, 7), 0.0, 255),
+    _seg_ce_case("pixels-ignore255-smoothing", (1, 4, 5, 3), 0.1, 255),
+    _seg_ce_case("pixels-ignore-a-class", (2, 3, 4, 5), 0.0, 1),  # an index inside [0, K) can be the ignored one
+    _seg_ce_case("pixels-no-ignore", (2, 4, 3, 2), 0.2, None),
+    _seg_ce_case("1d-positions-ignore-100", (3, 6, 5), 0.0, -100),
+    _seg_ce_case("rows-ignore255", (7, 5), 0.1, 255),
+]
+
 DETERMINISTIC_CASES = [
     *CONV_CASES,
     _linear_case("batch1", (1, 7), 5),
@@ -471,6 +502,7 @@ DETERMINISTIC_CASES = [
     *GROUP_NORM_CASES,
     *INTERP_CASES,
     *CE_CASES,
+    *SEG_CE_CASES,
 ]
 ALL_CASES = [*DETERMINISTIC_CASES, *RANDOM_CASES]
 
@@ -538,6 +570,23 @@ def test_interpolate_matches_torch_at_many_ratios(mode: str) -> None:
             out, _ = ops.interpolate_forward(x, scale_factor=(factor, 1.0), mode=mode)
             ref = F.interpolate(to_torch(x), scale_factor=(factor, 1.0), mode=mode).numpy()
             np.testing.assert_allclose(out, ref, rtol=0, atol=atol * in_size * 3)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_with_every_position_ignored_is_nan_with_zero_gradient_as_torch(smoothing: float) -> None:
+    """No position counted: torch's mean is 0 / 0 = nan, and its gradient 0; pvt_np gives the same, without a
+    warning."""
+    z = randn(np.random.default_rng(4), 2, 3, 4, 5)
+    target = np.full((2, 4, 5), 255)
+    t = to_torch(z, requires_grad=True)
+    ref = F.cross_entropy(t, torch.from_numpy(target), ignore_index=255, label_smoothing=smoothing)
+    ref.backward()
+    with np.errstate(all="raise"):
+        loss, cache = ops.cross_entropy_forward(z, target, smoothing, 255)
+        grad = ops.cross_entropy_backward(1.0, cache)
+    assert np.isnan(loss) and np.isnan(ref.item())
+    np.testing.assert_array_equal(grad, t.grad.numpy())
+    assert not grad.any()
 
 
 def test_softmax_is_overflow_safe() -> None:

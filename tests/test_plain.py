@@ -111,6 +111,17 @@ def _targets(kind: str, n: int, k: int) -> Callable[[np.random.Generator], list[
     return make
 
 
+def _pixel_targets(shape: tuple[int, ...], ignore_index: int) -> Callable[[np.random.Generator], list[Any]]:
+    """Per-pixel logits (N, K, H, W) and class indices (N, H, W), every third one ``ignore_index``."""
+
+    def make(rng: np.random.Generator) -> list[Any]:
+        target = rng.integers(0, shape[1], size=(shape[0], *shape[2:]))
+        target.reshape(-1)[1::3] = ignore_index
+        return [randn(rng, *shape) * 2.0, target]
+
+    return make
+
+
 SMALL_PAIRS = [
     Pair("linear-3d", "linear", _arrays((2, 13, 7), (5, 7), (5,))),
     Pair("linear-1d-nobias", "linear", _arrays((7,), (4, 7))),
@@ -170,6 +181,10 @@ SMALL_PAIRS = [
     Pair("ce-index-smoothing", "cross_entropy", _targets("index", 5, 7), {"label_smoothing": 0.1}),
     Pair("ce-soft", "cross_entropy", _targets("soft", 5, 7)),
     Pair("ce-unnormalised-soft-smoothing", "cross_entropy", _targets("weights", 3, 5), {"label_smoothing": 0.15}),
+    Pair("ce-pixels-ignore255-smoothing", "cross_entropy", _pixel_targets((2, 5, 3, 7), 255),
+         {"label_smoothing": 0.1, "ignore_index": 255}),
+    Pair("ce-pixels-soft", "cross_entropy", lambda rng: [randn(rng, 2, 4, 3, 5) * 2.0,
+                                                         rng.dirichlet(np.ones(4), (2, 3, 5)).transpose(0, 3, 1, 2)]),
     Pair("token_mean", "token_mean", _arrays((2, 13, 7))),
     Pair("token_mean-one-token", "token_mean", _arrays((1, 1, 3))),
 ]  # fmt: skip
@@ -210,6 +225,8 @@ LARGE_PAIRS = [
     Pair("dropout-large", "dropout", _arrays((4 * BIG + 7,)), {"p": 0.2}, rng_seed=8),
     Pair("drop_path-large", "drop_path", _arrays((64, 128, 64)), {"p": 0.3}, rng_seed=9),
     Pair("ce-large-smoothing", "cross_entropy", _targets("index", 4096, 100), {"label_smoothing": 0.1}),
+    Pair("ce-pixels-large-ignore255", "cross_entropy", _pixel_targets((4, 19, 64, 64), 255),
+         {"ignore_index": 255}),
     Pair("token_mean-large", "token_mean", _arrays((8, 4096, 32))),
 ]  # fmt: skip
 

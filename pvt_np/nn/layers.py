@@ -421,17 +421,27 @@ class Upsample(Module):
 class CrossEntropyLoss(Module):
     """Mean softmax cross-entropy: ``loss = crit(logits, target)`` then ``dlogits = crit.backward()``.
 
+    logits (N, K) or per pixel (N, K, H, W); targets equal to ``ignore_index`` are left out of the mean
+    (torch's default -100 is not taken for granted: None, the default, ignores nothing and refuses
+    out-of-range indices).
+
     Op: ``pvt_np.ops.cross_entropy_forward`` / ``cross_entropy_backward``.
     """
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, ignore_index: int | None = None) -> None:
         super().__init__()
         self.label_smoothing = float(label_smoothing)
         if not 0.0 <= self.label_smoothing <= 1.0:
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
+        is_int = isinstance(ignore_index, (int, np.integer)) and not isinstance(ignore_index, bool)
+        if ignore_index is not None and not is_int:
+            raise TypeError(f"CrossEntropyLoss: ignore_index must be an int or None, got {ignore_index!r}")
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
 
     def forward(self, logits: Array, target: Array) -> Array:
-        loss, cache = ops.cross_entropy_forward(logits, target, self.label_smoothing, layer=self._label())
+        loss, cache = ops.cross_entropy_forward(
+            logits, target, self.label_smoothing, self.ignore_index, layer=self._label()
+        )
         self._save(cache)
         return loss
 
@@ -439,4 +449,5 @@ class CrossEntropyLoss(Module):
         return ops.cross_entropy_backward(dout, self._pop_cache())
 
     def extra_repr(self) -> str:
-        return f"label_smoothing={self.label_smoothing}"
+        ignored = "" if self.ignore_index is None else f", ignore_index={self.ignore_index}"
+        return f"label_smoothing={self.label_smoothing}{ignored}"

@@ -177,32 +177,41 @@ def check_drop_path(x: Array, p: Any, layer: str) -> float:
     return check_probability(p, layer)
 
 
-def check_cross_entropy(logits: Array, target: Any, label_smoothing: Any, layer: str) -> float:
-    """logits (N, K); target (N,) integer classes in [0, K) or (N, K) probabilities; returns eps.
+def check_cross_entropy(logits: Array, target: Any, label_smoothing: Any, ignore_index: Any, layer: str) -> float:
+    """logits (N, K) or per position (N, K, d1, ...); target class indices (N,) / (N, d1, ...) in [0, K) or equal
+    to ``ignore_index`` (an int, or None: no class ignored), or probabilities of the logits' shape; returns eps.
 
     A NumPy index target is range-checked (a negative index would otherwise wrap
     around silently); a CuPy one is not, as that needs a host sync.
     """
-    check_ndim(logits, 2, layer, "(N, num_classes)", name="logits")
+    check_array(logits, layer, "logits")
+    if logits.ndim < 2:
+        raise ValueError(
+            f"{layer}: expected logits of rank >= 2 (N, num_classes, ...), got shape {tuple(logits.shape)}"
+        )
     eps = check_probability(label_smoothing, layer, "label_smoothing")
-    n, k = logits.shape
+    if ignore_index is not None and (not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool)):
+        raise TypeError(f"{layer}: ignore_index must be an int or None, got {ignore_index!r}")
+    k = logits.shape[1]
+    index_shape = (logits.shape[0], *logits.shape[2:])
     if not hasattr(target, "shape") or not hasattr(target, "dtype"):
         target = np.asarray(target)
-    if target.ndim == 1:
-        if target.shape[0] != n:
-            raise ValueError(f"{layer}: expected target of shape ({n},), got {tuple(target.shape)}")
+    if tuple(target.shape) == index_shape:
         if target.dtype.kind not in "iu":
             raise TypeError(f"{layer}: class-index target must be integers, got {target.dtype}")
-        if get_array_module(target) is np and target.size and (target.min() < 0 or target.max() >= k):
-            raise ValueError(
-                f"{layer}: class indices must be in [0, {k - 1}] for {k} classes, "
-                f"got values from {target.min()} to {target.max()}"
-            )
-    elif target.ndim == 2:
-        if target.shape != logits.shape:
-            raise ValueError(f"{layer}: expected soft target of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
-    else:
-        raise ValueError(f"{layer}: target must be (N,) indices or (N, K) probabilities, got {tuple(target.shape)}")
+        if get_array_module(target) is np and target.size:
+            classes = target if ignore_index is None else target[target != ignore_index]
+            if classes.size and (classes.min() < 0 or classes.max() >= k):
+                ignored = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+                raise ValueError(
+                    f"{layer}: class indices must be in [0, {k - 1}]{ignored} for {k} classes, "
+                    f"got values from {classes.min()} to {classes.max()}"
+                )
+    elif tuple(target.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"{layer}: target must be {index_shape} indices or {tuple(logits.shape)} probabilities "
+            f"(as (N,) / (N, K) for logits (N, K)), got {tuple(target.shape)}"
+        )
     return eps
 
 

@@ -641,43 +641,64 @@ def drop_path_backward(dout: Array, cache: PlainDropoutCache) -> Array:
 
 # -- cross entropy -----------------------------------------------------------------------
 class PlainCrossEntropyCache(NamedTuple):
-    log_probs: Array
-    target_probs: Array
+    log_probs: Array  # the logits' shape, classes on axis 1
+    target_probs: Array  # t, zero at ignored positions
+    count: Any  # M', the number of counted predictions (an int, or a 0-d array with ignore_index)
 
 
 def cross_entropy_forward(
-    logits: Array, target: Array, label_smoothing: float = 0.0, *, layer: str = "cross_entropy"
+    logits: Array,
+    target: Array,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    *,
+    layer: str = "cross_entropy",
 ) -> tuple[Array, PlainCrossEntropyCache]:
-    """L = -(1/N) sum_n sum_k t[n, k] log softmax(z[n])_k, as torch.nn.functional.cross_entropy.
+    """L = -(1/M') sum_p sum_k t[p, k] log softmax(z[p])_k, as torch.nn.functional.cross_entropy
+    (reduction='mean'), over the predictions p: the N rows of logits (N, K), or the N * d1 * ... positions of
+    logits (N, K, d1, ...) (classes on axis 1, one prediction per pixel for segmentation).
 
-    t is the one-hot of class indices (N,) or given probabilities (N, K), mixed with
+    t is the one-hot of class indices (N, d1, ...) or given probabilities (the logits' shape), mixed with
     the uniform distribution by label smoothing eps: t = (1 - eps) t + eps / K.
+    A position whose index equals ``ignore_index`` (None: none) gets t = 0 and is not counted:
+    M' = the number of other positions with an index target, every position otherwise (torch's rule).
+    When every position is ignored L = 0 / 0 = nan, as torch.
     log softmax(z)_k = z_k - max z - log sum_j exp(z_j - max z).
     """
-    eps = check_cross_entropy(logits, target, label_smoothing, layer)
+    eps = check_cross_entropy(logits, target, label_smoothing, ignore_index, layer)
     xp = get_array_module(logits)
-    n, k = logits.shape
+    k = logits.shape[1]
     target = xp.asarray(target)
-    if target.ndim == 1:
-        t = xp.eye(k, dtype=logits.dtype)[target]
+    counted = xp.ones(target.shape[:1] + target.shape[2:] if target.ndim == logits.ndim else target.shape, bool)
+    if target.ndim == logits.ndim - 1:
+        if ignore_index is not None:
+            counted = target != ignore_index
+        t = xp.moveaxis(xp.eye(k, dtype=logits.dtype)[xp.where(counted, target, 0)], -1, 1)
     else:
         t = target.astype(logits.dtype)
-    t = (1.0 - eps) * t + eps / k
+    t = ((1.0 - eps) * t + eps / k) * xp.expand_dims(counted, 1)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-    loss = -(t * log_probs).sum() / n
-    return loss, PlainCrossEntropyCache(log_probs, t)
+    total = -(t * log_probs).sum()
+    if ignore_index is None or target.ndim == logits.ndim:
+        count: Any = counted.size
+        loss = total / count
+    else:
+        count = counted.sum().astype(logits.dtype)
+        loss = xp.where(count > 0, total / xp.maximum(count, 1), xp.nan).astype(logits.dtype)
+    return loss, PlainCrossEntropyCache(log_probs, t, count)
 
 
 def cross_entropy_backward(dout: float | Array, cache: PlainCrossEntropyCache) -> Array:
-    """dL/dz[n, j] = -(1/N) (t[n, j] - softmax(z[n])_j * sum_k t[n, k]), times dout (1.0 at the top).
+    """dL/dz[p, j] = -(1/M') (t[p, j] - softmax(z[p])_j * sum_k t[p, k]), times dout (1.0 at the top).
 
     (d log softmax(z)_k / dz_j = delta_kj - softmax(z)_j.) For a probability target
-    sum_k t[n, k] = 1 and this is the familiar (softmax(z) - t) / N.
+    sum_k t[p, k] = 1 and this is the familiar (softmax(z) - t) / M'. An ignored position has t = 0, so
+    its gradient is 0; when all are ignored every gradient is 0 (torch's, under its nan loss).
     """
-    log_probs, t = cache
+    log_probs, t, count = cache
     xp = get_array_module(log_probs)
     probs = xp.exp(log_probs)
-    n = log_probs.shape[0]
-    scale = xp.asarray(dout, dtype=log_probs.dtype) / n  # in the logits' dtype: a float64 dout must not promote
+    # in the logits' dtype: a float64 dout must not promote; max(M', 1): all ignored gives 0, not 0 / 0
+    scale = xp.asarray(dout, dtype=log_probs.dtype) / (count if isinstance(count, int) else xp.maximum(count, 1))
     return (probs * t.sum(axis=1, keepdims=True) - t) * scale
