@@ -41,6 +41,14 @@ from pvt_np.data.errors import CorruptDatasetError, DataError, DatasetNotFoundEr
 from pvt_np.data.imagefolder import decode_image_folder, default_cache_dir, load_image_folder
 from pvt_np.data.load import DATASETS, load_dataset
 from pvt_np.data.loader import Batch, BatchLoader
+from pvt_np.data.scenes import SHAPES, SIZE_BUCKET_NAMES, SIZE_BUCKETS, Scenes, load_scenes, make_scenes, size_bucket
+from pvt_np.data.segmentation import (
+    IGNORE_INDEX,
+    SegmentationBatch,
+    SegmentationBatches,
+    SegmentationDataset,
+    load_segmentation_folder,
+)
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -49,6 +57,10 @@ __all__ = [
     "CIFAR100_STD",
     "CIFAR_SPECS",
     "DATASETS",
+    "IGNORE_INDEX",
+    "SHAPES",
+    "SIZE_BUCKETS",
+    "SIZE_BUCKET_NAMES",
     "SPLITS",
     "TRIVIAL_OPS",
     "Augment",
@@ -60,6 +72,10 @@ __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "MixParams",
+    "Scenes",
+    "SegmentationBatch",
+    "SegmentationBatches",
+    "SegmentationDataset",
     "crop_flip_gather",
     "cutmix",
     "decode_image_folder",
@@ -70,6 +86,9 @@ __all__ = [
     "load_cifar",
     "load_dataset",
     "load_image_folder",
+    "load_scenes",
+    "load_segmentation_folder",
+    "make_scenes",
     "mix_targets",
     "mixup",
     "one_hot",
@@ -79,6 +98,7 @@ __all__ = [
     "sample_crop_flip",
     "sample_mix",
     "sample_trivial",
+    "size_bucket",
     "to_float_nchw",
     "translate",
     "trivial_augment",

@@ -216,15 +216,18 @@ def sample_trivial(rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np
 # Application (device, NumPy or CuPy) --------------------------------------------------
 
 
-def crop_flip_gather(images: Array, index: Array, dy: Array, dx: Array, flip: Array, padding: int) -> Array:
+def crop_flip_gather(
+    images: Array, index: Array, dy: Array, dx: Array, flip: Array, padding: int, fill: int = 0
+) -> Array:
     """Gather ``images[index]`` (uint8 NHWC) already cropped and flipped: one vectorised gather.
 
     out[b, i, j] = padded(images[index[b]])[dy[b] + i, dx[b] + j'] with
     j' = W - 1 - j when flip[b] (the flip is applied after the crop, as
-    RandomCrop then RandomHorizontalFlip), and zero where the source pixel lies
-    in the padding. Indexing the unpadded dataset with clipped coordinates and
-    masking avoids materialising a padded copy. Index arrays must live on the
-    same device as ``images``.
+    RandomCrop then RandomHorizontalFlip), and ``fill`` (zero by default) where the
+    source pixel lies in the padding. Indexing the unpadded dataset with clipped
+    coordinates and masking avoids materialising a padded copy. Index arrays must
+    live on the same device as ``images``. A segmentation mask, (N, H, W, 1), goes
+    through the same draws with ``fill=255`` (the ignored label) so it moves with its image.
     """
     xp = get_array_module(images)
     h, w = images.shape[1], images.shape[2]
@@ -239,7 +242,10 @@ def crop_flip_gather(images: Array, index: Array, dy: Array, dx: Array, flip: Ar
     ]  # (B, H, W, C)
     if padding > 0:
         inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-        out *= inside[..., None].astype(out.dtype)
+        if fill == 0:
+            out *= inside[..., None].astype(out.dtype)
+        else:
+            out = xp.where(inside[..., None], out, xp.asarray(fill, dtype=out.dtype))
     return out
 
 
