@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from pvt_np import backend, ops
-from pvt_np.models import PyramidVisionTransformerStage, PyramidVisionTransformerV2, create_model
+from pvt_np.models import PyramidVisionTransformerStage, PyramidVisionTransformerV2, SemanticSegmenter, create_model
 from pvt_np.nn import Module, no_grad
 from pvt_np.nn.module import watch_calls
 from pvt_np.op_costs import OP_RULES, OpRule, Shape, _arguments, _zeros_of_output_shape, op_rule
@@ -245,8 +245,10 @@ def _trace(model: Module, input_size: int | Sequence[int], run_ops: bool = False
     The model is left as it was: its caches are put back, and no random draw is
     made (with the substitutes).
     """
-    if not isinstance(model, PyramidVisionTransformerV2):
-        raise TypeError(f"complexity: expected a PyramidVisionTransformerV2, got {type(model).__name__}")
+    if not isinstance(model, (PyramidVisionTransformerV2, SemanticSegmenter)):
+        raise TypeError(
+            f"complexity: expected a PyramidVisionTransformerV2 or a SemanticSegmenter, got {type(model).__name__}"
+        )
     height, width = _check_input_size(input_size)
     model.feature_sizes(height, width)  # a clear error when the input is too small
     xp = backend.get_array_module(next(model.parameters()).data)

@@ -1,4 +1,4 @@
-"""The PVT v2 model family."""
+"""The PVT v2 model family and the Semantic FPN segmenter built on it."""
 
 from pvt_np.models.pvt_v2 import (
     Attention,
@@ -16,9 +16,11 @@ from pvt_np.models.registry import (
     ModelMeta,
     architecture,
     create_model,
+    create_segmenter,
     list_models,
     model_meta,
 )
+from pvt_np.models.semantic_fpn import ConvModule, SemanticFPNHead, SemanticSegmenter
 
 __all__ = [
     "ARCH_FIELDS",
@@ -26,13 +28,17 @@ __all__ = [
     "MODEL_CONFIGS",
     "Attention",
     "Block",
+    "ConvModule",
     "MlpWithDepthwiseConv",
     "ModelMeta",
     "OverlapPatchEmbed",
     "PyramidVisionTransformerStage",
     "PyramidVisionTransformerV2",
+    "SemanticFPNHead",
+    "SemanticSegmenter",
     "architecture",
     "create_model",
+    "create_segmenter",
     "list_models",
     "model_meta",
     "pyramid_sizes",

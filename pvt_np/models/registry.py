@@ -13,6 +13,7 @@ import numpy as np
 
 from pvt_np import backend
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
+from pvt_np.models.semantic_fpn import DEFAULT_GN_GROUPS, SemanticFPNHead, SemanticSegmenter
 from pvt_np.nn import skip_init
 
 _COMMON = {"num_heads": (1, 2, 5, 8), "sr_ratios": (8, 4, 2, 1), "mlp_ratios": (8, 8, 4, 4)}
@@ -243,3 +244,32 @@ def create_model(
     rates.update(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     cfg = architecture(name, num_classes, cifar, **overrides)
     return build_model(name, cfg, rates, dtype=dtype, device=device, seed=seed)
+
+
+def create_segmenter(
+    name: str,
+    num_classes: int,
+    *,
+    fpn_channels: int = 256,
+    head_channels: int = 128,
+    num_groups: int = DEFAULT_GN_GROUPS,
+    drop_path_rate: float = 0.0,
+    seed: int = 0,
+    dtype: Any = np.float32,
+    device: str = "cpu",
+    **overrides: Any,
+) -> SemanticSegmenter:
+    """A PVT v2 variant (no classification head) with a :class:`SemanticFPNHead` of ``num_classes`` classes.
+
+    The backbone is ``create_model(name, num_classes=0, drop_path_rate=..., seed=seed, **overrides)``
+    (``cifar=True`` and any architecture override pass through); the head gets mmseg's initialisation
+    (:meth:`SemanticFPNHead.init_weights`) from ``seed``. The widths (FPN 256, head 128) are those of the
+    PVT v2 Semantic FPN configs; the 32 GroupNorm groups are Panoptic FPN's.
+    """
+    backbone = create_model(name, 0, drop_path_rate=drop_path_rate, seed=seed, dtype=dtype, **overrides)
+    # init_weights draws every head weight next: skip the layers' default draws from the shared generator.
+    with skip_init():
+        head = SemanticFPNHead(backbone.embed_dims, fpn_channels, head_channels, num_classes, num_groups, dtype=dtype)
+    model = SemanticSegmenter(backbone, head.init_weights(seed))
+    model.model_name = name
+    return model.to(device=device) if device != "cpu" else model
