@@ -33,6 +33,7 @@ _FUNCTIONS = {
     "count_flops": "complexity",
     "count_params": "complexity",
     "create_model": "models",
+    "create_segmenter": "models",
     "get_array_module": "backend",
     "gpu_available": "backend",
     "gradcheck": "grad_check",
@@ -76,7 +77,7 @@ if TYPE_CHECKING:  # what the lazy attributes are, for type checkers and IDEs
     from pvt_np.complexity import count_flops, count_params  # noqa: F401
     from pvt_np.grad_check import gradcheck, relative_error  # noqa: F401
     from pvt_np.inference import predict  # noqa: F401
-    from pvt_np.models import create_model, list_models  # noqa: F401
+    from pvt_np.models import create_model, create_segmenter, list_models  # noqa: F401
     from pvt_np.ops.parallel import set_threads  # noqa: F401
     from pvt_np.weights import load_model  # noqa: F401
 

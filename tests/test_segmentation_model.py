@@ -280,3 +280,41 @@ def test_create_segmenter_is_seeded() -> None:
     assert not np.array_equal(a.state_dict()["head.conv_seg.weight"], c.state_dict()["head.conv_seg.weight"])
     assert float(np.std(a.state_dict()["head.conv_seg.weight"])) == pytest.approx(0.01, rel=0.1)
     assert rel_err(a.state_dict()["head.scale_heads.0.0.gn.weight"], np.ones(128)) == 0.0
+
+
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(rng: np.random.Generator) -> None:
+    """``input_grad=False`` only skips the image gradient: every parameter's gradient is bit-identical."""
+    model = create_segmenter("pvt_v2_b0", 3, fpn_channels=16, head_channels=8, num_groups=4, dtype=np.float64)
+    x = rng.standard_normal((2, 3, 64, 48))
+    dlogits = rng.standard_normal((2, 3, 64, 48))
+    grads, returned = [], []
+    for input_grad in (True, False):
+        model.zero_grad()
+        model(x)
+        returned.append(model.backward(dlogits, input_grad=input_grad))
+        grads.append({name: p.grad.copy() for name, p in model.named_parameters()})
+    assert returned[0].shape == x.shape
+    assert returned[1] is None
+    assert grads[0].keys() == grads[1].keys() == dict(model.named_parameters()).keys()
+    assert all(np.array_equal(grads[0][name], grads[1][name]) for name in grads[0])
+
+
+def test_backward_pyramid_without_input_grad(rng: np.random.Generator) -> None:
+    """The backbone alone: ``backward_pyramid(..., input_grad=False)`` returns None, parameter gradients unchanged."""
+    backbone = pvt_np.create_model("pvt_v2_b0", 0, dtype=np.float64)
+    x = rng.standard_normal((1, 3, 64, 64))
+    grads, returned = [], []
+    for input_grad in (True, False):
+        backbone.zero_grad()
+        maps = backbone.forward_pyramid(x)
+        dmaps = [np.random.default_rng(i).standard_normal(m.shape) for i, m in enumerate(maps)]
+        returned.append(backbone.backward_pyramid(dmaps, input_grad=input_grad))
+        grads.append({name: p.grad.copy() for name, p in backbone.named_parameters()})
+    assert returned[0].shape == x.shape
+    assert returned[1] is None
+    assert all(np.array_equal(grads[0][name], grads[1][name]) for name in grads[0])
+
+
+def test_create_segmenter_is_exported_at_the_top_level() -> None:
+    assert pvt_np.create_segmenter is create_segmenter
+    assert "create_segmenter" in pvt_np.__all__

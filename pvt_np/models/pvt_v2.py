@@ -579,12 +579,15 @@ class PyramidVisionTransformerV2(Module):
         self._save(("pyramid", None))
         return [m.transpose(0, 3, 1, 2) for m in maps]
 
-    def backward_pyramid(self, dmaps: Sequence[Array | None]) -> Array:
-        """Input gradient from gradients w.r.t. forward_pyramid's NCHW maps (None for an unused map)."""
+    def backward_pyramid(self, dmaps: Sequence[Array | None], input_grad: bool = True) -> Array | None:
+        """Input gradient from gradients w.r.t. forward_pyramid's NCHW maps (None for an unused map).
+
+        ``input_grad=False`` skips the stem's col2im and returns None, as :meth:`backward` does.
+        """
         self._pop("pyramid")
         if len(dmaps) != len(self.stages):
             raise ValueError(f"backward_pyramid: expected {len(self.stages)} gradients, got {len(dmaps)}")
-        return self._backward_stages([None if g is None else g.transpose(0, 2, 3, 1) for g in dmaps])
+        return self._backward_stages([None if g is None else g.transpose(0, 2, 3, 1) for g in dmaps], input_grad)
 
     def forward_features(self, x: Array) -> Array:
         """The last stage's normalised map as tokens (B, H*W, C)."""

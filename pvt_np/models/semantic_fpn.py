@@ -224,7 +224,7 @@ class SemanticFPNHead(Module):
 class SemanticSegmenter(Module):
     """A PVT v2 backbone and a :class:`SemanticFPNHead`: ``logits = model(x)`` gives per-pixel class logits
     (N, num_classes, H, W) for NCHW images (N, in_chans, H, W); ``dx = model.backward(dlogits)`` runs the head's
-    backward, then the backbone's ``backward_pyramid``, and returns the input gradient.
+    backward, then the backbone's ``backward_pyramid``, and returns the input gradient (None with ``input_grad=False``).
 
     The backbone should have no classification head (``num_classes=0``): its parameters would get no gradient.
 
@@ -256,7 +256,8 @@ class SemanticSegmenter(Module):
         self._save(tuple(x.shape))
         return self.head(maps, x.shape[2:])
 
-    def backward(self, dlogits: Array) -> Array:
+    def backward(self, dlogits: Array, input_grad: bool = True) -> Array | None:
+        """Input gradient (N, in_chans, H, W), or None with ``input_grad=False`` (training needs none)."""
         x_shape = self._peek_cache()
         expected = (x_shape[0], self.num_classes, *x_shape[2:])
         check_array(dlogits, self._label(), "gradient")
@@ -266,4 +267,4 @@ class SemanticSegmenter(Module):
                 f"got {tuple(dlogits.shape)}"
             )
         self._pop_cache()
-        return self.backbone.backward_pyramid(self.head.backward(dlogits))
+        return self.backbone.backward_pyramid(self.head.backward(dlogits), input_grad)
