@@ -256,6 +256,7 @@ def test_crop_flip_gather_default_fill_unchanged() -> None:
     assert pad.any() and (filled[pad] == 255).all() and np.array_equal(filled[~pad], zero[~pad])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU with CuPy")
 def test_batches_gpu_equal_cpu() -> None:
     images, masks = _pair()
