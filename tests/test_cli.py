@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pvt_np import bench, cli, ops
+from pvt_np import bench, bench_worker, cli, ops
 from pvt_np.nn import Conv2d, LayerNorm, Linear, Module, Sequential
 from pvt_np.optim import SGD
 from pvt_np.training.config import TrainConfig
@@ -95,7 +95,7 @@ def _profile(model: Module, x: np.ndarray) -> dict[str, float]:
         y = model(x)
         model.backward(np.ones_like(y))
 
-    return bench._profile_ops(model_step, optimizer.step, lambda: None, 2)
+    return bench_worker._profile_ops(model_step, optimizer.step, lambda: None, 2)
 
 
 def test_profile_observes_the_ops_a_new_layer_calls() -> None:
@@ -117,7 +117,7 @@ def test_profile_splits_depthwise_and_dense_convs() -> None:
     calls: list[ops.OpCall] = []
     with ops.observe(calls.append):
         convs.backward(np.ones_like(convs(x)))
-    assert [(c.phase, bench._op_label(c)) for c in calls] == [
+    assert [(c.phase, bench_worker._op_label(c)) for c in calls] == [
         ("forward", "conv2d depthwise"),
         ("forward", "conv2d dense"),
         ("forward", "conv2d dense"),

@@ -721,8 +721,8 @@ def test_cpu_memory_meter_counts_what_the_first_step_keeps() -> None:
 
     code = (
         "import numpy as np\n"
-        "from pvt_np import bench\n"
-        "_, mem = bench._cpu_meters()\n"
+        "from pvt_np import bench_worker\n"
+        "_, mem = bench_worker._cpu_meters()\n"
         "kept = np.ones(64 * 2**20 // 8)\n"
         "mem['start']()\n"
         "print(mem['peak']() / 2**20)\n"
