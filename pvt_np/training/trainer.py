@@ -7,11 +7,8 @@ step). A checkpoint therefore needs no generator state: resuming from
 (epoch, batch) replays exactly the batches and masks an uninterrupted run
 would have seen, and ends with the same weights.
 
-Checkpoints (``last.npz`` every epoch and on Ctrl-C, ``best.npz`` on a new best
-test accuracy, of the raw weights or of their EMA when the run keeps one) are
-written to a temporary file and renamed, so a run killed at any moment keeps its
-previous checkpoint intact; the next start in that directory removes the temporary
-files such a kill leaves behind.
+What a checkpoint holds, a resume putting it back and the files each epoch writes (``last.npz``,
+``best.npz``, the logs and plots) are :mod:`pvt_np.training.state`.
 """
 
 from __future__ import annotations
@@ -28,23 +25,22 @@ from tqdm import tqdm
 from pvt_np import backend, distributed
 from pvt_np.backend import Array
 from pvt_np.data.augment import resize_bilinear
-from pvt_np.io.checkpoint import load_checkpoint, save_checkpoint
-from pvt_np.io.record import model_record
+from pvt_np.io.checkpoint import load_checkpoint
 from pvt_np.models import ModelMeta
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
 from pvt_np.nn import CrossEntropyLoss
 from pvt_np.optim import AdamW, CosineWarmupSchedule, clip_grad_norm_, param_groups_weight_decay
 from pvt_np.training.budget import fit_epochs, fit_time_budget
-from pvt_np.training.config import CIFAR_TRAIN_OVERRIDES, TrainConfig, check_resumable
+from pvt_np.training.config import CIFAR_TRAIN_OVERRIDES, TrainConfig
 from pvt_np.training.datasets import fetch_data, load_run_data
-from pvt_np.training.ema import ema_on_device, update_ema, weights_swapped_in
+from pvt_np.training.ema import update_ema, weights_swapped_in
 from pvt_np.training.errors import TrainingError
 from pvt_np.training.interrupt import ctrl_c_requests_stop
 from pvt_np.training.lowres import halves_by_default, low_res_epoch_count, reduced_size
 from pvt_np.training.model import build_model
 from pvt_np.training.report import describe_run, epoch_line, epoch_row
-from pvt_np.training.rundir import write_config, write_metrics
-from pvt_np.training.steplog import read_step_log, write_step_log
+from pvt_np.training.rundir import write_config
+from pvt_np.training.state import checkpoint_state, restore, save_last, write_epoch
 from pvt_np.training.tta import evaluate, scoring_tta
 from pvt_np.training.validation import ConfigError
 
@@ -145,7 +141,7 @@ class Trainer:
         self.epoch, self.batch = 0, 0
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         if self.resume:
-            self._restore(load_checkpoint(self.out / "last.npz"))
+            restore(self, load_checkpoint(self.out / "last.npz"))
 
     def _fit_budget(self) -> None:
         """Fit the epochs (and so the cosine) to config.time_budget (see pvt_np.training.budget)."""
@@ -164,36 +160,9 @@ class Trainer:
             min_lr=cfg.min_lr,
         )
 
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        check_resumable(ckpt, self.config, self.num_classes, self.out / "last.npz")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.epoch, self.batch = ckpt["progress"]["epoch"], ckpt["progress"]["batch"]
-        self.partial = ckpt["progress"]["partial"]
-        self.history = ckpt["history"]
-        self.best_accuracy = ckpt["best_accuracy"]
-        if self.ema is not None:
-            self.ema = ema_on_device(ckpt["ema"], self.model)
-        self.step_log = read_step_log(self.out / "steps.csv", self.epoch * len(self.train_loader) + self.batch)
-
     def checkpoint_state(self) -> dict[str, Any]:
-        """What last.npz holds: the config, the weights (and their EMA), the optimizer, the schedule and progress."""
-        return {
-            "config": {**asdict(self.config), **self.config.architecture()},
-            "num_classes": self.num_classes,
-            "classes": list(self.train_set.classes),
-            "normalize": self.normalize,
-            "model_record": model_record(self.model),
-            "model": self.model.state_dict(),
-            "weights": "raw",  # what "model" holds: the trained weights ("ema": their moving average)
-            "ema": self.ema,
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "progress": {"epoch": self.epoch, "batch": self.batch, "partial": dict(self.partial)},
-            "history": self.history,
-            "best_accuracy": self.best_accuracy,
-        }
+        """What last.npz holds (see pvt_np.training.state)."""
+        return checkpoint_state(self)
 
     # -- the loop ---------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -214,7 +183,7 @@ class Trainer:
             while self.epoch < cfg.epochs:
                 interrupted = self._train_epoch()
                 if interrupted:
-                    self._on_root(self._save_last)
+                    self._on_root(lambda: save_last(self))
                     raise KeyboardInterrupt(
                         f"interrupted at epoch {self.epoch + 1}, batch {self.batch}; checkpoint saved to "
                         f"{self.out / 'last.npz'} (continue with --resume)"
@@ -240,10 +209,6 @@ class Trainer:
         first = not self._stop_requested
         self._stop_requested = True
         return first
-
-    def _save_last(self) -> None:
-        save_checkpoint(self.out / "last.npz", self.checkpoint_state())
-        write_step_log(self.out / "steps.csv", self.step_log)
 
     def low_res_size(self) -> tuple[int, int]:
         """The image size of the low-resolution epochs (see pvt_np.training.lowres)."""
@@ -396,30 +361,10 @@ class Trainer:
             self.best_accuracy = winner[1]["accuracy"]
         best_weights = winner[0] if improved else None
         confusion = test["confusion"] if test is not None else None
-        self._on_root(lambda: self._write_epoch(best_weights, confusion))
+        self._on_root(lambda: write_epoch(self, best_weights, confusion))
         if cfg.progress:
             at_low_res = self._at_low_res(row["epoch"] - 1)
             print(epoch_line(row, tta, ema, best_weights, cfg.eval_every, at_low_res), flush=True)
-
-    def _write_epoch(self, best_weights: str | None, confusion: np.ndarray | None) -> None:
-        """Checkpoints, logs and plots of the epoch just ended (rank 0's job).
-
-        ``best_weights``: None, or which weights ("raw" or "ema") set a new best test accuracy;
-        best.npz then holds those as its model, so ``load_model`` gets the weights that scored.
-        """
-        ckpt = self.checkpoint_state()
-        save_checkpoint(self.out / "last.npz", ckpt)
-        if best_weights == "ema":
-            save_checkpoint(self.out / "best.npz", {**ckpt, "model": self.ema, "weights": "ema"})
-        elif best_weights == "raw":
-            save_checkpoint(self.out / "best.npz", ckpt)
-        write_metrics(self.out, self.history)
-        write_step_log(self.out / "steps.csv", self.step_log)
-        from pvt_np.training.plots import plot_confusion, plot_curves
-
-        plot_curves(self.history, self.out / "curves.png", self.step_log)
-        if self.epoch == self.config.epochs and confusion is not None:
-            plot_confusion(confusion, list(self.train_set.classes), self.out / "confusion.png")
 
 
 # Besides its own: the names pvt_np.training.trainer gave before the parts of the trainer had modules of their own.
