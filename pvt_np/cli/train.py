@@ -1,4 +1,5 @@
-"""``pvt-np train``: train a PVT v2 on CIFAR-10/100 or an image folder."""
+"""``pvt-np train``: train a PVT v2 on CIFAR-10/100 or an image folder; ``--task segmentation``: a PVT v2 and a
+Semantic FPN head on generated scenes or an images + masks folder (pvt_np.training.segmentation)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pvt_np.models import list_models
 from pvt_np.training import runlock
 from pvt_np.training.config import ABSENT_FIELD_VALUES, TrainConfig
 from pvt_np.training.errors import TrainingError
+from pvt_np.training.segmentation import SEGMENTATION_DATASETS, SegmentationConfig, SegmentationTrainer
 from pvt_np.training.trainer import Trainer
 from pvt_np.training.validation import TTA_MODES, ConfigError
 
@@ -90,6 +92,9 @@ class _GivenAppend(argparse.Action):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+                   help="segmentation: a Semantic FPN head on the backbone, --dataset scenes or segfolder, one "
+                   "process; an option it does not take (--mixup, --tta, ...) is refused")  # fmt: skip
     m = p.add_argument_group("model")
     m.add_argument("--model", action=_Given, default=DEFAULTS.model, choices=list_models(), help="PVT v2 variant")
     m.add_argument("--override", action=_GivenAppend, type=parse_override, default=[], metavar="KEY=VALUE",
@@ -101,9 +106,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dropout before the head, in [0, 1)")  # fmt: skip
     m.add_argument("--drop-path-rate", action=_Given, type=float, default=DEFAULTS.drop_path_rate,
                    help="stochastic depth of the last block, in [0, 1)")  # fmt: skip
+    m.add_argument("--init-backbone", action=_Given, metavar="PATH",
+                   help="--task segmentation: start the backbone from this classification model file (a pvt_np "
+                   "checkpoint or weights, a timm or official .pth); the segmentation head starts from "
+                   "scratch")  # fmt: skip
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", action=_Given, default=DEFAULTS.dataset, choices=DATASETS,
-                   help="cifar10, cifar100: the official python releases; imagefolder: train/<class>/...")  # fmt: skip
+    d.add_argument("--dataset", action=_Given, default=DEFAULTS.dataset, choices=(*DATASETS, *SEGMENTATION_DATASETS),
+                   help="cifar10, cifar100: the official python releases; imagefolder: train/<class>/...; with "
+                   "--task segmentation: scenes (generated) or segfolder: <split>/images/*.png|jpg and "
+                   "<split>/masks/*.png of class ids (255: ignore)")  # fmt: skip
+    d.add_argument("--image-size", action=_Given, type=positive_int, metavar="PX",
+                   help="--task segmentation: the scenes' side (none given: 64), or the size a segfolder's images "
+                   "and masks are resized to (none given: their own)")  # fmt: skip
     d.add_argument("--data-path", action=_Given, default=DEFAULTS.data_path,
                    help="folder or archive with the data (CIFAR python archives or an image folder)")  # fmt: skip
     d.add_argument("--download", action=_GivenTrue, help="download CIFAR if missing")
@@ -353,6 +367,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.task == "segmentation" or (args.resume and _saved_task(Path(args.output)) == "segmentation"):
+        return _run_segmentation(args)
+    for dest in sorted(getattr(args, GIVEN, set()) & {"image_size", "init_backbone"}):
+        flag = "--" + dest.replace("_", "-")
+        print(f"pvt-np train: error: argument {flag}: only with --task segmentation", file=sys.stderr)
+        return 2
     started = distributed.command_started()  # --time-budget counts from here (or from the launching command)
     started_wall = time.time()
     nprocs = args.nprocs
@@ -443,4 +463,88 @@ def _run(args: argparse.Namespace) -> int:
         best = trainer.best_accuracy
         ema = f", EMA {result['ema_test_accuracy']:.4f}" if result.get("ema_test_accuracy") is not None else ""
         print(f"done: test accuracy {result['test_accuracy']:.4f}{ema} (best {best:.4f}); run in {args.output}")
+    return 0
+
+
+# The options --task segmentation takes (argparse dests); any other typed option is refused.
+SEGMENTATION_DESTS = (
+    "model", "override", "init_backbone", "drop_path_rate", "dataset", "data_path", "image_size", "no_augment",
+    "train_subset", "test_subset", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "device",
+    "dtype", "seed", "no_progress",
+)  # fmt: skip
+
+
+def _saved_task(run_dir: Path) -> str | None:
+    """The task recorded in the config.json of the run in ``run_dir`` (None: none, or a classification run)."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("task") if isinstance(saved, dict) else None
+
+
+def segmentation_config(args: argparse.Namespace) -> SegmentationConfig:
+    """The SegmentationConfig the typed options describe, over the run's config.json with --resume (else over
+    SegmentationConfig's defaults: the classification defaults of the parser do not apply)."""
+    given = getattr(args, GIVEN, set())
+    values: dict[str, Any] = {}
+    if args.resume:
+        path = Path(args.output) / "config.json"
+        try:
+            saved = json.loads(path.read_text())
+            known = {f.name for f in fields(SegmentationConfig)}
+            values = {k: v for k, v in saved.items() if k in known}
+            values["model_overrides"] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in values.get("model_overrides", {}).items()
+            }
+        except (OSError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"--resume: cannot read the run's settings from {path}: {err}") from err
+    for dest in given & set(SEGMENTATION_DESTS):
+        if dest == "override":
+            values["model_overrides"] = dict(args.override)
+        elif dest == "no_augment":
+            values.update(crop_padding=0, hflip=False)
+        elif dest == "no_progress":
+            values["progress"] = False
+        else:
+            values[dest] = getattr(args, dest)
+    return SegmentationConfig(**values)
+
+
+def _run_segmentation(args: argparse.Namespace) -> int:
+    """``pvt-np train --task segmentation``: one process; the same run lock, exit codes and Ctrl-C handling."""
+    refused = sorted(getattr(args, GIVEN, set()) - set(SEGMENTATION_DESTS))
+    if (args.nprocs or 1) > 1 or distributed.under_launcher():
+        refused.insert(0, "nprocs")
+    if refused:
+        flag = "--" + refused[0].replace("_", "-")
+        print(
+            f"pvt-np train: error: argument {flag}: not with --task segmentation (one process; it takes "
+            f"{', '.join('--' + d.replace('_', '-') for d in SEGMENTATION_DESTS)}, --threads, --output, --resume)",
+            file=sys.stderr,
+        )
+        return 2
+    world = distributed.get_world()
+    distributed.set_threads(world, args.threads)
+    lock = None
+    try:
+        config = segmentation_config(args)
+        lock = _lock_run(world, args.output)
+        trainer = SegmentationTrainer(config, args.output, resume=args.resume)
+        result = trainer.fit()
+    except ConfigError as err:
+        print(f"pvt-np train: error: {flag_error(err)}", file=sys.stderr)
+        return 2
+    except _Refused as err:
+        print(f"pvt-np train: error: {err}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt as stop:
+        print(f"pvt-np train: {stop or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (TrainingError, CheckpointError, DataError, ValueError, RuntimeError, OSError) as err:
+        return distributed.fail(world, err)
+    finally:
+        if lock is not None:
+            lock.release()
+    print(f"done: test mIoU {result['test_miou']:.4f} (best {trainer.best_miou:.4f}); run in {args.output}")
     return 0

@@ -1,0 +1,183 @@
+"""Segmentation training: a run trains and writes its files, resumes bit-exactly, reads an images + masks folder,
+and the command refuses bad masks (exit 1, the file named) and classification-only options (exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pvt_np import cli
+from pvt_np.data.segmentation import SegmentationBatches
+from pvt_np.io.checkpoint import load_checkpoint
+from pvt_np.training.segmentation import MEAN, STD, SegmentationConfig, SegmentationTrainer, predict_masks
+from pvt_np.training.validation import ConfigError
+
+TINY = {"depths": (1, 1, 1, 1), "embed_dims": (8, 16, 24, 32), "num_heads": (1, 1, 1, 1)}
+TINY_FLAGS = ["--override", "depths=1,1,1,1", "--override", "embed_dims=8,16,24,32", "--override", "num_heads=1,1,1,1"]
+
+
+def tiny_config(**changes: object) -> SegmentationConfig:
+    values = {
+        "model_overrides": TINY, "image_size": 32, "train_subset": 24, "test_subset": 8, "epochs": 3,
+        "batch_size": 8, "lr": 3e-3, "crop_padding": 4, "progress": False,
+    }  # fmt: skip
+    return SegmentationConfig(**{**values, **changes})
+
+
+def write_folder(root: Path, classes: int = 2, n_train: int = 6, n_test: int = 2, size: int = 32) -> Path:
+    """``root/<split>/images|masks``: the left half class 0 (dark), the right half class 1 (bright)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            mask = np.zeros((size, size), np.uint8)
+            mask[:, size // 2 :] = 1
+            image = 40.0 + 160.0 * mask[..., None] + rng.normal(0.0, 20.0, (size, size, 3))
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / split / "images" / f"{i:02d}.png")
+            Image.fromarray(mask, mode="L").save(root / split / "masks" / f"{i:02d}.png")
+    (root / "classes.txt").write_text("".join(f"c{k}\n" for k in range(classes)))
+    return root
+
+
+def test_a_run_trains_and_writes_its_files(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = SegmentationTrainer(tiny_config(), out).fit()
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", "metrics.csv", "last.npz", "best.npz"}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1] == result
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    for row in rows:
+        assert 0.0 <= row["test_pixel_accuracy"] <= 1.0 and 0.0 <= row["test_miou"] <= 1.0
+        sizes = [row[f"test_iou_{k}"] for k in ("small", "medium", "large")]
+        assert all(v is None or 0.0 <= v <= 1.0 for v in sizes)
+    best = load_checkpoint(out / "best.npz")
+    assert best["best_miou"] == max(r["test_miou"] for r in rows) and best["task"] == "segmentation"
+    assert json.loads((out / "config.json").read_text())["task"] == "segmentation"
+
+
+def test_resume_after_an_interrupted_run_is_bit_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    SegmentationTrainer(tiny_config(), tmp_path / "reference").fit()
+    out = tmp_path / "run"
+    trainer = SegmentationTrainer(tiny_config(), out)
+    step = SegmentationTrainer.train_step
+    steps = []
+
+    def stopping_step(self: SegmentationTrainer, x: object, y: object) -> float:
+        steps.append(1)
+        if len(steps) == 5:  # Ctrl-C during the 2nd step of epoch 2 (3 steps an epoch)
+            self._request_stop()
+        return step(self, x, y)
+
+    monkeypatch.setattr(SegmentationTrainer, "train_step", stopping_step)
+    with pytest.raises(KeyboardInterrupt, match="epoch 2, batch 2"):
+        trainer.fit()
+    monkeypatch.undo()
+    saved = load_checkpoint(out / "last.npz")
+    assert (saved["progress"]["epoch"], saved["progress"]["batch"]) == (1, 2)
+    SegmentationTrainer(tiny_config(), out, resume=True).fit()
+    ours, theirs = load_checkpoint(out / "last.npz"), load_checkpoint(tmp_path / "reference" / "last.npz")
+    assert ours["model"].keys() == theirs["model"].keys()
+    for key in ours["model"]:
+        np.testing.assert_array_equal(ours["model"][key], theirs["model"][key], err_msg=key)
+    drop_times = [{k: v for k, v in row.items() if k != "train_seconds"} for row in ours["history"]]
+    assert drop_times == [{k: v for k, v in row.items() if k != "train_seconds"} for row in theirs["history"]]
+
+
+def test_resume_with_another_trajectory_setting_is_refused(tmp_path: Path) -> None:
+    SegmentationTrainer(tiny_config(epochs=1), tmp_path / "run").fit()
+    with pytest.raises(ValueError, match=r"lr 0.003 -> 0.001"):
+        SegmentationTrainer(tiny_config(epochs=1, lr=1e-3), tmp_path / "run", resume=True).fit()
+
+
+@pytest.mark.parametrize(("field", "value"), [("dataset", "cifar10"), ("batch_size", 0), ("drop_path_rate", 1.0)])
+def test_bad_config_names_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError) as err:
+        tiny_config(**{field: value})
+    assert err.value.field == field
+
+
+def test_a_tiny_folder_trains_through_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "--task", "segmentation", "--dataset", "segfolder", "--data-path", str(data), *TINY_FLAGS]
+    args += ["--epochs", "2", "--batch-size", "3", "--lr", "0.003", "--threads", "1", "--output", str(out)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert "done: test mIoU" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and not any(k.startswith("test_iou_s") for k in rows[-1])  # no size buckets in a folder
+    assert load_checkpoint(out / "last.npz")["classes"] == ["c0", "c1"]
+    # --resume of a finished run takes its task and settings from config.json and trains nothing more.
+    assert cli.main(["train", "--resume", "--output", str(out), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("fault", ["class id", "size"])
+def test_a_bad_mask_exits_1_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str) -> None:
+    data = write_folder(tmp_path / "data")
+    bad = data / "train" / "masks" / "03.png"
+    mask = np.full((32, 32) if fault == "class id" else (16, 32), 7 if fault == "class id" else 1, np.uint8)
+    Image.fromarray(mask, mode="L").save(bad)
+    args = ["train", "--task", "segmentation", "--dataset", "segfolder", "--data-path", str(data), *TINY_FLAGS]
+    assert cli.main([*args, "--output", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and ("[7]" in err if fault == "class id" else "16x32" in err), err
+    assert not (tmp_path / "run" / "last.npz").exists()
+
+
+@pytest.mark.parametrize("extra", [["--mixup", "0.2"], ["--tta", "none"], ["--nprocs", "2"], ["--ema-decay", "0.9"]])
+def test_classification_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list) -> None:
+    args = ["train", "--task", "segmentation", *extra, "--output", str(tmp_path / "run")]
+    assert cli.main(args) == 2
+    assert f"argument {extra[0]}: not with --task segmentation" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_size_is_refused_for_classification(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "--image-size", "32", "--output", str(tmp_path / "run")]) == 2
+    assert "argument --image-size" in capsys.readouterr().err
+
+
+def test_predict_masks_gives_class_ids_per_pixel(tmp_path: Path) -> None:
+    trainer = SegmentationTrainer(tiny_config(epochs=1), tmp_path / "run")
+    trainer.fit()
+    images = trainer.test_split.images[:3]
+    x = SegmentationBatches(images, trainer.test_split.masks[:3], 3, shuffle=False, mean=MEAN, std=STD).batch(0, 0).x
+    masks = predict_masks(trainer.model, x)
+    assert masks.shape == (3, 32, 32) and masks.dtype.kind == "i"
+    assert 0 <= masks.min() and masks.max() < trainer.num_classes
+
+
+def test_init_backbone_loads_every_backbone_weight(tmp_path: Path) -> None:
+    from pvt_np.io.npz import save_npz
+    from pvt_np.models import create_model
+
+    classifier = create_model("pvt_v2_b0", 10, seed=3, **TINY)
+    path = save_npz(classifier, tmp_path / "classifier.npz")
+    trainer = SegmentationTrainer(tiny_config(init_backbone=str(path)), tmp_path / "run")
+    trainer._setup()
+    mine = trainer.model.backbone.state_dict()
+    theirs = {k: v for k, v in classifier.state_dict().items() if not k.startswith("head.")}
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
+    fresh = SegmentationTrainer(tiny_config(), tmp_path / "fresh")
+    fresh._setup()
+    head, fresh_head = trainer.model.head.state_dict(), fresh.model.head.state_dict()  # the head: from the seed
+    assert all(np.array_equal(head[k], fresh_head[k]) for k in head)
+
+
+def test_init_backbone_of_another_shape_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pvt_np.io.npz import save_npz
+    from pvt_np.models import create_model
+
+    path = save_npz(create_model("pvt_v2_b0", 10, **{**TINY, "embed_dims": (8, 16, 24, 40)}), tmp_path / "other.npz")
+    args = ["train", "--task", "segmentation", "--image-size", "32", "--train-subset", "8", "--test-subset", "4"]
+    args += [*TINY_FLAGS, "--init-backbone", str(path), "--output", str(tmp_path / "run")]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"--init-backbone {path}" in err and "mis-shaped" in err, err
+    assert cli.main(["train", "--init-backbone", str(path), "--output", str(tmp_path / "c")]) == 2
