@@ -256,7 +256,7 @@ def test_collector_finds_the_known_uses() -> None:
     assert "choice" not in gen_methods, "a NumPy-only generator (grad_check's) was counted as generic"
     assert "uniform" not in gen_methods, "get_rng(np).uniform (NumPy-only) was counted as generic"
     assert "cupyx.scipy.special.erf" in cupyx_attrs
-    assert "cupy.cuda.nccl.NcclCommunicator" in cupyx_attrs  # pvt_np.distributed's GPU all-reduce
+    assert "cupy.cuda.nccl.NcclCommunicator" in cupyx_attrs  # pvt_np.allreduce's GPU all-reduce
     assert "cuda.get_current_stream" in xp_chains
 
 
@@ -293,7 +293,7 @@ def test_cupy_objects_have_the_methods_pvt_np_calls() -> None:
     """Methods called on CuPy objects rather than on the module (the collector sees only module chains).
 
     pvt_np.staging: ndarray.set(host, stream=...), Stream.record() and Event.synchronize();
-    pvt_np.bench: the memory pool's malloc / used_bytes / total_bytes / free_all_blocks and cuda.set_allocator;
+    pvt_np.bench_worker: the memory pool's malloc / used_bytes / total_bytes / free_all_blocks and cuda.set_allocator;
     pvt_np.ops.cuda: RawModule.get_function.
     """
     cp = _import_cupy()
