@@ -181,3 +181,29 @@ def test_init_backbone_of_another_shape_names_the_file(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert f"--init-backbone {path}" in err and "mis-shaped" in err, err
     assert cli.main(["train", "--init-backbone", str(path), "--output", str(tmp_path / "c")]) == 2
+
+
+def test_a_folder_subset_is_drawn_at_random_and_never_larger_than_the_folder(tmp_path: Path) -> None:
+    """--train-subset / --test-subset on a folder draw a seeded random subset, as classification does, not the first
+    files by name; asking for more images than the folder holds is refused naming the option's field."""
+    from pvt_np.data.segmentation import load_segmentation_folder
+    from pvt_np.training.segmentation import _load
+
+    data = write_folder(tmp_path / "data", n_train=12, n_test=4)
+    every = load_segmentation_folder(data, "train").images
+    picks = set()
+    for seed in range(6):
+        train, test = _load(
+            tiny_config(dataset="segfolder", data_path=str(data), train_subset=5, test_subset=4, seed=seed)
+        )
+        assert len(train.images) == 5 and len(test.images) == 4
+        rows = [next(i for i, image in enumerate(every) if np.array_equal(image, x)) for x in train.images]
+        assert rows == sorted(rows)  # the folder's order is kept within the subset
+        picks.add(tuple(rows))
+        again, _ = _load(
+            tiny_config(dataset="segfolder", data_path=str(data), train_subset=5, test_subset=4, seed=seed)
+        )
+        assert np.array_equal(again.images, train.images)  # the same seed draws the same subset
+    assert len(picks) > 1 and picks != {(0, 1, 2, 3, 4)}
+    with pytest.raises(ConfigError, match="train_subset"):
+        _load(tiny_config(dataset="segfolder", data_path=str(data), train_subset=13))

@@ -36,7 +36,7 @@ from pvt_np.training.errors import TrainingError
 from pvt_np.training.interrupt import ctrl_c_requests_stop
 from pvt_np.training.rundir import write_config, write_metrics
 from pvt_np.training.segmentation_metrics import SegmentationMetrics
-from pvt_np.training.validation import ConfigError
+from pvt_np.training.validation import ConfigError, check_subset
 
 __all__ = ["SEGMENTATION_DATASETS", "SegmentationConfig", "SegmentationTrainer", "predict_masks"]
 
@@ -145,9 +145,16 @@ def _load(config: SegmentationConfig) -> tuple[_Split, _Split]:
             "pass --image-size to resize both"
         )
     out = []
-    for split, subset in ((train, config.train_subset), (test, config.test_subset)):
-        n = len(split) if subset is None else min(subset, len(split))
-        out.append(_Split(split.images[:n], split.masks[:n], train.classes, None))
+    # As for classification: a random subset, not the first files by name (folders are often sorted by class or
+    # source), drawn with the run's seed for training and seed 0 for the test images, never more than there are.
+    for name, split, subset, seed in (("train_subset", train, config.train_subset, config.seed),
+                                       ("test_subset", test, config.test_subset, 0)):  # fmt: skip
+        check_subset(name, subset, len(split), f"{split.split} images")
+        keep = np.arange(len(split))
+        if subset is not None and subset < len(split):
+            rng = np.random.default_rng(backend.derive_seed(seed, len(split)))
+            keep = np.sort(rng.permutation(len(split))[:subset])
+        out.append(_Split(split.images[keep], split.masks[keep], train.classes, None))
     return out[0], out[1]
 
 
