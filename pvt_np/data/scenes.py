@@ -6,7 +6,7 @@ are drawn log-uniformly from ``min_object`` pixels to ``max_object`` of the imag
 one image mixes objects a stride-32 map cannot resolve with objects a stride-4 map's
 receptive field cannot cover. Nothing is downloaded.
 
-* Colour and texture carry no class: the background and every object are painted with
+* Colour and texture tell nothing of the class: the background and every object are painted with
   the same random textures (smooth colour noise, or stripes of two random colours at a
   random angle and period), so only the shape tells the class.
 * Shapes are rotated by a random angle (the disc and ring are symmetric anyway) and

@@ -11,11 +11,24 @@ from pathlib import Path
 from typing import Any
 
 from pvt_np.io.atomic import atomic_write
+from pvt_np.training.errors import TrainingError
 
 # What a run writes into its directory (atomic_write's temporaries of these are '.<name>.<random>.tmp').
 RUN_FILES = (
     "last.npz", "best.npz", "config.json", "metrics.jsonl", "metrics.csv", "steps.csv", "curves.png", "confusion.png",
 )  # fmt: skip
+
+
+def check_run_directory(out: Path, resume: bool) -> None:
+    """A new run never writes over one in ``out``; ``resume`` needs the run's last checkpoint there."""
+    last = out / "last.npz"
+    if last.exists() and not resume:
+        raise TrainingError(
+            f"{out} already holds a run ({last.name}); pass --resume to continue it "
+            "or choose another --output (nothing was overwritten)"
+        )
+    if resume and not last.exists():
+        raise TrainingError(f"--resume: no checkpoint at {last}")
 
 
 def remove_stale_temporaries(out: Path) -> None:

@@ -34,7 +34,7 @@ from pvt_np.optim import AdamW, CosineWarmupSchedule, param_groups_weight_decay
 from pvt_np.training.config import jsonable
 from pvt_np.training.errors import TrainingError
 from pvt_np.training.interrupt import ctrl_c_requests_stop
-from pvt_np.training.rundir import write_config, write_metrics
+from pvt_np.training.rundir import check_run_directory, write_config, write_metrics
 from pvt_np.training.segmentation_metrics import SegmentationMetrics
 from pvt_np.training.validation import ConfigError, check_subset
 
@@ -166,14 +166,7 @@ class SegmentationTrainer:
         self.out = Path(output_dir)
         self.resume = resume
         backend.check_device(config.device)
-        last = self.out / "last.npz"
-        if last.exists() and not resume:
-            raise TrainingError(
-                f"{self.out} already holds a run ({last.name}); pass --resume to continue it "
-                "or choose another --output (nothing was overwritten)"
-            )
-        if resume and not last.exists():
-            raise TrainingError(f"--resume: no checkpoint at {last}")
+        check_run_directory(self.out, resume)
         self._stop_requested = False
 
     def _setup(self) -> None:

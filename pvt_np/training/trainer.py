@@ -39,7 +39,7 @@ from pvt_np.training.interrupt import ctrl_c_requests_stop
 from pvt_np.training.lowres import halves_by_default, low_res_epoch_count, reduced_size
 from pvt_np.training.model import build_model
 from pvt_np.training.report import describe_run, epoch_line, epoch_row
-from pvt_np.training.rundir import write_config
+from pvt_np.training.rundir import check_run_directory, write_config
 from pvt_np.training.state import checkpoint_state, restore, save_last, write_epoch
 from pvt_np.training.tta import evaluate, scoring_tta
 from pvt_np.training.validation import ConfigError
@@ -86,14 +86,7 @@ class Trainer:
         self.resume = resume
         backend.check_device(config.device)
         backend.check_float_dtype(config.dtype)
-        last = self.out / "last.npz"
-        if last.exists() and not resume:
-            raise TrainingError(
-                f"{self.out} already holds a run ({last.name}); pass --resume to continue it "
-                "or choose another --output (nothing was overwritten)"
-            )
-        if resume and not last.exists():
-            raise TrainingError(f"--resume: no checkpoint at {last}")
+        check_run_directory(self.out, resume)
         self._stop_requested = False
         # Data-parallel ranks (mpiexec): each takes a slice of every batch, rank 0 alone writes.
         self.world = distributed.get_world()
