@@ -21,6 +21,15 @@ def check_split(split: str) -> str:
     return split
 
 
+def check_images(images: Any, owner: str) -> None:
+    """A data set's images: a uint8 NumPy array (N, H, W, 3); else a ValueError naming ``owner`` and what came."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(
+            f"{owner}: images must be a uint8 NumPy array (N, H, W, 3), got "
+            f"{type(images).__name__} {getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}"
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """An in-memory image classification split.
@@ -42,11 +51,7 @@ class Dataset:
 
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-            raise ValueError(
-                f"Dataset: images must be a uint8 NumPy array (N, H, W, 3), got "
-                f"{type(images).__name__} {getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}"
-            )
+        check_images(images, "Dataset")
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
             raise ValueError(f"Dataset: labels must be integers of shape (N,), got {labels.dtype} {labels.shape}")

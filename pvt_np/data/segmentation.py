@@ -28,7 +28,7 @@ from PIL import Image
 
 from pvt_np.backend import Array, check_device, check_float_dtype, derive_seed, get_array_module, to_device
 from pvt_np.data.augment import crop_flip_gather, sample_crop_flip, to_float_nchw
-from pvt_np.data.dataset import check_split
+from pvt_np.data.dataset import check_images, check_split
 from pvt_np.data.errors import CorruptDatasetError, DatasetNotFoundError
 
 __all__ = [
@@ -63,11 +63,7 @@ class SegmentationDataset:
 
     def __post_init__(self) -> None:
         images, masks = self.images, self.masks
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-            raise ValueError(
-                f"SegmentationDataset: images must be a uint8 NumPy array (N, H, W, 3), got "
-                f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
-            )
+        check_images(images, "SegmentationDataset")
         if not isinstance(masks, np.ndarray) or masks.dtype != np.uint8 or masks.shape != images.shape[:3]:
             raise ValueError(
                 f"SegmentationDataset: masks must be a uint8 NumPy array {images.shape[:3]}, got "
