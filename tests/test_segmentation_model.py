@@ -9,7 +9,9 @@ copied by name. Tolerances are relative to each tensor's largest magnitude.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,30 +54,39 @@ class TorchConvModule(nn.Module):
 
 
 class TorchSemanticFPNHead(nn.Module):
-    def __init__(self, in_channels: tuple[int, ...], fpn: int, head: int, num_classes: int, groups: int) -> None:
+    """Modules keyed by level ("0".."3"), so a subset of levels keeps the full head's names."""
+
+    def __init__(
+        self,
+        in_channels: tuple[int, ...],
+        fpn: int,
+        head: int,
+        num_classes: int,
+        groups: int,
+        levels: tuple[int, ...] = (0, 1, 2, 3),
+    ) -> None:
         super().__init__()
-        self.lateral_convs = nn.ModuleList([TorchConvModule(c, fpn, 1) for c in in_channels])
-        self.fpn_convs = nn.ModuleList([TorchConvModule(fpn, fpn, 3) for _ in in_channels])
-        self.scale_heads = nn.ModuleList()
-        for level in range(4):
+        self.levels = levels
+        self.lateral_convs = nn.ModuleDict({str(i): TorchConvModule(in_channels[i], fpn, 1) for i in levels})
+        self.fpn_convs = nn.ModuleDict({str(i): TorchConvModule(fpn, fpn, 3) for i in levels})
+        self.scale_heads = nn.ModuleDict()
+        for level in levels:
             layers = []
             for k in range(max(1, level)):
                 layers.append(TorchConvModule(fpn if k == 0 else head, head, 3, groups))
                 if level > 0:
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
-            self.scale_heads.append(nn.Sequential(*layers))
+            self.scale_heads[str(level)] = nn.Sequential(*layers)
         self.conv_seg = nn.Conv2d(head, num_classes, 1)
 
     def forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        laterals = [conv(m) for conv, m in zip(self.lateral_convs, maps, strict=True)]
-        for i in range(3, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:])
-        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals, strict=True)]
-        fused = self.scale_heads[0](outs[0])
-        for i in range(1, 4):
-            fused = fused + F.interpolate(
-                self.scale_heads[i](outs[i]), size=fused.shape[2:], mode="bilinear", align_corners=False
-            )
+        laterals = {i: self.lateral_convs[str(i)](maps[i]) for i in self.levels}
+        for finer, i in reversed(list(itertools.pairwise(self.levels))):
+            laterals[finer] = laterals[finer] + F.interpolate(laterals[i], size=laterals[finer].shape[2:])
+        fused = 0
+        for i in self.levels:
+            out = self.scale_heads[str(i)](self.fpn_convs[str(i)](laterals[i]))
+            fused = fused + F.interpolate(out, size=maps[0].shape[2:], mode="bilinear", align_corners=False)
         return F.interpolate(self.conv_seg(fused), size=size, mode="bilinear", align_corners=False)
 
 
@@ -318,3 +329,145 @@ def test_backward_pyramid_without_input_grad(rng: np.random.Generator) -> None:
 def test_create_segmenter_is_exported_at_the_top_level() -> None:
     assert pvt_np.create_segmenter is create_segmenter
     assert "create_segmenter" in pvt_np.__all__
+
+
+# --------------------------------------------------------------------------------------------
+# levels: the head on a subset of the pyramid (the full pyramid against one map alone)
+# --------------------------------------------------------------------------------------------
+SUBSETS = [(3,), (0,), (1, 3)]
+SUBSET_SIZE = (64, 48)  # maps 16x12, 8x6, 4x3, 2x2: level 3's x2 chain lands on 16x16 and is resized
+
+
+def _grads(named: Any) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Parameter gradients as float64 NumPy by name, and the names that got none (in order)."""
+    grads, none = {}, []
+    for name, p in named:
+        if p.grad is None:
+            none.append(name)
+        else:
+            grads[name] = np.asarray(pvt_np.to_numpy(p.grad) if isinstance(p, pvt_np.nn.Parameter) else p.grad)
+    return grads, none
+
+
+@pytest.mark.parametrize("levels", SUBSETS, ids=str)
+def test_subset_matches_torch_twin_float64(levels: tuple[int, ...]) -> None:
+    """The segmenter with a subset of levels against the twin built with the same levels (float64, train mode):
+    logits, input and parameter gradients; the stages after the last used map get no gradient on either side."""
+    backbone = timm.create_model("pvt_v2_b0", num_classes=0)
+    head = TorchSemanticFPNHead(
+        tuple(f["num_chs"] for f in backbone.feature_info), FPN_CHANNELS, HEAD_CHANNELS, NUM_CLASSES, GROUPS, levels
+    )
+    twin = randomize_group_norms_(randomize_(TorchSegmenter(backbone, head).double(), seed=31), seed=32)
+    ours = create_segmenter(
+        "pvt_v2_b0", NUM_CLASSES, fpn_channels=FPN_CHANNELS, head_channels=HEAD_CHANNELS, num_groups=GROUPS,
+        levels=levels, dtype=np.float64,
+    ).load_state_dict(numpy_state(twin))  # fmt: skip
+    rng = np.random.default_rng(len(levels))
+    x = rng.standard_normal((2, 3, *SUBSET_SIZE))
+    dlogits = rng.standard_normal((2, NUM_CLASSES, *SUBSET_SIZE))
+
+    twin.zero_grad(set_to_none=True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out = twin(xt)
+    out.backward(torch.from_numpy(dlogits))
+    ref_grads, ref_none = _grads(twin.named_parameters())
+
+    ours.zero_grad()
+    logits = ours(x)
+    dx = ours.backward(dlogits)
+    our_grads, our_none = _grads(ours.named_parameters())
+
+    unused_stages = [f"backbone.stages.{j}." for j in range(max(levels) + 1, 4)]
+    expected_none = [name for name in our_grads.keys() | set(our_none) if name.startswith(tuple(unused_stages))]
+    assert sorted(our_none) == sorted(ref_none) == sorted(expected_none)
+    assert list(our_grads) == list(ref_grads)
+    errors = {"logits": rel_err(logits, out.detach().numpy()), "input": rel_err(dx, xt.grad.numpy())}
+    errors.update({name: rel_err(our_grads[name], ref_grads[name]) for name in ref_grads})
+    assert_all_close(errors, F64_TOL, f"levels={levels} against the twin")
+
+
+@pytest.mark.parametrize("levels", SUBSETS, ids=str)
+def test_subset_parameter_names_are_the_full_heads(levels: tuple[int, ...]) -> None:
+    """Only the kept levels' modules, under the full head's names and shapes (so a full head's weights load)."""
+    full = dict(SemanticFPNHead(HEAD_IN, 4, 4, 3, 2).named_parameters())
+    sub = dict(SemanticFPNHead(HEAD_IN, 4, 4, 3, 2, levels=levels).named_parameters())
+    kept = {
+        name: p.shape for name, p in full.items() if name.startswith("conv_seg") or int(name.split(".")[1]) in levels
+    }
+    assert {name: p.shape for name, p in sub.items()} == kept
+    assert list(sub) == [name for name in full if name in kept]
+
+
+class _HeadOnMap(Module):
+    """The head as a one-input module (map ``index`` varies, the others are fixed)."""
+
+    def __init__(self, head: SemanticFPNHead, maps: list[np.ndarray], index: int) -> None:
+        super().__init__()
+        self.head, self.maps, self.index = head, maps, index
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.head([x if i == self.index else m for i, m in enumerate(self.maps)], HEAD_OUT)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return self.head.backward(dout)[self.index]
+
+
+@pytest.mark.parametrize("levels", [(1, 3), (3,)], ids=str)
+def test_gradcheck_subset_head(levels: tuple[int, ...], rng: np.random.Generator) -> None:
+    """Gradcheck of the used maps and of every parameter; the unused maps' gradients are None. Level 3 is 2x2
+    here: on a 1x1 map its first GroupNorm normalises 2 values per group, too few for central differences."""
+    maps = [rng.standard_normal((2, c, 2 * h, 2 * w)) for c, (h, w) in zip(HEAD_IN, HEAD_MAPS, strict=True)]
+    head = SemanticFPNHead(HEAD_IN, 4, 4, 3, 2, dtype=np.float64, levels=levels)
+    for name, p in head.named_parameters():
+        p.data = (1.0 if name.endswith("gn.weight") else 0.0) + 0.3 * rng.standard_normal(p.shape)
+
+    def run(*used: np.ndarray) -> tuple[np.ndarray, None]:
+        full = list(maps)
+        for i, m in zip(levels, used, strict=True):
+            full[i] = m
+        return head(full, HEAD_OUT), None
+
+    def back(dout: np.ndarray, _cache: None) -> list[np.ndarray]:
+        dmaps = head.backward(dout)
+        assert [i for i, g in enumerate(dmaps) if g is not None] == list(levels)
+        return [dmaps[i] for i in levels]
+
+    names = [f"map{i}" for i in levels]
+    errors = pvt_np.gradcheck((run, back), [maps[i] for i in levels], names=names)
+    assert sorted(errors) == names
+    wrapped_errors = pvt_np.gradcheck(_HeadOnMap(head, maps, levels[0]), maps[levels[0]])
+    assert sorted(wrapped_errors) == sorted(["input", *(f"head.{n}" for n, _ in head.named_parameters())])
+    assert_all_close({**errors, **wrapped_errors}, GRADCHECK_TOL, f"gradcheck SemanticFPNHead levels={levels}")
+
+
+@pytest.mark.parametrize("levels", SUBSETS, ids=str)
+def test_flops_count_only_the_kept_levels(levels: tuple[int, ...]) -> None:
+    """count_flops charges the kept levels' modules exactly as the full head does, and nothing of the others."""
+    size, side = 128, 32
+
+    def head_rows(model: SemanticSegmenter) -> dict[str, int]:
+        rows = pvt_np.complexity.flops_breakdown(model, size, depth="layer")
+        return {r.name: r.flops for r in rows if r.name.startswith("head.")}
+
+    full = head_rows(create_segmenter("pvt_v2_b0", 150))
+    model = create_segmenter("pvt_v2_b0", 150, levels=levels)
+    sub = head_rows(model)
+    kept = {
+        name: flops
+        for name, flops in full.items()
+        if name == "head.conv_seg" or (name != "head.interpolate" and int(name.split(".")[2]) in levels)
+    }
+    assert {name: flops for name, flops in sub.items() if name != "head.interpolate"} == kept
+    # the top-down nearest upsamplings between kept neighbours (256 channels), and the final x4 to 128x128
+    top_down = sum((side >> finer) ** 2 for finer, _ in itertools.pairwise(levels))
+    assert sub["head.interpolate"] == 256 * top_down + 150 * size**2
+    backbone = pvt_np.count_flops(pvt_np.create_model("pvt_v2_b0", num_classes=0), size)
+    assert pvt_np.count_flops(model, size) == backbone + sum(sub.values())
+
+
+@pytest.mark.parametrize("levels", [(), (1, 0), (2, 2), (4,), (-1,), (0.0,), (True,), 3, "0"], ids=repr)
+def test_bad_levels_are_refused(levels: Any) -> None:
+    with pytest.raises(ValueError, match=r"levels must be a non-empty, sorted sequence of unique ints in 0\.\.3"):
+        SemanticFPNHead(HEAD_IN, 4, 4, 3, 2, levels=levels)
+    with pytest.raises(ValueError, match="levels"):
+        create_segmenter("pvt_v2_b0", 3, levels=levels)

@@ -253,6 +253,7 @@ def create_segmenter(
     fpn_channels: int = 256,
     head_channels: int = 128,
     num_groups: int = DEFAULT_GN_GROUPS,
+    levels: Sequence[int] = (0, 1, 2, 3),
     drop_path_rate: float = 0.0,
     seed: int = 0,
     dtype: Any = np.float32,
@@ -264,12 +265,15 @@ def create_segmenter(
     The backbone is ``create_model(name, num_classes=0, drop_path_rate=..., seed=seed, **overrides)``
     (``cifar=True`` and any architecture override pass through); the head gets mmseg's initialisation
     (:meth:`SemanticFPNHead.init_weights`) from ``seed``. The widths (FPN 256, head 128) are those of the
-    PVT v2 Semantic FPN configs; the 32 GroupNorm groups are Panoptic FPN's.
+    PVT v2 Semantic FPN configs; the 32 GroupNorm groups are Panoptic FPN's. ``levels`` are the pyramid maps the
+    head uses (all four by default; ``(3,)`` is the stride-32 map alone, as a plain ViT would give).
     """
     backbone = create_model(name, 0, drop_path_rate=drop_path_rate, seed=seed, dtype=dtype, **overrides)
     # init_weights draws every head weight next: skip the layers' default draws from the shared generator.
     with skip_init():
-        head = SemanticFPNHead(backbone.embed_dims, fpn_channels, head_channels, num_classes, num_groups, dtype=dtype)
+        head = SemanticFPNHead(
+            backbone.embed_dims, fpn_channels, head_channels, num_classes, num_groups, dtype=dtype, levels=levels
+        )
     model = SemanticSegmenter(backbone, head.init_weights(seed))
     model.model_name = name
     return model.to(device=device) if device != "cpu" else model

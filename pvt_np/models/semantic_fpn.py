@@ -23,13 +23,22 @@ Panoptic FPN's choice; the PVT v2 ADE20K config used synchronised BatchNorm, who
 single-process NumPy model would not reproduce), and the classifier has no dropout (mmseg's ``FPNHead`` puts a
 channel-wise ``Dropout2d(0.1)`` before ``conv_seg``; there is no channel-wise dropout op here).
 
+``levels`` picks the maps the head uses (all four by default): a subset builds the lateral conv, the fpn conv
+and the scale head of its levels only, under the indices the full head gives them (so a kept level's weights load
+from a full head's checkpoint); the top-down path adds to each kept level its merged coarser kept neighbour
+(nearest, to the finer map's size), and every scale head still ends at the stride-4 map's size. ``levels=(3,)``
+is the stride-32 map alone (as a plain ViT would give) through three conv-GN-ReLU + x2 blocks; ``levels=(0,)`` is
+the stride-4 map alone. The unused maps get no gradient (None), so the backbone runs no backward for the stages
+after the last used one.
+
 The head runs channels-last, like the backbone: ``forward_pyramid``'s NCHW maps are views of NHWC arrays, so
 transposing them back costs nothing, and the logits come back as an NCHW view of the NHWC result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +46,7 @@ import numpy as np
 from pvt_np import backend, ops
 from pvt_np.backend import Array
 from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
-from pvt_np.nn import Conv2d, GroupNorm, Module, ModuleList, Parameter, ReLU, Sequential, Upsample
+from pvt_np.nn import Conv2d, GroupNorm, Module, Parameter, ReLU, Sequential, Upsample
 from pvt_np.ops.checks import check_array
 
 #: Panoptic FPN's GroupNorm groups (Kirillov et al., semantic branch).
@@ -87,15 +96,56 @@ class ConvModule(Module):
         return self.conv.backward(dout)
 
 
+class LevelModules(Module):
+    """Modules registered under their pyramid level's index ('0'..'3'), possibly with gaps, as torch's
+    ``ModuleList`` of the full head names them; indexing takes the level."""
+
+    def __init__(self, modules: dict[int, Module]) -> None:
+        super().__init__()
+        for level, module in modules.items():
+            setattr(self, str(level), module)
+
+    def __getitem__(self, level: int) -> Module:
+        return self._modules[str(level)]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+
+def check_levels(levels: Any, num_levels: int = 4) -> tuple[int, ...]:
+    """``levels`` as a tuple: non-empty, sorted, unique ints in 0..num_levels-1, else a ValueError naming it."""
+    try:
+        values = tuple(levels)
+    except TypeError:
+        values = None
+    ok = (
+        values is not None
+        and len(values) > 0
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+        and all(0 <= v < num_levels for v in values)
+        and all(a < b for a, b in itertools.pairwise(values))
+    )
+    if not ok:
+        raise ValueError(
+            f"SemanticFPNHead: levels must be a non-empty, sorted sequence of unique ints in 0..{num_levels - 1} "
+            f"(the pyramid maps the head uses), got {levels!r}"
+        )
+    return tuple(int(v) for v in values)
+
+
 class SemanticFPNHead(Module):
     """Semantic FPN on four maps (strides 4, 8, 16, 32): lateral 1x1 convs, a top-down path (nearest
     upsampling and add), a 3x3 conv per level, per-level scale heads (conv3x3-GN-ReLU blocks and bilinear x2
     upsamplings down to stride 4), their sum, a 1x1 classifier and a bilinear resize to the output size; see the
-    module docstring for the structure and the references.
+    module docstring for the structure and the references. ``levels`` (default all four) are the indices of the
+    maps the head uses; see the module docstring for what a subset builds.
 
     ``logits = head(maps, size)`` takes the four NCHW maps (as ``forward_pyramid`` returns them) and the output
     (H, W), and returns (N, num_classes, H, W); ``dmaps = head.backward(dlogits)`` returns the four maps'
-    gradients (NCHW) and adds every parameter's gradient to its ``.grad``.
+    gradients (NCHW; None for a map not in ``levels``) and adds every parameter's gradient to its ``.grad``.
 
     Ops: those of :class:`ConvModule` (conv2d, group_norm, relu) and ``pvt_np.ops.interpolate_forward`` /
     ``_backward`` (the nearest top-down upsampling, the bilinear upsamplings of the scale heads, the resizes to
@@ -110,6 +160,7 @@ class SemanticFPNHead(Module):
         num_classes: int = 150,
         num_groups: int = DEFAULT_GN_GROUPS,
         dtype: Any = np.float32,
+        levels: Sequence[int] = (0, 1, 2, 3),
     ) -> None:
         super().__init__()
         in_channels = tuple(in_channels)
@@ -124,13 +175,16 @@ class SemanticFPNHead(Module):
             raise ValueError(
                 f"SemanticFPNHead: num_groups={num_groups} must divide head_channels={head_channels} (GroupNorm)"
             )
+        self.levels = check_levels(levels, len(in_channels))
         self.in_channels = in_channels
         self.fpn_channels, self.head_channels = int(fpn_channels), int(head_channels)
         self.num_classes, self.num_groups = int(num_classes), int(num_groups)
-        self.lateral_convs = ModuleList([ConvModule(c, fpn_channels, 1, dtype=dtype) for c in in_channels])
-        self.fpn_convs = ModuleList([ConvModule(fpn_channels, fpn_channels, 3, dtype=dtype) for _ in in_channels])
-        self.scale_heads = ModuleList()
-        for level in range(len(in_channels)):
+        self.lateral_convs = LevelModules(
+            {i: ConvModule(in_channels[i], fpn_channels, 1, dtype=dtype) for i in self.levels}
+        )
+        self.fpn_convs = LevelModules({i: ConvModule(fpn_channels, fpn_channels, 3, dtype=dtype) for i in self.levels})
+        scale_heads = {}
+        for level in self.levels:
             layers: list[Module] = []
             for k in range(max(1, level)):
                 layers.append(
@@ -138,7 +192,8 @@ class SemanticFPNHead(Module):
                 )
                 if level > 0:
                     layers.append(Upsample(scale_factor=2, mode="bilinear", channels_last=True))
-            self.scale_heads.append(Sequential(*layers))
+            scale_heads[level] = Sequential(*layers)
+        self.scale_heads = LevelModules(scale_heads)
         self.conv_seg = Conv2d(head_channels, num_classes, 1, dtype=dtype, channels_last=True)
 
     def _resize(self, x: Array, size: tuple[int, int], mode: str) -> tuple[Array, Any]:
@@ -158,13 +213,14 @@ class SemanticFPNHead(Module):
             check_array(m, self._label(), f"map {i}")
             if m.ndim != 4 or m.shape[1] != c:
                 raise ValueError(f"SemanticFPNHead: map {i} must have shape (N, {c}, H, W), got {tuple(m.shape)}")
-        levels = range(len(maps))
-        laterals = [self.lateral_convs[i](maps[i].transpose(0, 2, 3, 1)) for i in levels]
+        levels = self.levels
+        laterals = {i: self.lateral_convs[i](maps[i].transpose(0, 2, 3, 1)) for i in levels}
         top_down = {}
-        for i in reversed(levels[1:]):
-            up, top_down[i] = self._resize(laterals[i], laterals[i - 1].shape[1:3], "nearest")
-            laterals[i - 1] = laterals[i - 1] + up
-        base_size = laterals[0].shape[1:3]
+        for finer, i in reversed(list(itertools.pairwise(levels))):
+            up, top_down[i] = self._resize(laterals[i], laterals[finer].shape[1:3], "nearest")
+            laterals[finer] = laterals[finer] + up
+        # The stride-4 map's size, whether or not level 0 is used: every scale head ends there.
+        base_size = tuple(maps[0].shape[2:])
         fused, to_base = None, {}
         for i in levels:
             out, to_base[i] = self._resize(self.scale_heads[i](self.fpn_convs[i](laterals[i])), base_size, "bilinear")
@@ -173,18 +229,21 @@ class SemanticFPNHead(Module):
         self._save((top_down, to_base, to_output))
         return logits.transpose(0, 3, 1, 2)
 
-    def backward(self, dlogits: Array) -> list[Array]:
+    def backward(self, dlogits: Array) -> list[Array | None]:
         top_down, to_base, to_output = self._pop_cache()
         dfused = self.conv_seg.backward(self._resize_backward(dlogits.transpose(0, 2, 3, 1), to_output))
-        levels = range(len(self.in_channels))
-        dlaterals = [
-            self.fpn_convs[i].backward(self.scale_heads[i].backward(self._resize_backward(dfused, to_base[i])))
+        levels = self.levels
+        dlaterals = {
+            i: self.fpn_convs[i].backward(self.scale_heads[i].backward(self._resize_backward(dfused, to_base[i])))
             for i in reversed(levels)
-        ][::-1]
-        # laterals[i - 1] += up(laterals[i]) ran from the coarsest level down, so its gradients flow back upwards.
-        for i in levels[1:]:
-            dlaterals[i] = dlaterals[i] + self._resize_backward(dlaterals[i - 1], top_down[i])
-        return [self.lateral_convs[i].backward(dlaterals[i]).transpose(0, 3, 1, 2) for i in levels]
+        }
+        # laterals[finer] += up(laterals[i]) ran from the coarsest level down, so its gradients flow back upwards.
+        for finer, i in itertools.pairwise(levels):
+            dlaterals[i] = dlaterals[i] + self._resize_backward(dlaterals[finer], top_down[i])
+        return [
+            self.lateral_convs[i].backward(dlaterals[i]).transpose(0, 3, 1, 2) if i in dlaterals else None
+            for i in range(len(self.in_channels))
+        ]
 
     def init_weights(self, seed: int = 0) -> SemanticFPNHead:
         """mmseg's initialisation, reproducible from ``seed``: the neck's convs (lateral and fpn) Xavier-uniform,
@@ -217,14 +276,15 @@ class SemanticFPNHead(Module):
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, fpn_channels={self.fpn_channels}, head_channels={self.head_channels}, "
-            f"num_classes={self.num_classes}, num_groups={self.num_groups}"
+            f"num_classes={self.num_classes}, num_groups={self.num_groups}, levels={self.levels}"
         )
 
 
 class SemanticSegmenter(Module):
     """A PVT v2 backbone and a :class:`SemanticFPNHead`: ``logits = model(x)`` gives per-pixel class logits
     (N, num_classes, H, W) for NCHW images (N, in_chans, H, W); ``dx = model.backward(dlogits)`` runs the head's
-    backward, then the backbone's ``backward_pyramid``, and returns the input gradient (None with ``input_grad=False``).
+    backward, then the backbone's ``backward_pyramid`` (None for the maps the head does not use), and returns the
+    input gradient (None with ``input_grad=False``).
 
     The backbone should have no classification head (``num_classes=0``): its parameters would get no gradient.
 
