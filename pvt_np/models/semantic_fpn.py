@@ -287,6 +287,8 @@ class SemanticSegmenter(Module):
     input gradient (None with ``input_grad=False``).
 
     The backbone should have no classification head (``num_classes=0``): its parameters would get no gradient.
+    With a head on a subset of the maps (``levels``), the stages after the last map it uses get none either
+    (optimizers skip a parameter whose ``.grad`` is None).
 
     Ops: those of :class:`PyramidVisionTransformerV2` (``forward_pyramid``) and of :class:`SemanticFPNHead`.
     """
