@@ -75,6 +75,7 @@ __all__ = [
     "process_alive",
     "process_start",
     "set_threads",
+    "shard_bounds",
     "shard_dataset",
     "under_launcher",
     "use_local_gpu",
@@ -247,14 +248,19 @@ def local_batch_size(global_batch: int, world: World) -> int:
     return global_batch // world.size
 
 
-def shard_dataset(dataset: Any, world: World) -> Any:
-    """This rank's contiguous part of an evaluation set (the parts differ in size by at most one)."""
-    if world.size == 1:
-        return dataset
-    n = len(dataset)
+def shard_bounds(n: int, world: World) -> tuple[int, int]:
+    """This rank's contiguous part [start, stop) of an evaluation set of ``n`` images (the parts differ in size
+    by at most one)."""
     if n < world.size:
         raise DistributedError(f"the test set has {n} images, fewer than the {world.size} ranks that share it")
-    start, stop = n * world.rank // world.size, n * (world.rank + 1) // world.size
+    return n * world.rank // world.size, n * (world.rank + 1) // world.size
+
+
+def shard_dataset(dataset: Any, world: World) -> Any:
+    """This rank's contiguous part of an evaluation set (:func:`shard_bounds`)."""
+    if world.size == 1:
+        return dataset
+    start, stop = shard_bounds(len(dataset), world)
     return Dataset(
         dataset.images[start:stop], dataset.labels[start:stop], dataset.classes, dataset.name, dataset.split,
         dataset.source,

@@ -247,6 +247,28 @@ def test_batches_without_augmentation_and_bad_input() -> None:
         SegmentationBatches(images, masks, 2, crop_padding=-1)
 
 
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_batch_shards_are_slices_of_the_whole_batch(ranks: int) -> None:
+    """A data-parallel rank's shard is its rows of the 1-process batch: the same samples, crops and flips."""
+    images, masks = _pair()
+    whole = SegmentationBatches(images, masks, 4, seed=5, crop_padding=3, hflip=True)
+    parts = [
+        SegmentationBatches(images, masks, 4, seed=5, crop_padding=3, hflip=True, shard=(r, ranks))
+        for r in range(ranks)
+    ]
+    for epoch in range(3):
+        full = whole.batch(epoch, 0)
+        pieces = [part.batch(epoch, 0) for part in parts]
+        assert all(p.x.shape[0] == 4 // ranks for p in pieces)
+        assert np.array_equal(np.concatenate([p.x for p in pieces]), full.x)
+        assert np.array_equal(np.concatenate([p.y for p in pieces]), full.y)
+    assert len(parts[0]) == len(whole)
+    with pytest.raises(ValueError, match="shard must be"):
+        SegmentationBatches(images, masks, 4, shard=(0, 3))
+    with pytest.raises(ValueError, match="shard must be"):
+        SegmentationBatches(images, masks, 4, shard=(2, 2))
+
+
 def test_crop_flip_gather_default_fill_unchanged() -> None:
     images, _ = _pair()
     idx, dy, dx, flip = np.arange(4), np.array([0, 2, 4, 1]), np.array([4, 0, 2, 3]), np.array([1, 0, 1, 0], bool)

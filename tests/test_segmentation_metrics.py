@@ -146,6 +146,25 @@ def test_batches_accumulate_to_the_one_shot_result(rng: np.random.Generator) -> 
     assert math.isnan(metrics.compute()["pixel_accuracy"])
 
 
+def test_summed_counts_of_parts_score_the_whole(rng: np.random.Generator) -> None:
+    """Data-parallel ranks each count their part of the test set; the sum of the counts (here two ranks' sum
+    simulated, and a rank that counted nothing) scores the whole set exactly."""
+    parts = [_random_batch(rng, n, 4) for n in (2, 3)]
+    ranks = [SegmentationMetrics(4) for _ in range(3)]
+    for metrics, (pred, target, buckets) in zip(ranks, parts, strict=False):
+        metrics.update(pred, target, buckets)
+    counted: list[np.ndarray] = []
+    for metrics in ranks:  # what each rank hands to the all-reduce
+        metrics.sum_counts(lambda mine: counted.append(mine.copy()) or mine)
+    assert all(c.dtype == np.int64 and c.shape == counted[0].shape for c in counted) and not counted[2].any()
+    total = sum(counted)
+    for metrics in ranks:
+        metrics.sum_counts(lambda mine: total)
+    whole = [np.concatenate(p) for p in zip(*parts, strict=True)]
+    for metrics in ranks:
+        _assert_scores_equal(metrics.compute(), _scores(4, *whole))
+
+
 def test_updates_without_size_buckets_count_in_the_class_scores_only(rng: np.random.Generator) -> None:
     (p1, t1, b1), (p2, t2, _) = _random_batch(rng, 2, 4), _random_batch(rng, 2, 4)
     metrics = SegmentationMetrics(4)

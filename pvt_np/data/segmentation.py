@@ -241,6 +241,9 @@ class SegmentationBatches:
 
     images: uint8 (N, H, W, 3) and masks uint8 (N, H, W), NumPy or CuPy; moved to ``device`` once.
     mean, std: per-channel normalisation on the 0-1 scale (None: only scale to [0, 1]).
+    shard: (index, count): yield only rows [index * B / count, (index + 1) * B / count) of every batch of B
+        samples, cut from the draws of the whole batch (a data-parallel rank's slice, as BatchLoader's);
+        ``batch_size`` (the global batch) must be divisible by count.
     """
 
     def __init__(
@@ -258,6 +261,7 @@ class SegmentationBatches:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         dtype: Any = np.float32,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         check_device(device)
         if getattr(images, "dtype", None) != np.uint8 or images.ndim != 4:
@@ -277,6 +281,12 @@ class SegmentationBatches:
             raise ValueError(
                 f"SegmentationBatches: crop_padding must be an int in [0, {min(h, w)}], got {crop_padding!r}"
             )
+        shard_index, shard_count = (int(v) for v in shard)
+        if not 0 <= shard_index < shard_count or batch_size % shard_count:
+            raise ValueError(
+                f"SegmentationBatches: shard must be (index, count) with 0 <= index < count and count dividing "
+                f"batch_size {batch_size}, got {tuple(shard)}"
+            )
         m = np.zeros(c) if mean is None else np.asarray(mean, dtype=np.float64).reshape(-1)
         s = np.ones(c) if std is None else np.asarray(std, dtype=np.float64).reshape(-1)
         if m.shape != (c,) or s.shape != (c,) or not np.all(s > 0):
@@ -290,6 +300,7 @@ class SegmentationBatches:
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
         self.dtype = check_float_dtype(dtype)
+        self.shard = (shard_index, shard_count)
         self._images = to_device(images, device)
         self._masks = to_device(masks, device)
         xp = get_array_module(self._images)
@@ -311,11 +322,15 @@ class SegmentationBatches:
         if not 0 <= index < len(self):
             raise IndexError(f"SegmentationBatches: batch index {index} out of range for {len(self)} batches")
         idx = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        rank, ranks = self.shard
+        start, stop = idx.shape[0] * rank // ranks, idx.shape[0] * (rank + 1) // ranks
         xp = get_array_module(self._images)
-        dev_idx = xp.asarray(idx)
+        dev_idx = xp.asarray(idx[start:stop])
         if self.crop_padding or self.hflip:
+            # Drawn for the whole batch, then this shard's rows taken: the shards together are the whole batch.
             rng = np.random.default_rng(derive_seed(self.seed, epoch, index))
-            dy, dx, flip = (xp.asarray(a) for a in sample_crop_flip(rng, idx.shape[0], self.crop_padding, self.hflip))
+            drawn = sample_crop_flip(rng, idx.shape[0], self.crop_padding, self.hflip)
+            dy, dx, flip = (xp.asarray(a[start:stop]) for a in drawn)
             u8 = crop_flip_gather(self._images, dev_idx, dy, dx, flip, self.crop_padding)
             masks = crop_flip_gather(self._masks[..., None], dev_idx, dy, dx, flip, self.crop_padding, IGNORE_INDEX)
             masks = masks[..., 0]

@@ -26,6 +26,7 @@ miss (FN) and a false alarm (FP), as in the per-class IoU summed over the object
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,13 @@ class SegmentationMetrics:
         if xp is np:
             self._check_counts(counts.reshape(self._shape), "update")
         self._counts = counts if self._counts is None else self._counts + counts
+
+    def sum_counts(self, allreduce_sum: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Replace the counts by ``allreduce_sum`` of them (a flat host int64 array), after the last update:
+        data-parallel ranks that each counted their part of the test set then all hold the whole set's counts,
+        and score it as one process would (``allreduce_sum``: :meth:`pvt_np.distributed.World.allreduce_sum`)."""
+        counts = np.zeros(self._shape, np.int64).reshape(-1) if self._counts is None else to_numpy(self._counts)
+        self._counts = np.asarray(allreduce_sum(counts.astype(np.int64, copy=False)))
 
     def _check_counts(self, counts: np.ndarray, where: str) -> None:
         k = self.num_classes
