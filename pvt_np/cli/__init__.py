@@ -15,7 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pvt_np.cli.train", "train a PVT v2 on CIFAR-10/100 or an image folder"),
     "evaluate": ("pvt_np.cli.evaluate", "evaluate a checkpoint on a test set"),
-    "predict": ("pvt_np.cli.predict", "classify images with a trained model: top-k classes and their probabilities"),
+    "predict": ("pvt_np.cli.predict", "classify images (top-k classes) or segment them (masks) with a trained model"),
     "convert": ("pvt_np.cli.convert", "convert a checkpoint between pvt_np (.npz), timm and the official PVT layout"),
     "flops": ("pvt_np.cli.flops", "print params and FLOPs per layer, per stage and in total"),
     "bench": ("pvt_np.cli.bench", "time pvt_np against PyTorch on this machine (speed and memory)"),

@@ -24,9 +24,10 @@ class Checkpoint(NamedTuple):
     """What :func:`read_checkpoint` found.
 
     state_dict: NumPy arrays keyed as in the file. record: pvt_np's model record (see
-    :func:`~pvt_np.io.record.model_record`), None for a foreign file. source: the path. kind: 'training'
-    (a run's checkpoint), 'weights' (a weights file pvt_np wrote) or 'foreign'.
-    training: a training checkpoint's run settings, progress and data description.
+    :func:`~pvt_np.io.record.model_record`), None for a foreign file and for a segmentation run's checkpoint
+    (``training['task'] == 'segmentation'``: its run settings, classes and normalisation describe the model).
+    source: the path. kind: 'training' (a run's checkpoint), 'weights' (a weights file pvt_np wrote) or 'foreign'.
+    training: a training checkpoint's task, run settings, progress and data description.
     """
 
     state_dict: OrderedDict[str, np.ndarray]
@@ -86,7 +87,9 @@ def _is_training_checkpoint(path: Path) -> bool:
 
 
 # What loading a model needs from a training checkpoint; the optimizer's moments are not read.
-_TRAINING_KEYS = ("config", "num_classes", "classes", "normalize", "model_record", "model", "progress", "best_accuracy")
+_TRAINING_KEYS = (
+    "task", "config", "num_classes", "classes", "normalize", "model_record", "model", "progress", "best_accuracy",
+)  # fmt: skip
 
 
 def _read_training(path: Path) -> Checkpoint:
@@ -94,6 +97,8 @@ def _read_training(path: Path) -> Checkpoint:
     if not isinstance(payload.get("model"), Mapping):
         raise ValueError(f"{path}: the training checkpoint holds no model weights")
     state = unwrap(payload.pop("model"), str(path))
+    if payload.get("task") == "segmentation":  # a backbone and a Semantic FPN head: no classification record
+        return Checkpoint(state, None, str(path), "training", payload)
     record = payload.get("model_record") or _record_from_run(payload, str(path))
     return Checkpoint(state, parse_record(record, str(path)), str(path), "training", payload)
 
