@@ -212,3 +212,11 @@ def test_cli_errors_name_the_flag(
     classifier = save_npz(pvt_np.create_model("pvt_v2_b0", 3, **TINY), tmp_path / "classifier.npz")
     code, _, err = _predict_cli(capsys, str(classifier), str(image), "--masks-dir", str(tmp_path / "m"))
     assert code == 2 and "argument --masks-dir: only for a segmentation model" in err and "classifier.npz" in err
+
+
+def test_convert_refuses_a_segmentation_checkpoint(
+    trained: SegmentationTrainer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["convert", str(trained.out / "last.npz"), str(tmp_path / "out.npz")])
+    err = capsys.readouterr().err
+    assert code == 1 and "last.npz is a segmentation run's checkpoint" in err and not (tmp_path / "out.npz").exists()

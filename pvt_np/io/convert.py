@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pvt_np.io.load import UnknownArchitectureError, load_into, load_model
+from pvt_np.io.load import UnknownArchitectureError, is_segmentation, load_into, load_model
 from pvt_np.io.npz import NPZ_SUFFIXES, save_npz
 from pvt_np.io.read import read_checkpoint
 from pvt_np.io.record import describe_model, is_cifar_stem, model_config, model_name
@@ -72,6 +72,11 @@ def convert(
     if num_classes is not None and num_classes < 0:
         raise UsageError(f"--num-classes must be >= 0, got {num_classes}")
     ckpt = read_checkpoint(src, trust_pickle=trust_pickle)
+    if is_segmentation(ckpt):
+        raise ValueError(
+            f"{src} is a segmentation run's checkpoint (a PVT v2 backbone and a Semantic FPN head): the formats "
+            f"pvt-np convert writes hold classification models only; pvt_np.load_model reads {src} as it is"
+        )
     note = ""
     if ckpt.record is not None:
         recorded = ckpt.record.get("model_name")
