@@ -6,6 +6,7 @@ data (subset sizes, whether the overrides build a model) is checked once the dat
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,19 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def check_resumable(checkpoint: dict[str, Any], config: TrainConfig, num_classes: int, path: Path) -> None:
+def check_resumable(
+    checkpoint: dict[str, Any],
+    config: Any,
+    num_classes: int,
+    path: Path,
+    trajectory_fields: Sequence[str] = TRAJECTORY_FIELDS,
+    absent_values: Mapping[str, Any] = ABSENT_FIELD_VALUES,
+) -> None:
     """Raise :class:`CheckpointError` unless ``checkpoint`` (read from ``path``) continues the run ``config`` on
-    data of ``num_classes`` classes: the same architecture, and every TRAJECTORY_FIELDS setting the same."""
+    data of ``num_classes`` classes: the same architecture, and every ``trajectory_fields`` setting the same.
+
+    ``config``: a run's config dataclass with an ``architecture()``: a :class:`TrainConfig` (whose fields are the
+    defaults here), or the segmentation task's config with its own trajectory fields and no absent values."""
     saved = checkpoint.get("config", {})
     mine = config.architecture()
     theirs = {k: saved.get(k) for k in mine}
@@ -127,9 +138,9 @@ def check_resumable(checkpoint: dict[str, Any], config: TrainConfig, num_classes
     current = jsonable(asdict(config))
     # A setting added after the run was started is absent from its checkpoint: the run had its default
     # (or, where the default is not "without it", the ABSENT_FIELD_VALUES value).
-    defaults = {f.name: f.default for f in fields(TrainConfig)} | ABSENT_FIELD_VALUES
-    recorded = {k: saved.get(k, defaults[k]) for k in TRAJECTORY_FIELDS}
-    changed = [f"{k} {recorded[k]!r} -> {current[k]!r}" for k in TRAJECTORY_FIELDS if recorded[k] != current[k]]
+    defaults = {f.name: f.default for f in fields(config)} | dict(absent_values)
+    recorded = {k: saved.get(k, defaults[k]) for k in trajectory_fields}
+    changed = [f"{k} {recorded[k]!r} -> {current[k]!r}" for k in trajectory_fields if recorded[k] != current[k]]
     if changed:
         raise CheckpointError(
             f"--resume continues {path.parent} exactly, but these settings differ from its checkpoint: "
