@@ -123,6 +123,23 @@ def manual_seed(seed: int) -> None:
         device_rng.seed(_SEED)
 
 
+def use_device_key(xp: ModuleType, key: Array) -> None:
+    """Draw ``xp``'s dropout/drop-path masks from the counter-based generator keyed by the device array ``key``.
+
+    ``key``: 0-d uint64 on ``xp``'s device, the SplitMix64 key (``mix64(seed)``) of the stream, which
+    each draw reads when it runs: the mask key of a step that makes no host transfer (see
+    :mod:`pvt_np.training.capturable`). The stream restarts at each call; the next
+    :func:`manual_seed` returns NumPy to its own generator and re-keys CuPy's from the host.
+    """
+    rng = _RNGS.get(xp.__name__)
+    if isinstance(rng, _BatchShardedGenerator):
+        rng = rng.rng
+    if not isinstance(rng, CounterRng):
+        rng = CounterRng(xp, 0)
+        _RNGS[xp.__name__] = rng if _BATCH_SHARD[1] == 1 else _BatchShardedGenerator(rng, *_BATCH_SHARD)
+    rng.rekey(key)
+
+
 def set_batch_shard(index: int, count: int) -> None:
     """Declare that this process computes slice ``index`` of ``count`` equal slices of every batch.
 

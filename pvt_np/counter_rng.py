@@ -68,6 +68,15 @@ class CounterRng:
         self.key = mix64(int(seed))
         self.offset = 0
 
+    def rekey(self, key: Any) -> None:
+        """Restart the stream of a key held on the device: a 0-d uint64 array, ``mix(seed)`` already applied.
+
+        Every draw then reads the key from that array when it runs, so a step recorded once and
+        replayed (a CUDA graph) draws each replay's masks from the key the array holds then.
+        """
+        self.key = key
+        self.offset = 0
+
     def random(self, size: int | tuple[int, ...] | None = None, dtype: Any = np.float64) -> Any:
         """Uniform floats in [0, 1) of shape ``size``, float32 or float64, on this generator's device."""
         dt = np.dtype(dtype)
@@ -80,7 +89,8 @@ class CounterRng:
         if self.fused:
             xp = self.xp
             out = xp.empty(shape, dtype=dt)
-            _fused_kernel(xp, dt.char)(np.uint64(self.key), np.uint64(first & MASK_64), out)
+            key = np.uint64(self.key) if isinstance(self.key, int) else self.key
+            _fused_kernel(xp, dt.char)(key, np.uint64(first & MASK_64), out)
             return out
         return self._reference(first, n, dt).reshape(shape)
 
@@ -88,7 +98,7 @@ class CounterRng:
         """The stream with array operations (uint64 arithmetic wraps mod 2**64 in NumPy and CuPy alike)."""
         xp = self.xp
         k = xp.arange(n, dtype=xp.uint64) + xp.uint64(first & MASK_64)
-        z = k * xp.uint64(GOLDEN_GAMMA) + xp.uint64(self.key)
+        z = k * xp.uint64(GOLDEN_GAMMA) + (xp.uint64(self.key) if isinstance(self.key, int) else self.key)
         z = (z ^ (z >> xp.uint64(30))) * xp.uint64(MIX_1)
         z = (z ^ (z >> xp.uint64(27))) * xp.uint64(MIX_2)
         z = z ^ (z >> xp.uint64(31))

@@ -7,7 +7,7 @@ Run as a script (directly or as every rank of ``mpiexec -n N``), this module is
                                          [--crash-rank R --crash-step STEP] -- train ...
 
 --record FILE        rank 0 writes the loss of every training step (as train_step returned it,
-                     the mean over the global batch) to FILE, one JSON list
+                     the mean over the global batch; either task's) to FILE, one JSON list
 --stop-at STEP       every rank sends itself SIGINT during training step STEP (counted from 0
                      in this process): the run stops as after a Ctrl-C, saving a checkpoint
 --fail-load-rank R   rank R cannot read the data (its load_dataset raises a DataError)
@@ -76,7 +76,7 @@ def _main(argv: list[str]) -> int:
     hooks = parser.parse_args(argv[:split])
 
     from pvt_np import cli, data, distributed
-    from pvt_np.training import datasets, trainer
+    from pvt_np.training import datasets, segmentation, trainer
 
     world = distributed.get_world()
     if hooks.serve_cifar is not None:
@@ -89,19 +89,30 @@ def _main(argv: list[str]) -> int:
         datasets.load_dataset = unreadable  # where the run's data set-up finds it
 
     real_step = trainer.train_step
+    real_segmentation_step = segmentation.SegmentationTrainer.train_step
     losses: list[float] = []
 
-    def hooked_step(*args: Any, **kwargs: Any) -> Any:
+    def before_step() -> None:
         step = len(losses)
         if hooks.stop_at == step:
             os.kill(os.getpid(), signal.SIGINT)
         if hooks.crash_rank == world.rank and hooks.crash_step == step:
             raise ZeroDivisionError(f"rank {world.rank} failed at step {step} (simulated)")
+
+    def hooked_step(*args: Any, **kwargs: Any) -> Any:
+        before_step()
         loss, logits = real_step(*args, **kwargs)
         losses.append(float(loss))
         return loss, logits
 
+    def hooked_segmentation_step(self: Any, x: Any, y: Any) -> float:
+        before_step()
+        loss = real_segmentation_step(self, x, y)
+        losses.append(loss)
+        return loss
+
     trainer.train_step = hooked_step
+    segmentation.SegmentationTrainer.train_step = hooked_segmentation_step
     try:
         return cli.main(argv[split + 1 :])
     finally:

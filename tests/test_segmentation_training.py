@@ -94,6 +94,45 @@ def test_resume_with_another_trajectory_setting_is_refused(tmp_path: Path) -> No
         SegmentationTrainer(tiny_config(epochs=1, lr=1e-3), tmp_path / "run", resume=True).fit()
 
 
+class _TwoRanks:
+    """The two ranks' world as RankCrossEntropy sees it: size 2, and an all-reduce that adds the other's count."""
+
+    size = 2
+
+    def __init__(self, other: int) -> None:
+        self.other = other
+
+    def allreduce_sum(self, value: int) -> int:
+        return value + self.other
+
+
+def test_rank_losses_average_to_the_global_batch_mean(rng: np.random.Generator) -> None:
+    """Two slices with different numbers of ignored pixels: the average of the weighted slice losses and of their
+    gradients is the whole batch's mean over its counted pixels; a slice with none counted adds 0."""
+    from pvt_np.data.segmentation import IGNORE_INDEX
+    from pvt_np.nn import CrossEntropyLoss
+    from pvt_np.training.segmentation import RankCrossEntropy
+
+    logits = rng.normal(size=(4, 3, 5, 6))
+    for ignored in ((0.1, 0.6), (0.3, 1.0)):
+        target = rng.integers(0, 3, (4, 5, 6))
+        target[:2][rng.random((2, 5, 6)) < ignored[0]] = IGNORE_INDEX
+        target[2:][rng.random((2, 5, 6)) < ignored[1]] = IGNORE_INDEX
+        whole = CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        loss, grad = float(whole(logits, target)), whole.backward()
+        counts = [int((target[s] != IGNORE_INDEX).sum()) for s in (slice(0, 2), slice(2, 4))]
+        losses, grads = [], []
+        for r, part in enumerate((slice(0, 2), slice(2, 4))):
+            ce = RankCrossEntropy(_TwoRanks(counts[1 - r]), IGNORE_INDEX)  # type: ignore[arg-type]
+            losses.append(float(ce(logits[part], target[part])))
+            grads.append(ce.backward())
+        assert np.isfinite(losses).all() and abs((losses[0] + losses[1]) / 2 - loss) <= 1e-15
+        np.testing.assert_allclose(np.concatenate(grads) / 2, grad, rtol=0, atol=1e-17)
+    assert counts[1] == 0 and losses[1] == 0.0 and not grads[1].any()
+    nothing = RankCrossEntropy(_TwoRanks(0), IGNORE_INDEX)  # type: ignore[arg-type]
+    assert np.isnan(nothing(logits[:2], np.full((2, 5, 6), IGNORE_INDEX))) and not nothing.backward().any()
+
+
 @pytest.mark.parametrize(("field", "value"), [("dataset", "cifar10"), ("batch_size", 0), ("drop_path_rate", 1.0)])
 def test_bad_config_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError) as err:
@@ -128,7 +167,7 @@ def test_a_bad_mask_exits_1_naming_the_file(tmp_path: Path, capsys: pytest.Captu
     assert not (tmp_path / "run" / "last.npz").exists()
 
 
-@pytest.mark.parametrize("extra", [["--mixup", "0.2"], ["--tta", "none"], ["--nprocs", "2"], ["--ema-decay", "0.9"]])
+@pytest.mark.parametrize("extra", [["--mixup", "0.2"], ["--tta", "none"], ["--cutmix", "1"], ["--ema-decay", "0.9"]])
 def test_classification_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list) -> None:
     args = ["train", "--task", "segmentation", *extra, "--output", str(tmp_path / "run")]
     assert cli.main(args) == 2

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -93,8 +93,8 @@ class _GivenAppend(argparse.Action):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("classification", "segmentation"), default="classification",
-                   help="segmentation: a Semantic FPN head on the backbone, --dataset scenes or segfolder, one "
-                   "process; an option it does not take (--mixup, --tta, ...) is refused")  # fmt: skip
+                   help="segmentation: a Semantic FPN head on the backbone, --dataset scenes or segfolder; an "
+                   "option it does not take (--mixup, --tta, ...) is refused")  # fmt: skip
     m = p.add_argument_group("model")
     m.add_argument("--model", action=_Given, default=DEFAULTS.model, choices=list_models(), help="PVT v2 variant")
     m.add_argument("--override", action=_GivenAppend, type=parse_override, default=[], metavar="KEY=VALUE",
@@ -367,12 +367,56 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Either task through the same launcher, run lock, ranks and exit codes (:func:`_train`)."""
     if args.task == "segmentation" or (args.resume and _saved_task(Path(args.output)) == "segmentation"):
-        return _run_segmentation(args)
+        refused = sorted(getattr(args, GIVEN, set()) - set(SEGMENTATION_DESTS))
+        if refused:
+            flag = "--" + refused[0].replace("_", "-")
+            print(
+                f"pvt-np train: error: argument {flag}: not with --task segmentation (it takes "
+                f"{', '.join('--' + d.replace('_', '-') for d in SEGMENTATION_DESTS)}, --threads, --nprocs, "
+                "--output, --resume)",
+                file=sys.stderr,
+            )
+            return 2
+        return _train(
+            args,
+            segmentation_config,
+            lambda config, started: SegmentationTrainer(config, args.output, resume=args.resume),
+            lambda trainer, result: f"test mIoU {result['test_miou']:.4f} (best {trainer.best_miou:.4f})",
+        )
     for dest in sorted(getattr(args, GIVEN, set()) & {"image_size", "init_backbone"}):
         flag = "--" + dest.replace("_", "-")
         print(f"pvt-np train: error: argument {flag}: only with --task segmentation", file=sys.stderr)
         return 2
+    return _train(
+        args,
+        _classification_config,
+        lambda config, started: Trainer(config, args.output, resume=args.resume, started=started),
+        _classification_result,
+    )
+
+
+def _classification_config(args: argparse.Namespace) -> TrainConfig:
+    return config_from_args(args, saved_config(Path(args.output)) if args.resume else None)
+
+
+def _classification_result(trainer: Trainer, result: dict[str, Any]) -> str:
+    ema = f", EMA {result['ema_test_accuracy']:.4f}" if result.get("ema_test_accuracy") is not None else ""
+    return f"test accuracy {result['test_accuracy']:.4f}{ema} (best {trainer.best_accuracy:.4f})"
+
+
+def _train(
+    args: argparse.Namespace,
+    make_config: Callable[[argparse.Namespace], Any],
+    make_trainer: Callable[[Any, float], Any],
+    describe: Callable[[Any, dict[str, Any]], str],
+) -> int:
+    """Launch the ranks (``--nprocs``, or one per core by default) or, in a rank or the one process, train.
+
+    ``make_config(args)``: the task's config (a ConfigError for a bad option, exit 2); ``make_trainer(config,
+    started)``: its trainer (``started``: the command's start, for --time-budget); ``describe(trainer, result)``:
+    the figures of the last line."""
     started = distributed.command_started()  # --time-budget counts from here (or from the launching command)
     started_wall = time.time()
     nprocs = args.nprocs
@@ -380,7 +424,7 @@ def _run(args: argparse.Namespace) -> int:
         # Check the options here, once, so that a bad value gets its one message and exit code 2
         # before any rank starts; then let the config (typed or resumed) choose the processes.
         try:
-            config = config_from_args(args, saved_config(Path(args.output)) if args.resume else None)
+            config = make_config(args)
         except ConfigError as err:
             print(f"pvt-np train: error: {flag_error(err)}", file=sys.stderr)
             return 2
@@ -414,10 +458,7 @@ def _run(args: argparse.Namespace) -> int:
     lock = None
     try:
         lock = _lock_run(world, args.output)
-        base = saved_config(Path(args.output)) if args.resume else None
-        trainer = world.agree(
-            lambda: Trainer(config_from_args(args, base), args.output, resume=args.resume, started=started)
-        )
+        trainer = world.agree(lambda: make_trainer(make_config(args), started))
         result = trainer.fit()
     except _Refused as err:
         if world.is_root:
@@ -460,9 +501,7 @@ def _run(args: argparse.Namespace) -> int:
     if not world.is_root:
         return 0
     if result:
-        best = trainer.best_accuracy
-        ema = f", EMA {result['ema_test_accuracy']:.4f}" if result.get("ema_test_accuracy") is not None else ""
-        print(f"done: test accuracy {result['test_accuracy']:.4f}{ema} (best {best:.4f}); run in {args.output}")
+        print(f"done: {describe(trainer, result)}; run in {args.output}")
     return 0
 
 
@@ -509,42 +548,3 @@ def segmentation_config(args: argparse.Namespace) -> SegmentationConfig:
         else:
             values[dest] = getattr(args, dest)
     return SegmentationConfig(**values)
-
-
-def _run_segmentation(args: argparse.Namespace) -> int:
-    """``pvt-np train --task segmentation``: one process; the same run lock, exit codes and Ctrl-C handling."""
-    refused = sorted(getattr(args, GIVEN, set()) - set(SEGMENTATION_DESTS))
-    if (args.nprocs or 1) > 1 or distributed.under_launcher():
-        refused.insert(0, "nprocs")
-    if refused:
-        flag = "--" + refused[0].replace("_", "-")
-        print(
-            f"pvt-np train: error: argument {flag}: not with --task segmentation (one process; it takes "
-            f"{', '.join('--' + d.replace('_', '-') for d in SEGMENTATION_DESTS)}, --threads, --output, --resume)",
-            file=sys.stderr,
-        )
-        return 2
-    world = distributed.get_world()
-    distributed.set_threads(world, args.threads)
-    lock = None
-    try:
-        config = segmentation_config(args)
-        lock = _lock_run(world, args.output)
-        trainer = SegmentationTrainer(config, args.output, resume=args.resume)
-        result = trainer.fit()
-    except ConfigError as err:
-        print(f"pvt-np train: error: {flag_error(err)}", file=sys.stderr)
-        return 2
-    except _Refused as err:
-        print(f"pvt-np train: error: {err}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt as stop:
-        print(f"pvt-np train: {stop or 'interrupted'}", file=sys.stderr)
-        return 130
-    except (TrainingError, CheckpointError, DataError, ValueError, RuntimeError, OSError) as err:
-        return distributed.fail(world, err)
-    finally:
-        if lock is not None:
-            lock.release()
-    print(f"done: test mIoU {result['test_miou']:.4f} (best {trainer.best_miou:.4f}); run in {args.output}")
-    return 0

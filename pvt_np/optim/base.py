@@ -41,6 +41,11 @@ def _copy_to_host(x: Array) -> np.ndarray:
     return x.copy() if isinstance(x, np.ndarray) else backend.to_numpy(x)
 
 
+def _host_number(value: Any) -> Any:
+    """A 0-d array (a device lr) as a Python float; anything else as it is."""
+    return float(value) if getattr(value, "ndim", None) == 0 else value
+
+
 def _like_param(value: Any, p: Parameter) -> Array:
     """A fresh array with ``value``'s contents on ``p``'s device and in ``p``'s dtype."""
     xp = backend.get_array_module(p.data)
@@ -138,17 +143,24 @@ class Optimizer:
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define step")
 
+    def _restore_step(self, step: int, p: Parameter) -> Any:
+        """A parameter's ``step`` counter as this optimizer keeps it (a Python int; a device array in AdamW's
+        capturable mode)."""
+        return step
+
     # -- checkpoints ----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """torch's layout with host copies: ``{'state': {i: {...}}, 'param_groups': [{..., 'params': [i, ...]}]}``.
 
         Parameters are numbered 0, 1, ... in group order; state arrays are NumPy copies and
-        counters Python ints, so the result pickles and never changes with later steps.
+        counters Python ints, so the result pickles and never changes with later steps. Options
+        and counters kept on the device (a schedule's device lr, AdamW's capturable step) are
+        read back as Python numbers, so the format is the same either way.
         """
         number: dict[int, int] = {}
         groups = []
         for group in self.param_groups:
-            packed = {k: v for k, v in group.items() if k != "params"}
+            packed = {k: _host_number(v) for k, v in group.items() if k != "params"}
             packed["params"] = [number.setdefault(id(p), len(number)) for p in group["params"]]
             groups.append(packed)
         state = {}
@@ -156,9 +168,13 @@ class Optimizer:
             for p in group["params"]:
                 if p in self.state:
                     state[number[id(p)]] = {
-                        k: (v if v is None or isinstance(v, numbers.Number) else _copy_to_host(v))
+                        k: (
+                            int(v) if k == "step"
+                            else v if v is None or isinstance(v, numbers.Number)
+                            else _copy_to_host(v)
+                        )
                         for k, v in self.state[p].items()
-                    }
+                    }  # fmt: skip
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -206,7 +222,7 @@ class Optimizer:
             restored = {}
             for k, v in entry.items():
                 if k == "step":
-                    restored[k] = int(v)
+                    restored[k] = self._restore_step(int(v), p)
                 elif v is None:
                     restored[k] = None
                 else:

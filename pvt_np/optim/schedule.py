@@ -58,6 +58,13 @@ class CosineWarmupSchedule:
     ``last_step`` by one and sets ``lr = cosine_warmup_lr(last_step, base_lr, ...)``.
     After ``total_steps`` the lr stays at ``min_lr``. Any object with a ``param_groups``
     list of dicts can be driven, including a torch optimizer.
+
+    :meth:`to_device` moves the schedule onto an array module's device for a step that
+    issues no host transfer (AdamW's capturable mode): the step counter is then a 0-d int64
+    array there, each group's lr a 0-d float64 array there (the group's ``'lr'``), and
+    ``.step()`` computes ``lr = table[min(step, total_steps)]`` on the device from a table of
+    :func:`cosine_warmup_lr` made once on the host, so the values are the host schedule's bit
+    for bit. ``last_step`` and :meth:`get_last_lr` then read the device (a synchronisation).
     """
 
     def __init__(
@@ -86,7 +93,34 @@ class CosineWarmupSchedule:
         for group in groups:
             group.setdefault("initial_lr", group["lr"])
         self.base_lrs: list[float] = [float(group["initial_lr"]) for group in groups]
-        self.last_step = 0
+        self._last_step = 0
+        self._device: dict[str, Any] | None = None  # to_device's arrays: step, per group lr and table
+        self._apply()
+
+    @property
+    def last_step(self) -> int:
+        """How many times ``.step()`` has run (read from the device after :meth:`to_device`)."""
+        return self._last_step if self._device is None else int(self._device["step"])
+
+    @last_step.setter
+    def last_step(self, value: int) -> None:
+        self._last_step = int(value)
+        if self._device is not None:
+            self._device["step"][...] = self._last_step
+
+    def to_device(self, xp: Any) -> None:
+        """Keep the step counter and the lrs on ``xp``'s device from now on (class docstring); each group's
+        ``'lr'`` becomes its 0-d float64 array, updated in place by every ``.step()``."""
+        step = self.last_step
+        steps = range(self.total_steps + 1)
+        tables = [xp.asarray(np.array([self.lr_at(t, base) for t in steps])) for base in self.base_lrs]
+        self._device = {
+            "xp": xp,
+            "step": xp.full((), step, dtype=np.int64),
+            "index": xp.zeros((), dtype=np.int64),
+            "tables": tables,
+            "lrs": [xp.zeros((), dtype=np.float64) for _ in tables],
+        }
         self._apply()
 
     def lr_at(self, step: int, base_lr: float) -> float:
@@ -98,16 +132,26 @@ class CosineWarmupSchedule:
         return [self.lr_at(self.last_step, base) for base in self.base_lrs]
 
     def get_last_lr(self) -> list[float]:
-        """The lrs the schedule last set (torch's name)."""
+        """The lrs the schedule last set (torch's name), as Python floats."""
         return self.get_lr()
 
     def _apply(self) -> None:
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+        if self._device is None:
+            for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+                group["lr"] = lr
+            return
+        d = self._device
+        d["xp"].minimum(d["step"], self.total_steps, out=d["index"])
+        for group, table, lr in zip(self.optimizer.param_groups, d["tables"], d["lrs"], strict=True):
+            d["xp"].take(table, d["index"], out=lr)
             group["lr"] = lr
 
     def step(self) -> None:
-        """Advance one iteration and set every group's lr."""
-        self.last_step += 1
+        """Advance one iteration and set every group's lr (on the device after :meth:`to_device`)."""
+        if self._device is None:
+            self._last_step += 1
+        else:
+            self._device["xp"].add(self._device["step"], 1, out=self._device["step"])
         self._apply()
 
     def state_dict(self) -> dict[str, Any]:
@@ -139,8 +183,14 @@ class CosineWarmupSchedule:
         last_step = _count(state_dict["last_step"], "last_step", where, 0)
         warmup_lr_init = _nonneg(state_dict["warmup_lr_init"], "warmup_lr_init", where)
         min_lr = _nonneg(state_dict["min_lr"], "min_lr", where)
-        self.total_steps, self.warmup_steps, self.last_step = total, warmup, last_step
+        self.total_steps, self.warmup_steps = total, warmup
         self.warmup_lr_init, self.min_lr, self.base_lrs = warmup_lr_init, min_lr, base_lrs
         for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
             group["initial_lr"] = base
-        self._apply()
+        xp = None if self._device is None else self._device["xp"]
+        self._device = None  # the settings may have changed: on the device, new tables
+        self.last_step = last_step
+        if xp is None:
+            self._apply()
+        else:
+            self.to_device(xp)

@@ -8,20 +8,28 @@ functions of (seed, epoch, batch), so resuming from last.npz replays exactly wha
 
 Each epoch records the training loss and the test pixel accuracy, mIoU and, for the generated scenes, the
 IoU by object size (:class:`~pvt_np.training.segmentation_metrics.SegmentationMetrics`); best.npz keeps the
-best mIoU. One process for now: the data-parallel path is the classification trainer's.
+best mIoU.
+
+Data-parallel (``pvt-np train --task segmentation --nprocs N``, or under mpiexec) as the classification trainer:
+each rank takes its rows of every global batch (the samples, crops, flips and drop-path masks of the one-process
+batch), its per-pixel loss weighted so that the all-reduce's average is the global batch's mean
+(:class:`RankCrossEntropy`), the gradients averaged by :class:`~pvt_np.distributed.GradientAllReduce`; the ranks
+score their parts of the test set and sum the confusion counts; rank 0 alone writes. So N ranks compute the
+one-process run to rounding.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pvt_np import backend
+from pvt_np import backend, distributed
 from pvt_np.backend import Array
 from pvt_np.data.scenes import load_scenes
 from pvt_np.data.segmentation import IGNORE_INDEX, SegmentationBatches, load_segmentation_folder
@@ -31,14 +39,15 @@ from pvt_np.models import create_segmenter, list_models
 from pvt_np.models.semantic_fpn import SemanticSegmenter
 from pvt_np.nn import CrossEntropyLoss
 from pvt_np.optim import AdamW, CosineWarmupSchedule, param_groups_weight_decay
-from pvt_np.training.config import jsonable
+from pvt_np.training.config import check_resumable, jsonable
 from pvt_np.training.errors import TrainingError
 from pvt_np.training.interrupt import ctrl_c_requests_stop
 from pvt_np.training.rundir import check_run_directory, write_config, write_metrics
 from pvt_np.training.segmentation_metrics import SegmentationMetrics
+from pvt_np.training.trainer import train_step
 from pvt_np.training.validation import ConfigError, check_subset
 
-__all__ = ["SEGMENTATION_DATASETS", "SegmentationConfig", "SegmentationTrainer", "predict_masks"]
+__all__ = ["SEGMENTATION_DATASETS", "RankCrossEntropy", "SegmentationConfig", "SegmentationTrainer", "predict_masks"]
 
 SEGMENTATION_DATASETS = ("scenes", "segfolder")
 # ImageNet's statistics: those a backbone started from a classification checkpoint was trained with.
@@ -116,10 +125,50 @@ class SegmentationConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("seed", "an integer >= 0", self.seed)
 
+    def architecture(self) -> dict[str, Any]:
+        """The fields that must match for a checkpoint to be resumed."""
+        return {"model": self.model, "model_overrides": jsonable(self.model_overrides), "dtype": self.dtype}
 
-# The settings a resumed run must keep: the rest (device, paths, progress, evaluation batch) may change.
+
+# The settings a resumed run must keep besides the architecture: the rest (device, paths, progress, evaluation
+# batch) may change.
 _FREE_FIELDS = ("data_path", "device", "eval_batch_size", "progress")
-TRAJECTORY_FIELDS = tuple(f.name for f in fields(SegmentationConfig) if f.name not in _FREE_FIELDS)
+TRAJECTORY_FIELDS = tuple(
+    f.name for f in fields(SegmentationConfig) if f.name not in (*_FREE_FIELDS, *SegmentationConfig().architecture())
+)
+
+
+class RankCrossEntropy(CrossEntropyLoss):
+    """Per-pixel cross-entropy on a data-parallel rank's slice of the batch, weighted so that the ranks' average
+    (the all-reduce's) is the global batch's mean over its counted pixels.
+
+    One process: L = S / C, S the sum of the batch's pixel losses, C its counted (not ignored) pixels. Rank r of
+    N holds S_r and c_r of them, and CrossEntropyLoss gives it S_r / c_r with dL/dlogits = (softmax - t) / c_r.
+    With w_r = N c_r / C (C the all-reduced sum of the c_r) rank r reports w_r S_r / c_r and backpropagates
+    dout = w_r; the average over the ranks is S / C, and the averaged gradient sum_r (softmax - t)_r / C is the
+    one-process gradient. A plain average of the S_r / c_r would weigh the pixels of a slice with more ignored
+    ones (the crops' padding, 255 in a mask) more. A slice with no counted pixel (loss nan, gradient 0) adds 0;
+    a global batch with none gives nan on every rank, as one process does.
+    """
+
+    def __init__(self, world: distributed.World, ignore_index: int) -> None:
+        super().__init__(ignore_index=ignore_index)
+        self.world = world
+        self.weight = 1.0
+
+    def forward(self, logits: Array, target: Array) -> Array:
+        loss = super().forward(logits, target)
+        mine = int((target != self.ignore_index).sum())
+        total = int(self.world.allreduce_sum(mine))
+        self.weight = self.world.size * mine / total if total else 0.0
+        if not total:  # every pixel of the global batch ignored: nan, as in one process
+            return loss
+        if not mine:  # this slice's 0 / 0 = nan must not reach the average
+            return backend.get_array_module(loss).zeros_like(loss)
+        return loss * self.weight
+
+    def backward(self, dout: float | Array = 1.0) -> Array:
+        return super().backward(dout * self.weight)
 
 
 @dataclass(frozen=True)
@@ -168,19 +217,39 @@ class SegmentationTrainer:
         backend.check_device(config.device)
         check_run_directory(self.out, resume)
         self._stop_requested = False
+        self.allreduce: distributed.GradientAllReduce | None = None  # data-parallel: made once the data is set up
+        # Data-parallel ranks (mpiexec), as the classification trainer's: each takes a slice of every batch (and of
+        # its drop-path masks), rank 0 alone writes and prints.
+        self.world = distributed.get_world()
+        if self.world.size > 1:
+            backend.set_batch_shard(self.world.rank, self.world.size)
+            if config.device == "gpu":
+                distributed.use_local_gpu(self.world)
+            if not self.world.is_root:
+                self.config = replace(config, progress=False)
 
     def _setup(self) -> None:
         cfg = self.config
         self.train_split, self.test_split = _load(cfg)
         self.classes = self.train_split.classes
         self.num_classes = len(self.classes)
+        world = self.world
         batch_size = min(cfg.batch_size, len(self.train_split.images))
+        distributed.local_batch_size(batch_size, world)  # a clear error if the ranks cannot share it
         self.train_loader = SegmentationBatches(
             self.train_split.images, self.train_split.masks, batch_size, seed=cfg.seed, drop_last=True,
             device=cfg.device, crop_padding=cfg.crop_padding, hflip=cfg.hflip, mean=MEAN, std=STD, dtype=cfg.dtype,
+            shard=(world.rank, world.size),
+        )  # fmt: skip
+        # This rank's contiguous part of the test set (all of it in one process).
+        start, stop = distributed.shard_bounds(len(self.test_split.images), world)
+        test = self.test_split
+        self.test_part = _Split(
+            test.images[start:stop], test.masks[start:stop], test.classes,
+            None if test.buckets is None else test.buckets[start:stop],
         )  # fmt: skip
         self.test_loader = SegmentationBatches(
-            self.test_split.images, self.test_split.masks, min(cfg.eval_batch_size, len(self.test_split.images)),
+            self.test_part.images, self.test_part.masks, min(cfg.eval_batch_size, stop - start),
             shuffle=False, device=cfg.device, mean=MEAN, std=STD, dtype=cfg.dtype,
         )  # fmt: skip
         try:
@@ -195,7 +264,9 @@ class SegmentationTrainer:
             raise ConfigError(field_name, expected, getattr(cfg, field_name)) from err
         if cfg.init_backbone is not None and not self.resume:
             self._load_backbone(cfg.init_backbone)
-        self.criterion = CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.criterion = (
+            CrossEntropyLoss(ignore_index=IGNORE_INDEX) if world.size == 1 else RankCrossEntropy(world, IGNORE_INDEX)
+        )
         self.optimizer = AdamW(param_groups_weight_decay(self.model, cfg.weight_decay), lr=cfg.lr)
         steps = len(self.train_loader)
         self.schedule = CosineWarmupSchedule(
@@ -225,13 +296,7 @@ class SegmentationTrainer:
         path = self.out / "last.npz"
         if ckpt.get("task") != "segmentation":
             raise CheckpointError(f"{path} is not a segmentation run's checkpoint")
-        saved, mine = ckpt.get("config", {}), jsonable(asdict(self.config))
-        changed = [f"{k} {saved.get(k)!r} -> {mine[k]!r}" for k in TRAJECTORY_FIELDS if saved.get(k) != mine[k]]
-        if changed or ckpt.get("num_classes") != self.num_classes:
-            raise CheckpointError(
-                f"--resume continues {self.out} exactly, but these settings differ from its checkpoint: "
-                f"{', '.join(changed) or 'the number of classes'}. Repeat the run's own options."
-            )
+        check_resumable(ckpt, self.config, self.num_classes, path, TRAJECTORY_FIELDS, absent_values={})
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
@@ -262,23 +327,23 @@ class SegmentationTrainer:
         return first
 
     def train_step(self, x: Array, y: Array) -> float:
-        """zero_grad -> forward -> per-pixel loss (255 ignored) -> backward by hand -> AdamW -> schedule."""
-        self.optimizer.zero_grad()
-        loss = self.criterion(self.model(x), y)
-        self.model.backward(self.criterion.backward(), input_grad=False)
-        self.optimizer.step()
+        """The classification trainer's step (zero_grad -> forward -> per-pixel loss, 255 ignored -> backward by
+        hand -> [data-parallel: the all-reduce] -> AdamW), then the schedule; returns the global batch's loss."""
+        loss, _ = train_step(self.model, self.criterion, self.optimizer, x, y, allreduce=self.allreduce)
         self.schedule.step()
         return float(loss)
 
     def fit(self) -> dict[str, Any]:
         """Train to the configured number of epochs; returns the last epoch's metrics."""
-        self._setup()
-        write_config(self.out, {"task": "segmentation", **asdict(self.config)})
+        world = self.world
+        world.agree(self._setup)  # a rank that cannot read the data stops every rank, before anything is written
+        self.allreduce = distributed.GradientAllReduce(world, self.config.device) if world.size > 1 else None
+        self._on_root(lambda: write_config(self.out, {"task": "segmentation", **asdict(self.config)}))
         cfg = self.config
         with ctrl_c_requests_stop(self._request_stop):
             while self.epoch < cfg.epochs:
                 if self._train_epoch():
-                    save_checkpoint(self.out / "last.npz", self.checkpoint_state())
+                    self._on_root(lambda: save_checkpoint(self.out / "last.npz", self.checkpoint_state()))
                     raise KeyboardInterrupt(
                         f"interrupted at epoch {self.epoch + 1}, batch {self.batch}; checkpoint saved to "
                         f"{self.out / 'last.npz'} (continue with --resume)"
@@ -289,6 +354,10 @@ class SegmentationTrainer:
                         f"interrupted at the end of epoch {self.epoch}; checkpoint saved to {self.out / 'last.npz'}"
                     )
         return self.history[-1] if self.history else {}
+
+    def _on_root(self, write: Callable[[], Any]) -> None:
+        """Rank 0 writes; if that fails (a full disk), every rank stops with its message."""
+        self.world.agree(lambda: write() if self.world.is_root else None)
 
     def _train_epoch(self) -> bool:
         """Run the rest of the current epoch; True if stopped by Ctrl-C."""
@@ -306,6 +375,10 @@ class SegmentationTrainer:
                 self.partial["loss_sum"] += loss
                 self.partial["steps"] += 1
                 self.batch += 1
+                if self.world.size > 1:  # the ranks stop together (Ctrl-C) and check they still agree
+                    self._stop_requested = self.world.any(self._stop_requested)
+                    if (self.epoch * len(self.train_loader) + self.batch) % distributed.CHECK_WEIGHTS_EVERY == 0:
+                        distributed.check_replicas(self.world, self.model.parameters(), f"epoch {self.epoch + 1}")
                 if self._stop_requested:
                     return self.batch < len(self.train_loader)
         finally:
@@ -313,14 +386,16 @@ class SegmentationTrainer:
         return False
 
     def evaluate(self) -> dict[str, Any]:
-        """Test pixel accuracy, mIoU, per-class IoU and (scenes) IoU by object size, on the test split."""
+        """Test pixel accuracy, mIoU, per-class IoU and (scenes) IoU by object size, on the test split (each rank
+        counts its part; the counts summed over the ranks score the whole)."""
         self.model.eval()
         metrics = SegmentationMetrics(self.num_classes)
-        buckets, size = self.test_split.buckets, self.test_loader.batch_size
+        buckets, size = self.test_part.buckets, self.test_loader.batch_size
         for k, (x, y) in enumerate(self.test_loader.epoch(0)):
             pred = self.model(x).argmax(axis=1)
             b = None if buckets is None else backend.to_device(buckets[k * size : (k + 1) * size], self.config.device)
             metrics.update(pred, y, b)
+        metrics.sum_counts(self.world.allreduce_sum)
         scores = metrics.compute()
         return {
             "test_pixel_accuracy": scores["pixel_accuracy"],
@@ -334,6 +409,7 @@ class SegmentationTrainer:
         }
 
     def _end_epoch(self) -> None:
+        distributed.check_replicas(self.world, self.model.parameters(), f"end of epoch {self.epoch + 1}")
         row = {
             "epoch": self.epoch + 1,
             "train_loss": self.partial["loss_sum"] / max(self.partial["steps"], 1),
@@ -345,12 +421,11 @@ class SegmentationTrainer:
         self.epoch, self.batch = self.epoch + 1, 0
         self.partial = {"loss_sum": 0.0, "steps": 0, "seconds": 0.0}
         state = self.checkpoint_state()
-        if row["test_miou"] > self.best_miou:
+        improved = row["test_miou"] > self.best_miou
+        if improved:
             self.best_miou = row["test_miou"]
             state["best_miou"] = self.best_miou
-            save_checkpoint(self.out / "best.npz", state)
-        save_checkpoint(self.out / "last.npz", state)
-        write_metrics(self.out, self.history)
+        self._on_root(lambda: self._write_epoch(state, improved))
         if self.config.progress:
             sizes = "".join(f" {k[9:]} {row[k]:.3f}" for k in row if k.startswith("test_iou_") and row[k] is not None)
             print(
@@ -358,6 +433,12 @@ class SegmentationTrainer:
                 f"{row['test_pixel_accuracy']:.4f}, mIoU {row['test_miou']:.4f}{sizes}",
                 flush=True,
             )
+
+    def _write_epoch(self, state: dict[str, Any], improved: bool) -> None:
+        if improved:
+            save_checkpoint(self.out / "best.npz", state)
+        save_checkpoint(self.out / "last.npz", state)
+        write_metrics(self.out, self.history)
 
 
 def predict_masks(model: SemanticSegmenter, images: Array) -> Array:

@@ -1,0 +1,89 @@
+"""The training step as a CUDA graph: recorded once per batch shape, replayed every step (``--no-cuda-graph``: off).
+
+On a GPU a step of pvt_np issues some 2,000 kernels from Python, and at CIFAR sizes the host's time to
+issue them, not the GPU's to run them, sets the pace. :class:`StaticStep` runs the
+:class:`~pvt_np.training.capturable.CapturableStep` (no host transfer, every per-step value on the device)
+on static input buffers, one pair per batch shape:
+
+1. the first batch of a shape is copied into new buffers and stepped eagerly (the warm-up: CuPy compiles
+   and loads its kernels, AdamW makes its state, the gradients get their arrays);
+2. the second is copied in and the step, which takes no arguments, is recorded with CuPy's stream
+   capture into a ``cupy.cuda.Graph`` (nothing runs while it is recorded), then the graph is launched;
+3. every later batch of that shape is copied into the buffers and the graph launched: one call.
+
+A new shape gets its own buffers and graph the same way: the low-resolution epochs' batches, and the
+last partial batch of an epoch, which is neither dropped nor padded (either would change the run): it
+runs eagerly in the first epoch and as its own graph from the second on, so every step computes what
+the eager step computes. Each graph allocates its temporaries from a memory pool of its own, kept for
+the graph's life, so nothing outside it can take memory that its replays write.
+
+On NumPy there is nothing to record: the no-argument step is called as it is, which is what the CPU tests
+compare with the eager step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pvt_np import backend
+from pvt_np.backend import Array
+from pvt_np.training.capturable import CapturableStep
+
+
+class _Graph:
+    """A recorded step and what it needs alive: the graph, the stream it was captured on, its memory pool."""
+
+    def __init__(self, xp: Any, run: Callable[[], None]) -> None:
+        self.pool = xp.cuda.MemoryPool()
+        self.stream = xp.cuda.Stream(non_blocking=True)
+        with xp.cuda.using_allocator(self.pool.malloc), self.stream:
+            # thread-local: other threads (the loader's) may use CUDA while this thread records
+            self.stream.begin_capture(mode=xp.cuda.runtime.streamCaptureModeThreadLocal)
+            try:
+                run()
+            finally:
+                self.graph = self.stream.end_capture()
+        self.xp = xp
+
+    def __call__(self) -> None:
+        self.graph.launch(stream=self.xp.cuda.get_current_stream())
+
+
+class StaticStep:
+    """``step(x, y)``: copy the batch into its shape's static buffers, then run the recorded step (module
+    docstring). ``capture=False`` (or NumPy) calls the no-argument step instead of recording it."""
+
+    def __init__(self, step: CapturableStep, capture: bool = True) -> None:
+        self.step = step
+        self.capture = bool(capture) and step.xp is not np
+        # (x's shape and dtype, y's) -> [x buffer, y buffer, the no-argument step once recorded, else None]
+        self.entries: dict[tuple[Any, ...], list[Any]] = {}
+
+    def __call__(self, x: Array, y: Array) -> None:
+        key = (x.shape, x.dtype.str, y.shape, y.dtype.str)
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.entries[key] = [x.copy(), y.copy(), None]
+            self.step(entry[0], entry[1])
+            return
+        entry[0][...] = x
+        entry[1][...] = y
+        if entry[2] is None:
+            run = functools.partial(self.step, entry[0], entry[1])
+            entry[2] = _Graph(self.step.xp, run) if self.capture else run
+        entry[2]()
+
+    def shapes(self) -> list[tuple[Any, ...]]:
+        """The batch shapes seen so far (each with its buffers and, from its second batch, its step)."""
+        return list(self.entries)
+
+
+def graph_mode(device: str, cuda_graph: bool, world_size: int) -> bool:
+    """Whether the trainer records its step as a CUDA graph: on by default on the GPU, off with
+    ``--no-cuda-graph``, on the CPU, and with several processes (their gradient all-reduce goes through the
+    host)."""
+    return cuda_graph and device == "gpu" and world_size == 1 and backend.cupy_module() is not None
