@@ -518,3 +518,42 @@ def test_checkpoint_moves_between_devices(direction: str, target: Target, tmp_pa
         train_step(model, CrossEntropyLoss(), opt, put(x), put(y))
     src_state = {k: backend.to_numpy(v) for k, v in src.state_dict().items()}
     _assert_states_close(dst.state_dict(), src_state, F32_WEIGHT_TOL, "after one more step")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_cuda_graph_step_equals_eager_step(dtype: Any, target: Target) -> None:
+    """The training step recorded as CUDA graphs (pvt_np.training.cuda_graph) against the same step run eagerly
+    on the same device: eight steps through two batch shapes and two partial batches (so four graphs, each
+    recorded at its shape's second batch), with dropout, drop path, clipping and the EMA. The same kernels in the
+    same order: the losses, lrs and weights agree to float64's 1e-12 and float32's rounding."""
+    from test_capturable_step import SEED, SHAPES, _batches, _optimizer, _parts
+
+    from pvt_np.training.capturable import CapturableStep
+    from pvt_np.training.cuda_graph import StaticStep
+
+    runs = []
+    try:
+        for capture in (False, True):
+            model, criterion, _ = _parts(dtype)
+            model.to(device=target.device)
+            ema = model.state_dict()
+            opt, sched = _optimizer(model, capturable=True)
+            step = CapturableStep(model, criterion, opt, sched, steps_per_epoch=len(SHAPES), log_every=len(SHAPES),
+                                  clip_grad=1.0, ema=ema, ema_decay=0.9)  # fmt: skip
+            step.begin_epoch(SEED, 0, 0)
+            run = StaticStep(step, capture=capture)
+            lrs = []
+            for x, y in _batches(dtype):
+                run(target.put(x), target.put(y))
+                lrs.append(float(opt.param_groups[0]["lr"]))
+            assert run.capture is capture and len(run.shapes()) == 4
+            losses, _ = step.read_tally(len(SHAPES))
+            weights = {k: backend.to_numpy(v) for k, v in model.state_dict().items()}
+            runs.append((losses, lrs, weights))
+    finally:
+        backend._RNGS.pop(target.xp.__name__, None)
+        backend.manual_seed(0)
+    (eager_losses, eager_lrs, eager_weights), (graph_losses, graph_lrs, graph_weights) = runs
+    assert graph_lrs == eager_lrs
+    assert_close(graph_losses, eager_losses, _tol(dtype, GPU_F64_TOL, F32_LOSS_TOL), "losses")
+    _assert_states_close(graph_weights, eager_weights, _tol(dtype, GPU_F64_MODEL_TOL, F32_WEIGHT_TOL), "weights")

@@ -39,6 +39,7 @@ FIELD_FLAGS = {
     "crop_padding": "--no-augment",
     "hflip": "--no-augment",
     "progress": "--no-progress",
+    "cuda_graph": "--no-cuda-graph",
 }
 
 
@@ -188,6 +189,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps between progress-bar updates (and, on a GPU, loss reads)")  # fmt: skip
     r.add_argument("--no-progress", action=_GivenTrue,
                    help="no progress bars, start line or per-epoch lines; only the result and errors")  # fmt: skip
+    r.add_argument("--no-cuda-graph", action=_GivenTrue,
+                   help="on a GPU, run every training step eagerly instead of recording it once per batch shape as "
+                   "a CUDA graph and replaying it (the same numbers either way); does nothing on the CPU")  # fmt: skip
 
 
 def _field_dest(field: str) -> str:
@@ -235,6 +239,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         "time_budget": args.time_budget,
         "log_every": args.log_every,
         "progress": not args.no_progress,
+        "cuda_graph": not args.no_cuda_graph,
     }
     given = getattr(args, GIVEN, set())
     if {"epochs", "time_budget"} <= given:  # the budget chooses the epochs: one or the other

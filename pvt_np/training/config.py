@@ -76,6 +76,9 @@ class TrainConfig:
     train_subset: int | None = None  # a seeded random subset of N training images (quick runs, tests)
     test_subset: int | None = None  # a fixed random subset of N test images
     log_every: int = 20  # steps between progress updates (and, on the GPU, loss checks)
+    # On the GPU: record the training step once per batch shape as a CUDA graph and replay it (see
+    # pvt_np.training.cuda_graph); the same numbers as the eager step. Does nothing on the CPU.
+    cuda_graph: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -31,7 +31,9 @@ from pvt_np.models.pvt_v2 import PyramidVisionTransformerV2
 from pvt_np.nn import CrossEntropyLoss
 from pvt_np.optim import AdamW, CosineWarmupSchedule, clip_grad_norm_, param_groups_weight_decay
 from pvt_np.training.budget import fit_epochs, fit_time_budget
+from pvt_np.training.capturable import CapturableStep
 from pvt_np.training.config import CIFAR_TRAIN_OVERRIDES, TrainConfig
+from pvt_np.training.cuda_graph import StaticStep, graph_mode
 from pvt_np.training.datasets import fetch_data, load_run_data
 from pvt_np.training.ema import update_ema, weights_swapped_in
 from pvt_np.training.errors import TrainingError
@@ -122,7 +124,12 @@ class Trainer:
             classes=self.train_set.classes, input_size=self.train_set.image_size, mean=mean, std=std
         )
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.optimizer = AdamW(param_groups_weight_decay(self.model, cfg.weight_decay), lr=cfg.lr)
+        # Graph mode (pvt_np.training.cuda_graph): every per-step value on the device, the step recorded once
+        self.graphed = graph_mode(cfg.device, cfg.cuda_graph, self.world.size)
+        self.optimizer = AdamW(
+            param_groups_weight_decay(self.model, cfg.weight_decay), lr=cfg.lr, capturable=self.graphed
+        )
+        self.static_step: StaticStep | None = None  # made in fit, once the schedule is final
         self._build_schedule()
         # The EMA of the weights (config.ema_decay; see pvt_np.training.ema).
         self.ema = self.model.state_dict() if cfg.ema_decay is not None else None
@@ -167,6 +174,13 @@ class Trainer:
         self.allreduce = distributed.GradientAllReduce(world, self.config.device) if world.size > 1 else None
         if self.config.time_budget is not None and self.config.budget_fit is None:
             self._fit_budget()
+        if self.graphed:
+            cfg = self.config
+            capturable = CapturableStep(
+                self.model, self.criterion, self.optimizer, self.schedule, steps_per_epoch=len(self.train_loader),
+                log_every=cfg.log_every, clip_grad=cfg.clip_grad, ema=self.ema, ema_decay=cfg.ema_decay,
+            )  # fmt: skip
+            self.static_step = StaticStep(capturable)
         self.summary = describe_run(self)
         self._on_root(self._write_config)
         if self.config.progress:  # rank 0 only: the other ranks run with progress off
@@ -234,6 +248,8 @@ class Trainer:
         pending = 0
         start_time = time.perf_counter()
         try:
+            if self.static_step is not None:
+                return self._train_graphed(bar)
             low_res = self.low_res_size() if self.epoch < self.low_res_epochs() else None
             for x, y in loader.epoch(self.epoch, start_batch=self.batch):
                 if low_res is not None:
@@ -259,7 +275,8 @@ class Trainer:
                 # A stop request flushes too: the checkpoint must count these steps, and never hold
                 # weights that a non-finite loss not yet read has already spoiled.
                 if xp is np or pending == losses.shape[0] or self.batch == len(loader) or self._stop_requested:
-                    self._flush(losses[:pending], correct, pending, cfg.batch_size, start_time, bar)
+                    host = backend.to_numpy(losses[:pending])
+                    self._flush(host, int(correct), pending, cfg.batch_size, start_time, bar)
                     pending = 0
                     correct[...] = 0
                     start_time = time.perf_counter()
@@ -269,8 +286,37 @@ class Trainer:
             bar.close()
         return False
 
-    def _flush(self, losses: Array, correct: Array, steps: int, batch_size: int, start_time: float, bar: Any) -> None:
-        host = backend.to_numpy(losses)
+    def _train_graphed(self, bar: Any) -> bool:
+        """The rest of the epoch through the static-buffer step (graph mode); True if stopped by Ctrl-C.
+
+        As the eager loop, but the step's values stay on the device and the tally is read every
+        log_every steps, at the end of the epoch and on a stop.
+        """
+        cfg = self.config
+        loader = self.train_loader
+        capturable = self.static_step.step
+        capturable.begin_epoch(cfg.seed, self.epoch, self.batch)
+        pending = 0
+        start_time = time.perf_counter()
+        low_res = self.low_res_size() if self.epoch < self.low_res_epochs() else None
+        for x, y in loader.epoch(self.epoch, start_batch=self.batch):
+            if low_res is not None:
+                x = resize_bilinear(x, low_res)
+            self.static_step(x, y)
+            pending += 1
+            self.batch += 1
+            if pending == capturable.window or self.batch == len(loader) or self._stop_requested:
+                host, correct = capturable.read_tally(pending)
+                self._flush(host, correct, pending, cfg.batch_size, start_time, bar)
+                capturable.reset_tally()
+                pending = 0
+                start_time = time.perf_counter()
+            if self._stop_requested:
+                return True
+        return False
+
+    def _flush(self, host: np.ndarray, correct: int, steps: int, batch_size: int, start_time: float, bar: Any) -> None:
+        """Account for ``steps`` steps read back: their losses (``host``) and correct predictions."""
         bad = np.flatnonzero(~np.isfinite(host))
         if bad.size:
             step = self.batch - steps + int(bad[0]) + 1  # counted from 1, like the epoch and the progress bar
@@ -281,11 +327,11 @@ class Trainer:
         p = self.partial
         for value in host:  # one step at a time: the same sum however the steps were grouped into reads
             p["loss_sum"] += float(value) * batch_size
-        correct = self.world.allreduce_sum(int(correct))
+        correct = self.world.allreduce_sum(correct)
         p["correct"] += correct
         p["seen"] += steps * batch_size
         p["seconds"] += time.perf_counter() - start_time
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = float(self.optimizer.param_groups[0]["lr"])
         step = self.epoch * len(self.train_loader) + self.batch
         self.step_log.append(
             {
@@ -341,7 +387,7 @@ class Trainer:
             raise TrainingError(
                 f"{found} after epoch {self.epoch + 1}: the weights are no longer finite; {self._stopped()}"
             )
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = float(self.optimizer.param_groups[0]["lr"])
         row = epoch_row(self.epoch + 1, p, lr, test, ema, cfg.tta, tta, self.ema is not None)
         self.history.append(row)
         self.epoch, self.batch = self.epoch + 1, 0

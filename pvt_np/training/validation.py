@@ -115,6 +115,8 @@ def check_train_config(config: Any) -> None:
         )  # fmt: skip
     if config.trivial_augment not in (True, False):
         raise ConfigError("trivial_augment", "True or False", config.trivial_augment)
+    if config.cuda_graph not in (True, False):
+        raise ConfigError("cuda_graph", "True or False", config.cuda_graph)
     if config.tta not in TTA_MODES:
         raise ConfigError("tta", " or ".join(map(repr, TTA_MODES)), config.tta)
     if config.device not in ("cpu", "gpu"):
