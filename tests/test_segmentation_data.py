@@ -101,6 +101,26 @@ def test_make_scenes_bad_arguments() -> None:
         make_scenes(1, objects=(3, 2))
     with pytest.raises(ValueError, match="split"):
         load_scenes("val")
+    with pytest.raises(ValueError, match="style"):
+        make_scenes(1, style="plain")
+
+
+def test_scenes_flat_style() -> None:
+    """Flat: each visible object is one colour, the background is grain; load_scenes passes the style on."""
+    flat, textured = make_scenes(30, size=48, seed=3, style="flat"), make_scenes(30, size=48, seed=3)
+    assert flat.images.tobytes() != textured.images.tobytes()
+    colours = 0
+    for i in range(len(flat)):
+        image, mask = flat.images[i].astype(np.int64), flat.masks[i]
+        background = image[mask == 0]
+        assert background.std(axis=0).min() > 20.0  # grain, per channel
+        # Each object is flat: within one class of one image, the colours are those of its few objects.
+        for k in np.unique(mask[mask > 0]).tolist():
+            distinct = np.unique(image[mask == k], axis=0)
+            assert len(distinct) <= (flat.objects[(flat.objects["image"] == i) & (flat.objects["cls"] == k)]).size
+            colours += len(distinct)
+    assert colours >= 50
+    assert load_scenes("test", 2, 3, seed=1, size=32, style="flat").images.shape == (3, 32, 32, 3)
 
 
 def test_scenes_fewer_classes() -> None:

@@ -133,7 +133,11 @@ def test_rank_losses_average_to_the_global_batch_mean(rng: np.random.Generator) 
     assert np.isnan(nothing(logits[:2], np.full((2, 5, 6), IGNORE_INDEX))) and not nothing.backward().any()
 
 
-@pytest.mark.parametrize(("field", "value"), [("dataset", "cifar10"), ("batch_size", 0), ("drop_path_rate", 1.0)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("dataset", "cifar10"), ("batch_size", 0), ("drop_path_rate", 1.0), ("scene_style", "plain"),
+     ("scene_classes", 1), ("scene_classes", 7), ("scene_classes", True)],
+)  # fmt: skip
 def test_bad_config_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError) as err:
         tiny_config(**{field: value})
@@ -246,3 +250,51 @@ def test_a_folder_subset_is_drawn_at_random_and_never_larger_than_the_folder(tmp
     assert len(picks) > 1 and picks != {(0, 1, 2, 3, 4)}
     with pytest.raises(ConfigError, match="train_subset"):
         _load(tiny_config(dataset="segfolder", data_path=str(data), train_subset=13))
+
+
+def test_the_scene_settings_reach_the_data(tmp_path: Path) -> None:
+    from pvt_np.data.scenes import load_scenes
+
+    trainer = SegmentationTrainer(tiny_config(scene_style="textured", scene_classes=4, seed=2), tmp_path / "run")
+    trainer._setup()
+    expected = load_scenes("train", 24, 8, 2, size=32, style="textured", num_classes=4)
+    assert trainer.num_classes == 4 and trainer.classes == expected.classes
+    assert np.array_equal(trainer.train_split.images, expected.images)
+    assert np.array_equal(trainer.train_split.masks, expected.masks)
+
+
+def test_a_run_from_before_the_scene_settings_resumes_as_the_six_class_textured_scenes(tmp_path: Path) -> None:
+    from pvt_np.io.checkpoint import save_checkpoint
+
+    old = {"scene_style": "textured", "scene_classes": 6}
+    SegmentationTrainer(tiny_config(epochs=1, **old), tmp_path / "run").fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "last.npz")
+    for key in old:  # what such a run's checkpoint holds
+        del ckpt["config"][key]
+    save_checkpoint(tmp_path / "run" / "last.npz", ckpt)
+    with pytest.raises(ValueError, match=r"with 6 classes, this run asks for .* with 2 classes"):
+        SegmentationTrainer(tiny_config(epochs=1), tmp_path / "run", resume=True).fit()
+    with pytest.raises(ValueError, match=r"settings differ from its checkpoint: scene_style 'textured' -> 'flat'"):
+        SegmentationTrainer(tiny_config(epochs=1, scene_classes=6), tmp_path / "run", resume=True).fit()
+    assert SegmentationTrainer(tiny_config(epochs=1, **old), tmp_path / "run", resume=True).fit()["epoch"] == 1
+
+
+def test_init_backbone_from_a_segmentation_run_takes_its_backbone(tmp_path: Path) -> None:
+    first = SegmentationTrainer(tiny_config(epochs=1), tmp_path / "first")
+    first.fit()
+    second = SegmentationTrainer(tiny_config(init_backbone=str(tmp_path / "first" / "last.npz")), tmp_path / "second")
+    second._setup()
+    mine, theirs = second.model.backbone.state_dict(), first.model.backbone.state_dict()
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_scene_flags_through_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--task", "segmentation", "--image-size", "32", "--train-subset", "8", "--test-subset", "4"]
+    args += [*TINY_FLAGS, "--epochs", "1", "--batch-size", "4", "--no-progress"]
+    assert cli.main([*args, "--scene-classes", "6", "--scene-style", "textured", "--output", str(tmp_path / "r")]) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (saved["scene_classes"], saved["scene_style"]) == (6, "textured")
+    assert cli.main([*args, "--scene-classes", "9", "--output", str(tmp_path / "bad")]) != 0
+    assert "argument --scene-classes" in capsys.readouterr().err
+    assert cli.main(["train", "--scene-classes", "3", "--output", str(tmp_path / "c")]) == 2
+    assert "argument --scene-classes" in capsys.readouterr().err

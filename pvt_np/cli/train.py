@@ -18,7 +18,7 @@ from typing import Any
 
 from pvt_np import distributed
 from pvt_np.cli.arguments import positive_int
-from pvt_np.data import DATASETS
+from pvt_np.data import DATASETS, SCENE_STYLES
 from pvt_np.data.errors import DataError
 from pvt_np.io.checkpoint import CheckpointError
 from pvt_np.models import list_models
@@ -119,6 +119,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--image-size", action=_Given, type=positive_int, metavar="PX",
                    help="--task segmentation: the scenes' side (none given: 64), or the size a segfolder's images "
                    "and masks are resized to (none given: their own)")  # fmt: skip
+    d.add_argument("--scene-style", action=_Given, choices=SCENE_STYLES,
+                   help="--task segmentation --dataset scenes: flat (flat-coloured objects on a grainy background; "
+                   "none given) or textured (objects and background in the same textures)")  # fmt: skip
+    d.add_argument("--scene-classes", action=_Given, type=int, metavar="N",
+                   help="--task segmentation --dataset scenes: classes with the background, 2 (object or not; "
+                   "none given) to 6 (each of the five shapes)")  # fmt: skip
     d.add_argument("--data-path", action=_Given, default=DEFAULTS.data_path,
                    help="folder or archive with the data (CIFAR python archives or an image folder)")  # fmt: skip
     d.add_argument("--download", action=_GivenTrue, help="download CIFAR if missing")
@@ -390,7 +396,7 @@ def _run(args: argparse.Namespace) -> int:
             lambda config, started: SegmentationTrainer(config, args.output, resume=args.resume),
             lambda trainer, result: f"test mIoU {result['test_miou']:.4f} (best {trainer.best_miou:.4f})",
         )
-    for dest in sorted(getattr(args, GIVEN, set()) & {"image_size", "init_backbone"}):
+    for dest in sorted(getattr(args, GIVEN, set()) & {"image_size", "init_backbone", "scene_style", "scene_classes"}):
         flag = "--" + dest.replace("_", "-")
         print(f"pvt-np train: error: argument {flag}: only with --task segmentation", file=sys.stderr)
         return 2
@@ -512,7 +518,8 @@ def _train(
 
 # The options --task segmentation takes (argparse dests); any other typed option is refused.
 SEGMENTATION_DESTS = (
-    "model", "override", "init_backbone", "drop_path_rate", "dataset", "data_path", "image_size", "no_augment",
+    "model", "override", "init_backbone", "drop_path_rate", "dataset", "data_path", "image_size", "scene_style",
+    "scene_classes", "no_augment",
     "train_subset", "test_subset", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "device",
     "dtype", "seed", "no_progress",
 )  # fmt: skip

@@ -41,7 +41,16 @@ from pvt_np.data.errors import CorruptDatasetError, DataError, DatasetNotFoundEr
 from pvt_np.data.imagefolder import decode_image_folder, default_cache_dir, load_image_folder
 from pvt_np.data.load import DATASETS, load_dataset
 from pvt_np.data.loader import Batch, BatchLoader
-from pvt_np.data.scenes import SHAPES, SIZE_BUCKET_NAMES, SIZE_BUCKETS, Scenes, load_scenes, make_scenes, size_bucket
+from pvt_np.data.scenes import (
+    SCENE_STYLES,
+    SHAPES,
+    SIZE_BUCKET_NAMES,
+    SIZE_BUCKETS,
+    Scenes,
+    load_scenes,
+    make_scenes,
+    size_bucket,
+)
 from pvt_np.data.segmentation import (
     IGNORE_INDEX,
     SegmentationBatch,
@@ -58,6 +67,7 @@ __all__ = [
     "CIFAR_SPECS",
     "DATASETS",
     "IGNORE_INDEX",
+    "SCENE_STYLES",
     "SHAPES",
     "SIZE_BUCKETS",
     "SIZE_BUCKET_NAMES",

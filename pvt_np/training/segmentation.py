@@ -31,7 +31,7 @@ import numpy as np
 
 from pvt_np import backend, distributed
 from pvt_np.backend import Array
-from pvt_np.data.scenes import load_scenes
+from pvt_np.data.scenes import SCENE_STYLES, SHAPES, load_scenes
 from pvt_np.data.segmentation import IGNORE_INDEX, SegmentationBatches, load_segmentation_folder
 from pvt_np.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pvt_np.io.load import load_model
@@ -63,7 +63,9 @@ class SegmentationConfig:
     weights, timm or official ``.pth``) whose backbone weights start the run (every backbone key, its
     classification head left out); the FPN head starts from scratch. None: the seed's initialisation.
     dataset: "scenes" (generated, :func:`~pvt_np.data.scenes.load_scenes`; train_subset / test_subset scenes
-    of image_size pixels) or "segfolder" (data_path in the images + masks layout; image_size resizes).
+    of image_size pixels in scene_style with scene_classes classes) or "segfolder" (data_path in the images +
+    masks layout; image_size resizes). The scenes' defaults (flat style, object or background) are what a few
+    minutes on a CPU learn; ``scene_classes=6`` asks for the shape of each object too.
     """
 
     model: str = "pvt_v2_b0"
@@ -74,6 +76,8 @@ class SegmentationConfig:
     image_size: int | None = None  # scenes: None is 64; segfolder: None keeps the images' own size
     train_subset: int | None = None  # scenes: None is 256; segfolder: None is every image
     test_subset: int | None = None  # scenes: None is 64; segfolder: None is every image
+    scene_style: str = "flat"  # scenes: "flat" objects on grain, or "textured" (see pvt_np.data.scenes)
+    scene_classes: int = 2  # scenes: classes with the background, 2 (object or not) to 6 (the five shapes)
     epochs: int = 20
     batch_size: int = 16
     lr: float = 1e-3
@@ -98,6 +102,11 @@ class SegmentationConfig:
             raise ConfigError("init_backbone", "a path to a classification model file (or None)", self.init_backbone)
         if self.dataset not in SEGMENTATION_DATASETS:
             raise ConfigError("dataset", f"one of {', '.join(SEGMENTATION_DATASETS)}", self.dataset)
+        if self.scene_style not in SCENE_STYLES:
+            raise ConfigError("scene_style", f"one of {', '.join(SCENE_STYLES)}", self.scene_style)
+        classes = self.scene_classes
+        if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= len(SHAPES) + 1:
+            raise ConfigError("scene_classes", f"an integer in [2, {len(SHAPES) + 1}]", classes)
         for name, low, optional in (
             ("image_size", 32, True), ("train_subset", 1, True), ("test_subset", 1, True), ("epochs", 1, False),
             ("batch_size", 1, False), ("crop_padding", 0, False), ("eval_batch_size", 1, False),
@@ -133,6 +142,8 @@ class SegmentationConfig:
 # The settings a resumed run must keep besides the architecture: the rest (device, paths, progress, evaluation
 # batch) may change.
 _FREE_FIELDS = ("data_path", "device", "eval_batch_size", "progress")
+# Runs started before the scene settings existed trained on the six-class textured scenes.
+ABSENT_FIELD_VALUES = {"scene_style": "textured", "scene_classes": len(SHAPES) + 1}
 TRAJECTORY_FIELDS = tuple(
     f.name for f in fields(SegmentationConfig) if f.name not in (*_FREE_FIELDS, *SegmentationConfig().architecture())
 )
@@ -184,7 +195,11 @@ def _load(config: SegmentationConfig) -> tuple[_Split, _Split]:
     if config.dataset == "scenes":
         size = config.image_size or 64
         n_train, n_test = config.train_subset or 256, config.test_subset or 64
-        splits = [load_scenes(s, n_train, n_test, config.seed, size=size) for s in ("train", "test")]
+        splits = [
+            load_scenes(s, n_train, n_test, config.seed, size=size, style=config.scene_style,
+                        num_classes=config.scene_classes)
+            for s in ("train", "test")
+        ]  # fmt: skip
         return tuple(_Split(s.images, s.masks, s.classes, s.size_buckets) for s in splits)  # type: ignore[return-value]
     train = load_segmentation_folder(config.data_path, "train", size=config.image_size)
     test = load_segmentation_folder(config.data_path, "test", num_classes=train.num_classes, size=config.image_size)
@@ -282,8 +297,10 @@ class SegmentationTrainer:
 
     def _load_backbone(self, path: str) -> None:
         """The backbone's weights from a classification model file, strict on the backbone's keys."""
-        classifier = load_model(path)
-        state = {k: v for k, v in classifier.state_dict().items() if not k.startswith("head.")}
+        source = load_model(path)
+        if isinstance(source, SemanticSegmenter):  # another segmentation run: its backbone alone
+            source = source.backbone
+        state = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
         try:
             self.model.backbone.load_state_dict(state, strict=True)
         except ValueError as err:
@@ -296,7 +313,7 @@ class SegmentationTrainer:
         path = self.out / "last.npz"
         if ckpt.get("task") != "segmentation":
             raise CheckpointError(f"{path} is not a segmentation run's checkpoint")
-        check_resumable(ckpt, self.config, self.num_classes, path, TRAJECTORY_FIELDS, absent_values={})
+        check_resumable(ckpt, self.config, self.num_classes, path, TRAJECTORY_FIELDS, ABSENT_FIELD_VALUES)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
