@@ -21,7 +21,9 @@ import numpy as np
 import pvt_np
 from pvt_np import nn, ops
 from pvt_np.complexity import attention_flops, count_flops
+from pvt_np.data import IGNORE_INDEX, SIZE_BUCKET_NAMES
 from pvt_np.nn import CrossEntropyLoss
+from pvt_np.training.segmentation_metrics import SegmentationMetrics
 
 
 @dataclass(frozen=True)
@@ -405,6 +407,76 @@ def check_accumulated_gradient(
     return _verdict("accumulated_gradient", cases)
 
 
+# -- 07 · the pyramid at work --------------------------------------------------------------------------------
+def check_nearest_up2_backward(nearest_up2_backward: Callable[[np.ndarray], np.ndarray]) -> Verdict:
+    """nearest_up2_backward(dout) against pvt_np's interpolate backward of a 2x nearest upsampling (float64)."""
+
+    def cases() -> Iterator[str]:
+        rng = np.random.default_rng(7)
+        for n, c, h, w in [(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 1, 7), (1, 4, 9, 2), (2, 5, 6, 6)]:
+            _, cache = ops.interpolate_forward(np.zeros((n, c, h, w)), scale_factor=2, mode="nearest")
+            dout = rng.standard_normal((n, c, 2 * h, 2 * w))
+            expected = ops.interpolate_backward(dout, cache)
+            err = _expect_close(f"nearest_up2_backward(dout of shape {dout.shape})", nearest_up2_backward(dout.copy()),
+                                expected, 1e-12)  # fmt: skip
+            yield f"{n}x{c}x{2 * h}x{2 * w}: {err:.0e}"
+
+    return _verdict("nearest_up2_backward", cases)
+
+
+# ((rows in, rows out), (columns in, columns out)) of a bilinear resize: integer and other ratios, none downsampling
+BILINEAR_CASES = [((4, 8), (5, 10)), ((3, 7), (6, 9)), ((5, 5), (2, 3)), ((1, 4), (7, 16)), ((14, 56), (9, 9))]
+
+
+def check_bilinear_matrix(bilinear_matrix: Callable[[int, int], np.ndarray]) -> Verdict:
+    """bilinear_matrix(n_in, n_out): A_h x A_w^T against pvt_np's bilinear interpolate forward, and
+    A_h^T G A_w against its backward (float64)."""
+
+    def cases() -> Iterator[str]:
+        rng = np.random.default_rng(8)
+        for (h, out_h), (w, out_w) in BILINEAR_CASES:
+            a_h, a_w = (np.asarray(bilinear_matrix(i, o), np.float64) for i, o in ((h, out_h), (w, out_w)))
+            _expect_equal(f"bilinear_matrix({h}, {out_h}).shape", a_h.shape, (out_h, h))
+            _expect_equal(f"bilinear_matrix({w}, {out_w}).shape", a_w.shape, (out_w, w))
+            x = rng.standard_normal((2, 3, h, w))
+            out, cache = ops.interpolate_forward(x, size=(out_h, out_w), mode="bilinear")
+            what = f"bilinear_matrix for {h}x{w} -> {out_h}x{out_w}"
+            err = _expect_close(f"{what}: A_h @ x @ A_w.T", a_h @ x @ a_w.T, out, 1e-12)
+            g = rng.standard_normal(out.shape)
+            err = max(err, _expect_close(f"{what}: A_h.T @ g @ A_w", a_h.T @ g @ a_w,
+                                         ops.interpolate_backward(g, cache), 1e-12))  # fmt: skip
+            yield f"{h}x{w} -> {out_h}x{out_w}: {err:.0e}"
+
+    return _verdict("bilinear_matrix", cases)
+
+
+def check_iou_of_bucket(iou_of_bucket: Callable[[np.ndarray, np.ndarray, np.ndarray, int], float]) -> Verdict:
+    """iou_of_bucket(pred, target, buckets, bucket) against SegmentationMetrics' iou_by_size (background class 0)."""
+
+    def cases() -> Iterator[str]:
+        rng = np.random.default_rng(9)
+        for n, side, classes, ignored in [(2, 16, 4, 0.0), (3, 12, 6, 0.1), (1, 20, 3, 0.25)]:
+            shape = (n, side, side)
+            buckets = rng.integers(0, len(SIZE_BUCKET_NAMES), shape)
+            target = np.where(buckets == 0, 0, rng.integers(1, classes, shape))  # objects on a background
+            pred = np.where(rng.random(shape) < 0.6, target, rng.integers(0, classes, shape))
+            target = np.where(rng.random(shape) < ignored, IGNORE_INDEX, target)
+            metrics = SegmentationMetrics(classes)
+            metrics.update(pred, target, buckets)
+            scores = metrics.compute()["iou_by_size"]
+            for bucket in range(1, len(SIZE_BUCKET_NAMES)):
+                expected = scores[SIZE_BUCKET_NAMES[bucket]]
+                got = float(iou_of_bucket(pred.copy(), target.copy(), buckets.copy(), bucket))
+                if not abs(got - expected) <= 1e-12:
+                    raise _Mismatch(
+                        f"iou_of_bucket(.., bucket={bucket}) on {n}x{side}x{side} pixels of {classes} classes, "
+                        f"{ignored:.0%} ignored, returned {got:.6f}, pvt_np gives {expected:.6f}"
+                    )
+            yield f"{n}x{side}x{side}, {classes} classes, {ignored:.0%} ignored"
+
+    return _verdict("iou_of_bucket", cases)
+
+
 # The exercises of each notebook, in the order a learner takes them: {notebook stem: {function name: check}}.
 EXERCISES: dict[str, dict[str, Callable[[Callable[..., Any]], Verdict]]] = {
     "01_overlapping_patch_embedding": {
@@ -433,5 +505,10 @@ EXERCISES: dict[str, dict[str, Callable[[Callable[..., Any]], Verdict]]] = {
     "06_data_parallel": {
         "combine_uneven": check_combine_uneven,
         "accumulated_gradient": check_accumulated_gradient,
+    },
+    "07_pyramid_at_work": {
+        "nearest_up2_backward": check_nearest_up2_backward,
+        "bilinear_matrix": check_bilinear_matrix,
+        "iou_of_bucket": check_iou_of_bucket,
     },
 }

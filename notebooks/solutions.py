@@ -142,3 +142,34 @@ def accumulated_gradient(model: Any, x: np.ndarray, y: np.ndarray, micro_batch: 
         criterion(model(xb), yb)
         model.backward(criterion.backward(len(xb) / len(x)), input_grad=False)
     return {name: p.grad.copy() for name, p in model.named_parameters()}
+
+
+# -- 07 · the pyramid at work --------------------------------------------------------------------------------
+def nearest_up2_backward(dout: np.ndarray) -> np.ndarray:
+    # Each input pixel was copied to a 2x2 block of the output: its gradient is the sum of the block's.
+    n, c, h2, w2 = dout.shape
+    return dout.reshape(n, c, h2 // 2, 2, w2 // 2, 2).sum(axis=(3, 5))
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    # Output i samples the input at s = (i + 0.5) n_in / n_out - 0.5 (pixel centres line up), clamped at 0:
+    # weight 1 - f on pixel floor(s), f on the next one (the last pixel past the edge), f = s - floor(s).
+    rows = np.arange(n_out)
+    src = np.maximum((rows + 0.5) * n_in / n_out - 0.5, 0.0)
+    low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    frac = src - low
+    a = np.zeros((n_out, n_in))
+    np.add.at(a, (rows, low), 1.0 - frac)  # add: where both neighbours are the last pixel, its weights sum
+    np.add.at(a, (rows, np.minimum(low + 1, n_in - 1)), frac)
+    return a
+
+
+def iou_of_bucket(pred: np.ndarray, target: np.ndarray, buckets: np.ndarray, bucket: int) -> float:
+    # Counted: labelled pixels of the bucket's objects or of the background (bucket 0); other buckets stay out.
+    counted = (target != 255) & ((buckets == bucket) | (buckets == 0))
+    objects = counted & (buckets == bucket)
+    right = pred == target
+    tp = np.sum(objects & right)
+    fn = np.sum(objects & ~right)
+    fp = np.sum(counted & ~right & (pred != 0))  # a wrong object class (class 0 is the background)
+    return float(tp / (tp + fn + fp))

@@ -57,6 +57,39 @@ def _matmuls_only(r: int) -> int:
     return 3 * (solutions.sra_matmul_flops(56, 56, 64, r) - solutions.sra_matmul_flops(56, 56, 64, 8))
 
 
+def _bilinear_from_source(n_in: int, src: np.ndarray) -> np.ndarray:
+    """The bilinear matrix of the source coordinates src (one per output pixel): 1 - f and f on its neighbours."""
+    low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    frac = src - low
+    a = np.zeros((len(src), n_in))
+    np.add.at(a, (np.arange(len(src)), low), 1.0 - frac)
+    np.add.at(a, (np.arange(len(src)), np.minimum(low + 1, n_in - 1)), frac)
+    return a
+
+
+def _bilinear_align_corners(n_in: int, n_out: int) -> np.ndarray:
+    """align_corners=True: the corner pixels' centres line up, s = i (n_in - 1) / (n_out - 1)."""
+    return _bilinear_from_source(n_in, np.arange(n_out) * (n_in - 1) / max(n_out - 1, 1))
+
+
+def _bucket_iou(pred: np.ndarray, target: np.ndarray, counted: np.ndarray, objects: np.ndarray) -> float:
+    """Pooled IoU with TP and FN over the pixels `objects`, FP over the pixels `counted`."""
+    right = pred == target
+    tp, fn = np.sum(objects & right), np.sum(objects & ~right)
+    return float(tp / (tp + fn + np.sum(counted & ~right & (pred != 0))))
+
+
+def _iou_fp_everywhere(pred: np.ndarray, target: np.ndarray, buckets: np.ndarray, bucket: int) -> float:
+    """False positives counted over every labelled pixel, the other buckets' too."""
+    labelled = target != 255
+    return _bucket_iou(pred, target, labelled, labelled & (buckets == bucket))
+
+
+def _iou_ignore_forgotten(pred: np.ndarray, target: np.ndarray, buckets: np.ndarray, bucket: int) -> float:
+    """The bucket's IoU with the ignored pixels (target 255) counted as any other."""
+    return _bucket_iou(pred, target, (buckets == bucket) | (buckets == 0), buckets == bucket)
+
+
 # A plausible wrong answer to each exercise: its check must say it is not solved.
 MISTAKES: dict[str, Callable[..., Any]] = {
     "tokens_per_side": lambda size, k, s, p: size // s,  # v1's formula, padding and kernel ignored
@@ -74,7 +107,16 @@ MISTAKES: dict[str, Callable[..., Any]] = {
     "loss_range": lambda classes, eps: (float(np.log(classes)), 0.0),  # as if the loss could reach 0
     "combine_uneven": lambda grads, sizes: {n: sum(g[n] for g in grads) / len(grads) for n in grads[0]},  # plain mean
     "accumulated_gradient": _unscaled_accumulation,
+    "nearest_up2_backward": lambda dout: solutions.nearest_up2_backward(dout) / 4,  # the block's mean, not its sum
+    "bilinear_matrix": _bilinear_align_corners,
+    "iou_of_bucket": _iou_fp_everywhere,
 }
+
+# Further plausible wrong answers to some exercises: their checks must say these are not solved either.
+MORE_MISTAKES: list[tuple[str, Callable[..., Any]]] = [
+    ("bilinear_matrix", lambda n_in, n_out: _bilinear_from_source(n_in, np.arange(n_out) * n_in / n_out)),  # no 0.5
+    ("iou_of_bucket", _iou_ignore_forgotten),
+]
 
 
 def test_every_exercise_has_a_solution_and_a_mistake() -> None:
@@ -94,6 +136,12 @@ def test_check_reports_the_stub_and_a_mistake_as_unsolved(stem: str, name: str) 
     check = exercises.EXERCISES[stem][name]
     assert not check(_stub)  # reported, not raised: the committed notebook runs on
     assert not check(MISTAKES[name])
+
+
+@pytest.mark.parametrize(("name", "mistake"), MORE_MISTAKES, ids=[name for name, _ in MORE_MISTAKES])
+def test_check_reports_further_mistakes_as_unsolved(name: str, mistake: Callable[..., Any]) -> None:
+    stem = next(stem for stem, names in exercises.EXERCISES.items() if name in names)
+    assert not exercises.EXERCISES[stem][name](mistake)
 
 
 # -- the notebooks' shape ----------------------------------------------------------------------------------------
