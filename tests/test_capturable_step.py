@@ -107,6 +107,31 @@ def test_capturable_step_is_the_eager_step_bit_for_bit(dtype: Any, static: bool)
     assert all(s["step"] == len(SHAPES) for s in c_opt.state_dict()["state"].values())
 
 
+def test_a_step_that_cannot_be_recorded_runs_eagerly_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the capture fails (as a CUDA version may refuse an op inside a capture), the run goes on eagerly with
+    a warning and computes what the eager step computes."""
+    import pvt_np.training.cuda_graph as cuda_graph
+
+    def refuse(xp: Any, run: Any) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cuda_graph, "_Graph", refuse)
+    monkeypatch.setattr(StaticStep, "__init__", _capture_on(StaticStep.__init__))
+    with pytest.warns(RuntimeWarning, match="could not be recorded as a CUDA graph.*operation not permitted"):
+        _, losses, _, _, _ = _capturable(np.float64, static=True)
+    assert losses == _eager(np.float64)[1]
+
+
+def _capture_on(init: Any) -> Any:
+    """StaticStep.__init__ that asks for capture on NumPy too (where there is nothing to record)."""
+
+    def patched(self: StaticStep, step: CapturableStep, capture: bool = True) -> None:
+        init(self, step, capture)
+        self.capture = True
+
+    return patched
+
+
 class HostRead(AssertionError):
     pass
 

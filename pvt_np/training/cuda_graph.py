@@ -24,6 +24,7 @@ compare with the eager step.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -74,8 +75,23 @@ class StaticStep:
         entry[1][...] = y
         if entry[2] is None:
             run = functools.partial(self.step, entry[0], entry[1])
-            entry[2] = _Graph(self.step.xp, run) if self.capture else run
+            entry[2] = self._record(run) if self.capture else run
         entry[2]()
+
+    def _record(self, run: Callable[[], None]) -> Callable[[], None]:
+        """The recorded step, or, if recording fails, the eager one from now on, with a warning: nothing runs on
+        the device while a step is recorded, so the step then run eagerly is the step that was due."""
+        try:
+            return _Graph(self.step.xp, run)
+        except Exception as err:  # CuPy/CUDA versions differ in what a capture accepts; the run must go on
+            self.capture = False
+            warnings.warn(
+                f"the training step could not be recorded as a CUDA graph ({type(err).__name__}: {err}); "
+                "going on without (as with --no-cuda-graph)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return run
 
     def shapes(self) -> list[tuple[Any, ...]]:
         """The batch shapes seen so far (each with its buffers and, from its second batch, its step)."""
