@@ -3,7 +3,8 @@
 * the CUDA kernels of pvt_np.ops.cuda, compiled for the host (tests/cuda_harness.py; the lanes of a warp
   as coroutines that meet at each shuffle), against the NumPy path: the depthwise conv (int and 64-bit
   indices), the dense conv's col2im, layer norm, attention's softmax and its backward, ReLU's backward,
-  GELU, the fused multi-tensor AdamW, and a whole b0 and b2_li forward and backward;
+  GELU, the fused multi-tensor AdamW and the capturable one (its scalars read from device memory), and a
+  whole b0 and b2_li forward and backward;
 * the cuBLAS calls (GEMM, strided-batched GEMM with a shared matrix, GEMV), made on host addresses by a
   column-major stand-in: the row-major to column-major mapping of every product;
 * where the device is chosen: by each fast op once (cuda.active), never inside its _cpu and _gpu functions;
@@ -32,7 +33,7 @@ from pvt_np.data import Augment, BatchLoader
 from pvt_np.nn import CrossEntropyLoss
 from pvt_np.nn.module import Parameter
 from pvt_np.ops import blas, conv, cuda, parallel, pooling
-from pvt_np.optim import AdamW
+from pvt_np.optim import AdamW, CosineWarmupSchedule
 
 KERNEL_F64_TOL = 1e-12  # float64, the same products summed in another order
 KERNEL_F32_TOL = 1e-5  # float32: the NumPy path's BLAS sums in another order (helpers.F32_TOL)
@@ -428,6 +429,51 @@ def test_adamw_cuda_kernel_equals_numpy_bit_for_bit(
     assert host_kernels.calls["adamw_multi"] == before + 2 + 2 + 3  # per step: the groups, then the laggard
     for a, e in zip(actual, expected, strict=True):
         np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.3, 0.9)], ids=["lerp-from-m", "lerp-from-g"])
+def test_adamw_capturable_cuda_kernel_equals_numpy_bit_for_bit(
+    dtype: Any, betas: tuple[float, float], host_kernels: cuda_harness.HostModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five capturable AdamW steps through the kernel that reads its scalars from device memory: the bits of the
+    capturable array expressions, and so of the eager step.
+
+    The lr moves every step (warm-up, then cosine, kept on the device by the schedule), so each step size, bias
+    correction and decay differs from the step before's; the groups decay differently (0.05 and 0), and the second
+    parameter misses its gradient at step 2, so from step 3 on its step size and bias correction are not its
+    group's others'. A kernel that read a stale scalar, another parameter's or another group's would not match.
+    """
+
+    def run(capturable: bool) -> list[Any]:
+        rng = np.random.default_rng(3)
+        shapes = [(7, 5), (300,), (1,), (3, 3)]
+        params = [Parameter(randn(rng, *shape, dtype=dtype)) for shape in shapes]
+        opt = AdamW([{"params": params[:3], "weight_decay": 0.05}, {"params": params[3:], "weight_decay": 0.0}],
+                    lr=3e-3, betas=betas, capturable=capturable)  # fmt: skip
+        sched = CosineWarmupSchedule(opt, total_steps=5, warmup_steps=2, warmup_lr_init=1e-4, min_lr=1e-5)
+        if capturable:
+            sched.to_device(np)
+        lrs = []
+        for step in range(5):
+            for i, p in enumerate(params):
+                p.grad = None if (step, i) == (1, 1) else randn(rng, *p.data.shape, dtype=dtype) * 1e-3
+            lrs.append(float(opt.param_groups[0]["lr"]))
+            opt.step()
+            sched.step()
+        assert len(set(lrs)) == len(lrs)
+        states = [opt.state[p] for p in params]
+        assert [int(s["step"]) for s in states] == [5, 4, 5, 5]
+        return [p.data for p in params] + [s["exp_avg"] for s in states] + [s["exp_avg_sq"] for s in states]
+
+    before = dict(host_kernels.calls)
+    actual, expected = _run_both(lambda: run(capturable=True), host_kernels, monkeypatch)
+    assert host_kernels.calls["adamw_capturable"] == before.get("adamw_capturable", 0) + 4 * 5 - 1
+    assert host_kernels.calls.get("adamw_multi", 0) == before.get("adamw_multi", 0)  # not the eager kernel
+    eager = run(capturable=False)
+    for a, e, f in zip(actual, expected, eager, strict=True):
+        np.testing.assert_array_equal(a, e)
+        np.testing.assert_array_equal(e, f)
 
 
 @pytest.mark.parametrize(

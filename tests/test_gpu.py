@@ -447,18 +447,20 @@ def _assert_states_close(
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("betas", [(0.9, 0.999), (0.3, 0.9)], ids=["lerp-from-m", "lerp-from-g"])
-def test_adamw_step_matches_cpu(dtype: Any, betas: tuple[float, float], target: Target) -> None:
+@pytest.mark.parametrize("capturable", [False, True], ids=["eager", "capturable"])
+def test_adamw_step_matches_cpu(dtype: Any, betas: tuple[float, float], capturable: bool, target: Target) -> None:
     """Three AdamW steps on equal gradients (decay on and off): the target's weights and moments equal the CPU's.
 
     Every operation of the update is correctly rounded in IEEE arithmetic on both sides and the GPU
     kernel is compiled without fused multiply-adds, so the allowed error is a few units in the last place.
+    Capturable: the GPU's kernel reading its scalars from device memory against the CPU's array expressions.
     """
 
     def run(put: Callable[[np.ndarray], Any]) -> list[np.ndarray]:
         rng = np.random.default_rng(3)
         params = [Parameter(put(randn(rng, 7, 5).astype(dtype))), Parameter(put(randn(rng, 300).astype(dtype)))]
         opt = AdamW([{"params": params[:1], "weight_decay": 0.05}, {"params": params[1:], "weight_decay": 0.0}],
-                    lr=3e-3, betas=betas)  # fmt: skip
+                    lr=3e-3, betas=betas, capturable=capturable)  # fmt: skip
         for _ in range(3):
             for p in params:
                 p.grad = put((randn(rng, *p.data.shape) * 1e-3).astype(dtype))

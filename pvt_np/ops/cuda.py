@@ -46,6 +46,7 @@ KERNELS: dict[str, list[str]] = {
     "relu_backward": ["ptr"] * 3 + ["i64"],
     "gelu_erf_forward": ["ptr"] * 3 + ["i64", "i64"],
     "adamw_multi": ["iptr", "i64", "i64", "T", "i64", *["T"] * 7],
+    "adamw_capturable": ["ptr"] * 7 + ["i64", "i64", *["T"] * 5],
 }
 # Kernels with a second template argument, the index type (see depthwise_forward).
 INDEXED = frozenset({"depthwise_forward", "depthwise_input_grad", "depthwise_weight_grad", "col2im"})
@@ -260,4 +261,20 @@ def adamw_multi(
     _launch(
         "adamw_multi", dtype, total, table, tensors, total, decay, int(abs(w) < 0.5), w, 1 - w, beta2, 1 - beta2,
         step_size, bc2_sqrt, eps,
+    )  # fmt: skip
+
+
+def adamw_capturable(
+    param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step_size: Array, bc2_sqrt: Array, decay: Array,
+    *, w: float, beta2: float, eps: float,
+) -> None:  # fmt: skip
+    """One AdamW step of one parameter in place, in one launch, its per-step scalars read from device memory.
+
+    ``step_size``, ``bc2_sqrt`` and ``decay`` are 0-d arrays of the parameter's dtype on its device
+    (:class:`pvt_np.optim.AdamW`'s capturable buffers): the kernel reads them when it runs, so a
+    recorded launch (a CUDA graph) sees each step's values. All arrays C-contiguous, of one dtype.
+    """
+    _launch(
+        "adamw_capturable", param.dtype, param.size, param, grad, exp_avg, exp_avg_sq, step_size, bc2_sqrt, decay,
+        param.size, int(abs(w) < 0.5), w, 1 - w, beta2, 1 - beta2, eps,
     )  # fmt: skip

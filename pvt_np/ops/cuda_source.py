@@ -265,13 +265,31 @@ __global__ void gelu_erf_forward(const T* x, T* y, T* local, i64 total, i64 need
     if (need_grad) local[idx] = cdf + v * exp(T(-0.5) * v * v) * T(0.39894228040143267794);
 }
 
-// AdamW for many tensors in one launch (one launch per step instead of one per parameter).
+// AdamW's update of element e of one tensor (param, grad, exp_avg, exp_avg_sq), in torch's order of
+// operations (see pvt_np.optim.AdamW), shared by the two AdamW kernels below:
+// p *= decay;  m = m + (g - m) * w  (or g - (g - m) * (1 - w) when w >= 0.5, torch's lerp);
+// v = v * beta2 + g * (1 - beta2) * g;  p += m * (-step_size) / (sqrt(v) / bc2_sqrt + eps).
+template <typename T>
+__device__ void adamw_element(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, i64 e, T decay,
+                              i64 lerp_from_m, T w, T one_minus_w, T beta2, T one_minus_beta2, T step_size,
+                              T bc2_sqrt, T eps) {
+    T p = param[e] * decay;
+    T g = grad[e];
+    T m = exp_avg[e];
+    T d = g - m;
+    m = lerp_from_m ? m + d * w : g - d * one_minus_w;
+    T v = exp_avg_sq[e] * beta2 + g * one_minus_beta2 * g;
+    T denom = sqrt(v) / bc2_sqrt + eps;
+    param[e] = p + m * (-step_size) / denom;
+    exp_avg[e] = m;
+    exp_avg_sq[e] = v;
+}
+
+// AdamW for many tensors in one launch (one launch per step instead of one per parameter), the
+// per-step scalars (decay, step_size, bc2_sqrt) as arguments from the host: adamw_element.
 // The table holds K + 1 starts, then the four addresses of each tensor (param, grad, exp_avg,
 // exp_avg_sq): tensor k's elements are the global indices starts[k] .. starts[k+1] - 1, and
 // each thread finds its tensor by a binary search of the starts.
-// The update of one element, torch's order of operations (see pvt_np.optim.AdamW):
-// p *= decay;  m = m + (g - m) * w  (or g - (g - m) * (1 - w) when w >= 0.5, torch's lerp);
-// v = v * beta2 + g * (1 - beta2) * g;  p += m * (-step_size) / (sqrt(v) / bc2_sqrt + eps).
 template <typename T>
 __global__ void adamw_multi(const i64* table, i64 tensors, i64 total, T decay, i64 lerp_from_m, T w,
                             T one_minus_w, T beta2, T one_minus_beta2, T step_size, T bc2_sqrt, T eps) {
@@ -283,20 +301,23 @@ __global__ void adamw_multi(const i64* table, i64 tensors, i64 total, T decay, i
         if (table[mid] <= idx) lo = mid; else hi = mid;
     }
     const i64* address = table + tensors + 1 + 4 * lo;
-    T* param = (T*)address[0];
-    const T* grad = (const T*)address[1];
-    T* exp_avg = (T*)address[2];
-    T* exp_avg_sq = (T*)address[3];
-    i64 e = idx - table[lo];
-    T p = param[e] * decay;
-    T g = grad[e];
-    T m = exp_avg[e];
-    T d = g - m;
-    m = lerp_from_m ? m + d * w : g - d * one_minus_w;
-    T v = exp_avg_sq[e] * beta2 + g * one_minus_beta2 * g;
-    T denom = sqrt(v) / bc2_sqrt + eps;
-    param[e] = p + m * (-step_size) / denom;
-    exp_avg[e] = m;
-    exp_avg_sq[e] = v;
+    adamw_element((T*)address[0], (const T*)address[1], (T*)address[2], (T*)address[3], idx - table[lo], decay,
+                  lerp_from_m, w, one_minus_w, beta2, one_minus_beta2, step_size, bc2_sqrt, eps);
+}
+
+// AdamW of one tensor, capturable (a CUDA graph replays it): the per-step scalars are read from
+// device memory at run time, where the step before wrote them (AdamW(capturable=True) computes
+// step_size = lr / (1 - beta1^t), bc2_sqrt = (1 - beta2^t)^0.5 and decay = 1 - lr * weight_decay
+// on the device), not frozen as arguments when the launch is recorded:
+// adamw_element(..., decay = *decay, step_size = *step_size, bc2_sqrt = *bc2_sqrt). The constants
+// (w, beta2, eps) are arguments. One thread per element.
+template <typename T>
+__global__ void adamw_capturable(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, const T* step_size,
+                                 const T* bc2_sqrt, const T* decay, i64 total, i64 lerp_from_m, T w,
+                                 T one_minus_w, T beta2, T one_minus_beta2, T eps) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    adamw_element(param, grad, exp_avg, exp_avg_sq, idx, *decay, lerp_from_m, w, one_minus_w, beta2,
+                  one_minus_beta2, *step_size, *bc2_sqrt, eps);
 }
 """

@@ -47,9 +47,11 @@ class AdamW(Optimizer):
     ``min(t, horizon)``, where ``horizon`` is the first ``t`` from which both are exactly 1.0;
     a group's ``lr`` may be a 0-d float64 array on the device that a schedule updates in
     place (:meth:`pvt_np.optim.CosineWarmupSchedule.to_device`), and the step size and the
-    decay are computed from it there. The update itself is the array-expression one (one
-    pass per operation, on NumPy chunked on the worker threads). ``state_dict`` reads the
-    counters back as Python ints, so checkpoints keep the eager format either way.
+    decay are computed from it there. On the GPU each parameter's update is then one kernel
+    that reads those scalars from device memory when it runs (:func:`pvt_np.ops.cuda.adamw_capturable`,
+    the same bits); on NumPy it is the array-expression one (one pass per operation, chunked on
+    the worker threads). ``state_dict`` reads the counters back as Python ints, so checkpoints
+    keep the eager format either way.
     """
 
     state_keys = ("step", "exp_avg", "exp_avg_sq")
@@ -163,7 +165,7 @@ class AdamW(Optimizer):
         (exact), since its value is not known to the host.
         """
         tasks: list[Callable[[], None]] = []
-        later: list[tuple[Array, ...]] = []
+        later: list[Callable[[], None]] = []
         for group in self.param_groups:
             lr = group["lr"]
             beta1, beta2 = group["betas"]
@@ -209,7 +211,9 @@ class AdamW(Optimizer):
                     "step_size": scalars["step_size"], "bc2_sqrt": scalars["bc2_sqrt"],
                 }  # fmt: skip
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                if xp is np and _chunkable(data, g, m, v):
+                if cuda.active(xp) and _fusable(data, g, m, v):  # the GPU: one kernel reading the scalars' buffers
+                    later.append(functools.partial(_capturable_kernel, data, xp.ascontiguousarray(g), m, v, opts))
+                elif xp is np and _chunkable(data, g, m, v):
                     size = data.size
                     flat = [a.reshape(-1) for a in (data, g, m, v)]
                     for start in range(0, size, ADAMW_CHUNK_ELEMENTS):
@@ -218,10 +222,10 @@ class AdamW(Optimizer):
                 elif xp is np:
                     tasks.append(functools.partial(_adamw_whole, data, g, m, v, opts))
                 else:
-                    later.append((data, g, m, v, opts))
+                    later.append(functools.partial(_adamw_whole, data, g, m, v, opts))
         parallel.run_tasks(tasks)
-        for data, g, m, v, opts in later:
-            _adamw_whole(data, g, m, v, opts)
+        for update in later:
+            update()
 
     def _fused_update(self, xp: Any, dtype: Any, opts: dict[str, float], tensors: list[tuple[Array, ...]]) -> None:
         """The update of ``tensors`` [(param, grad, exp_avg, exp_avg_sq), ...] with the same options, one launch.
@@ -265,6 +269,15 @@ def _scalar_buffers(xp: Any, dtype: Any) -> dict[str, Array]:
         "bc2_sqrt": xp.zeros((), dtype=dtype),
         "decay": xp.zeros((), dtype=dtype),
     }
+
+
+def _capturable_kernel(data: Array, g: Array, m: Array, v: Array, opts: dict[str, Any]) -> None:
+    """The capturable update of one parameter in one launch (:func:`pvt_np.ops.cuda.adamw_capturable`): the step
+    size, bias correction and decay are the 0-d device buffers of ``opts``, read by the kernel when it runs."""
+    cuda.adamw_capturable(
+        data, g, m, v, opts["step_size"], opts["bc2_sqrt"], opts["decay"], w=opts["w"], beta2=opts["beta2"],
+        eps=opts["eps"],
+    )  # fmt: skip
 
 
 def _fusable(data: Array, g: Array, m: Array, v: Array) -> bool:
