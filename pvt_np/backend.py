@@ -131,13 +131,14 @@ def use_device_key(xp: ModuleType, key: Array) -> None:
     :mod:`pvt_np.training.capturable`). The stream restarts at each call; the next
     :func:`manual_seed` returns NumPy to its own generator and re-keys CuPy's from the host.
     """
-    rng = _RNGS.get(xp.__name__)
-    if isinstance(rng, _BatchShardedGenerator):
-        rng = rng.rng
-    if not isinstance(rng, CounterRng):
-        rng = CounterRng(xp, 0)
-        _RNGS[xp.__name__] = rng if _BATCH_SHARD[1] == 1 else _BatchShardedGenerator(rng, *_BATCH_SHARD)
-    rng.rekey(key)
+    # `counter`, not `rng`: it is always pvt_np's CounterRng here (rekey is its own method, not a Generator's)
+    counter = _RNGS.get(xp.__name__)
+    if isinstance(counter, _BatchShardedGenerator):
+        counter = counter.rng
+    if not isinstance(counter, CounterRng):
+        counter = CounterRng(xp, 0)
+        _RNGS[xp.__name__] = counter if _BATCH_SHARD[1] == 1 else _BatchShardedGenerator(counter, *_BATCH_SHARD)
+    counter.rekey(key)
 
 
 def set_batch_shard(index: int, count: int) -> None:
