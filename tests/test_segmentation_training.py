@@ -3,6 +3,7 @@ and the command refuses bad masks (exit 1, the file named) and classification-on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -230,26 +231,26 @@ def test_a_folder_subset_is_drawn_at_random_and_never_larger_than_the_folder(tmp
     """--train-subset / --test-subset on a folder draw a seeded random subset, as classification does, not the first
     files by name; asking for more images than the folder holds is refused naming the option's field."""
     from pvt_np.data.segmentation import load_segmentation_folder
-    from pvt_np.training.segmentation import _load
+    from pvt_np.training.segmentation import load_splits
 
     data = write_folder(tmp_path / "data", n_train=12, n_test=4)
     every = load_segmentation_folder(data, "train").images
     picks = set()
     for seed in range(6):
-        train, test = _load(
+        train, test = load_splits(
             tiny_config(dataset="segfolder", data_path=str(data), train_subset=5, test_subset=4, seed=seed)
         )
         assert len(train.images) == 5 and len(test.images) == 4
         rows = [next(i for i, image in enumerate(every) if np.array_equal(image, x)) for x in train.images]
         assert rows == sorted(rows)  # the folder's order is kept within the subset
         picks.add(tuple(rows))
-        again, _ = _load(
+        again, _ = load_splits(
             tiny_config(dataset="segfolder", data_path=str(data), train_subset=5, test_subset=4, seed=seed)
         )
         assert np.array_equal(again.images, train.images)  # the same seed draws the same subset
     assert len(picks) > 1 and picks != {(0, 1, 2, 3, 4)}
     with pytest.raises(ConfigError, match="train_subset"):
-        _load(tiny_config(dataset="segfolder", data_path=str(data), train_subset=13))
+        load_splits(tiny_config(dataset="segfolder", data_path=str(data), train_subset=13))
 
 
 def test_the_scene_settings_reach_the_data(tmp_path: Path) -> None:
@@ -298,3 +299,26 @@ def test_scene_flags_through_the_command(tmp_path: Path, capsys: pytest.CaptureF
     assert "argument --scene-classes" in capsys.readouterr().err
     assert cli.main(["train", "--scene-classes", "3", "--output", str(tmp_path / "c")]) == 2
     assert "argument --scene-classes" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_checkpoint_as_its_run_did(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    SegmentationTrainer(tiny_config(epochs=1), tmp_path / "run").fit()
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert cli.main(["evaluate", str(tmp_path / "run" / "last.npz"), "--batch-size", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"mIoU {last['test_miou']:.4f}" in out and f"pixel accuracy {last['test_pixel_accuracy']:.4f}" in out
+    assert f"small {last['test_iou_small']:.4f}" in out or last["test_iou_small"] is None
+    assert cli.main(["evaluate", str(tmp_path / "run" / "last.npz"), "--test-subset", "3"]) == 0
+    assert ", 3 images" in capsys.readouterr().out
+    for flag in (["--tta", "flip"], ["--dataset", "cifar10"], ["--confusion", str(tmp_path / "c.png")]):
+        assert cli.main(["evaluate", str(tmp_path / "run" / "last.npz"), *flag]) == 2
+        assert f"argument {flag[0]}: not for a segmentation checkpoint" in capsys.readouterr().err
+
+
+def test_a_saved_config_reads_back_with_the_settings_older_runs_lacked() -> None:
+    config = tiny_config(model_overrides={**TINY, "levels": (3,)})
+    saved = json.loads(json.dumps(dataclasses.asdict(config)))  # as config.json holds it: tuples become lists
+    assert SegmentationConfig.from_saved({**saved, "task": "segmentation"}) == config
+    del saved["scene_style"], saved["scene_classes"]
+    older = SegmentationConfig.from_saved(saved, epochs=7)
+    assert (older.scene_style, older.scene_classes, older.epochs) == ("textured", 6, 7)

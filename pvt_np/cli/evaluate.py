@@ -1,4 +1,5 @@
-"""``pvt-np evaluate``: test-set loss, accuracy and confusion matrix of a training checkpoint."""
+"""``pvt-np evaluate``: test-set loss, accuracy and confusion matrix of a training checkpoint; for a segmentation
+run's checkpoint, its test pixel accuracy, mIoU, per-class IoU and (generated scenes) IoU by object size."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import numpy as np
 from pvt_np.cli.arguments import positive_int
 from pvt_np.data import DATASETS, load_dataset
 from pvt_np.data.errors import DataError
+from pvt_np.data.segmentation import SegmentationBatches
 from pvt_np.io.checkpoint import CheckpointError
 from pvt_np.io.load import load_model
-from pvt_np.io.read import read_checkpoint
+from pvt_np.io.read import Checkpoint, read_checkpoint
+from pvt_np.models.semantic_fpn import SemanticSegmenter
 from pvt_np.training.config import TrainConfig
 from pvt_np.training.datasets import random_subset
+from pvt_np.training.segmentation import MEAN, STD, SegmentationConfig, load_splits, score_masks
 from pvt_np.training.tta import evaluate, scoring_tta
 from pvt_np.training.validation import TTA_MODES
 
@@ -46,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         # Any file load_model reads: a training checkpoint also says which data the run used.
         ckpt = read_checkpoint(args.checkpoint)
         model = load_model(ckpt, device=args.device)
+        if isinstance(model, SemanticSegmenter):
+            return _segmentation(args, ckpt, model)
         saved = (ckpt.training or {}).get("config", {})
         dataset, data_path = args.dataset or saved.get("dataset"), args.data_path or saved.get("data_path")
         if dataset is None or data_path is None:
@@ -100,4 +106,42 @@ def run(args: argparse.Namespace) -> int:
     if args.confusion:
         plot_confusion(confusion, list(test.classes), args.confusion)
         print(f"confusion matrix saved to {args.confusion}")
+    return 0
+
+
+def _segmentation(args: argparse.Namespace, ckpt: Checkpoint, model: SemanticSegmenter) -> int:
+    """A segmentation run's checkpoint on its own test split (the scenes of its seed, or its folder's test
+    images; --data-path and --test-subset may change them), scored as the run scored each epoch."""
+    for flag, value in (("--dataset", args.dataset), ("--tta", args.tta), ("--confusion", args.confusion)):
+        if value is not None:
+            print(f"pvt-np evaluate: error: argument {flag}: not for a segmentation checkpoint", file=sys.stderr)
+            return 2
+    saved = (ckpt.training or {}).get("config")
+    if not saved:
+        print(f"pvt-np evaluate: error: {args.checkpoint} records no run to take its test data from", file=sys.stderr)
+        return 1
+    changes = {"device": args.device, "progress": False, "eval_batch_size": args.batch_size}
+    changes.update({k: v for k, v in (("data_path", args.data_path), ("test_subset", args.test_subset)) if v})
+    try:
+        config = SegmentationConfig.from_saved(saved, **changes)
+        _, test = load_splits(config)
+        if len(test.classes) != model.num_classes:
+            raise CheckpointError(
+                f"{args.checkpoint} has {model.num_classes} classes but its test data {len(test.classes)}"
+            )
+        loader = SegmentationBatches(
+            test.images, test.masks, min(args.batch_size, len(test.images)), shuffle=False, device=args.device,
+            mean=MEAN, std=STD, dtype=model.dtype,
+        )  # fmt: skip
+        scores = score_masks(model, loader, test.buckets, model.num_classes)
+    except (CheckpointError, DataError, ValueError, RuntimeError, OSError) as err:
+        print(f"pvt-np evaluate: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.checkpoint}: {config.dataset} test, {len(test.images)} images")
+    print(f"pixel accuracy {scores['test_pixel_accuracy']:.4f}  mIoU {scores['test_miou']:.4f}")
+    for name, iou in zip(test.classes, scores["test_iou"], strict=True):
+        print(f"  {name:<20} {'absent' if iou is None else f'{iou:.4f}'}")
+    sizes = {k[len("test_iou_") :]: v for k, v in scores.items() if k.startswith("test_iou_")}
+    if sizes:
+        print("IoU by object size: " + ", ".join(f"{k} {'-' if v is None else f'{v:.4f}'}" for k, v in sizes.items()))
     return 0

@@ -542,13 +542,8 @@ def segmentation_config(args: argparse.Namespace) -> SegmentationConfig:
     if args.resume:
         path = Path(args.output) / "config.json"
         try:
-            saved = json.loads(path.read_text())
-            known = {f.name for f in fields(SegmentationConfig)}
-            values = {k: v for k, v in saved.items() if k in known}
-            values["model_overrides"] = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in values.get("model_overrides", {}).items()
-            }
-        except (OSError, ValueError, AttributeError) as err:
+            values = asdict(SegmentationConfig.from_saved(json.loads(path.read_text())))
+        except (OSError, ValueError, AttributeError, TypeError) as err:
             raise CheckpointError(f"--resume: cannot read the run's settings from {path}: {err}") from err
     for dest in given & set(SEGMENTATION_DESTS):
         if dest == "override":

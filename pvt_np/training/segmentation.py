@@ -47,7 +47,10 @@ from pvt_np.training.segmentation_metrics import SegmentationMetrics
 from pvt_np.training.trainer import train_step
 from pvt_np.training.validation import ConfigError, check_subset
 
-__all__ = ["SEGMENTATION_DATASETS", "RankCrossEntropy", "SegmentationConfig", "SegmentationTrainer", "predict_masks"]
+__all__ = [
+    "SEGMENTATION_DATASETS", "RankCrossEntropy", "SegmentationConfig", "SegmentationTrainer", "load_splits",
+    "predict_masks", "score_masks",
+]  # fmt: skip
 
 SEGMENTATION_DATASETS = ("scenes", "segfolder")
 # ImageNet's statistics: those a backbone started from a classification checkpoint was trained with.
@@ -134,6 +137,18 @@ class SegmentationConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("seed", "an integer >= 0", self.seed)
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], **changes: Any) -> SegmentationConfig:
+        """The config a run saved (config.json, or its checkpoint's "config"), with ``changes``: its other keys
+        (the task) left out, JSON's lists back to the tuples of ``model_overrides``, and the settings a run from
+        before them did not save at the values it ran with (ABSENT_FIELD_VALUES)."""
+        known = {f.name for f in fields(cls)}
+        values = {**ABSENT_FIELD_VALUES, **{k: v for k, v in saved.items() if k in known}}
+        values["model_overrides"] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.get("model_overrides", {}).items()
+        }
+        return cls(**{**values, **changes})
+
     def architecture(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed."""
         return {"model": self.model, "model_overrides": jsonable(self.model_overrides), "dtype": self.dtype}
@@ -190,7 +205,7 @@ class _Split:
     buckets: np.ndarray | None  # per-pixel object-size buckets (scenes only)
 
 
-def _load(config: SegmentationConfig) -> tuple[_Split, _Split]:
+def load_splits(config: SegmentationConfig) -> tuple[_Split, _Split]:
     """The train and test splits the config names (data errors name the file)."""
     if config.dataset == "scenes":
         size = config.image_size or 64
@@ -245,7 +260,7 @@ class SegmentationTrainer:
 
     def _setup(self) -> None:
         cfg = self.config
-        self.train_split, self.test_split = _load(cfg)
+        self.train_split, self.test_split = load_splits(cfg)
         self.classes = self.train_split.classes
         self.num_classes = len(self.classes)
         world = self.world
@@ -405,25 +420,9 @@ class SegmentationTrainer:
     def evaluate(self) -> dict[str, Any]:
         """Test pixel accuracy, mIoU, per-class IoU and (scenes) IoU by object size, on the test split (each rank
         counts its part; the counts summed over the ranks score the whole)."""
-        self.model.eval()
-        metrics = SegmentationMetrics(self.num_classes)
-        buckets, size = self.test_part.buckets, self.test_loader.batch_size
-        for k, (x, y) in enumerate(self.test_loader.epoch(0)):
-            pred = self.model(x).argmax(axis=1)
-            b = None if buckets is None else backend.to_device(buckets[k * size : (k + 1) * size], self.config.device)
-            metrics.update(pred, y, b)
-        metrics.sum_counts(self.world.allreduce_sum)
-        scores = metrics.compute()
-        return {
-            "test_pixel_accuracy": scores["pixel_accuracy"],
-            "test_miou": scores["miou"],
-            "test_iou": [None if math.isnan(v) else float(v) for v in scores["iou"]],
-            **(
-                {}
-                if buckets is None
-                else {f"test_iou_{k}": None if math.isnan(v) else v for k, v in scores["iou_by_size"].items()}
-            ),
-        }
+        return score_masks(
+            self.model, self.test_loader, self.test_part.buckets, self.num_classes, self.world.allreduce_sum
+        )
 
     def _end_epoch(self) -> None:
         distributed.check_replicas(self.world, self.model.parameters(), f"end of epoch {self.epoch + 1}")
@@ -456,6 +455,38 @@ class SegmentationTrainer:
             save_checkpoint(self.out / "best.npz", state)
         save_checkpoint(self.out / "last.npz", state)
         write_metrics(self.out, self.history)
+
+
+def score_masks(
+    model: SemanticSegmenter,
+    loader: SegmentationBatches,
+    buckets: np.ndarray | None,
+    num_classes: int,
+    allreduce_sum: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
+    """Pixel accuracy, mIoU, per-class IoU and, given the per-pixel size ``buckets`` of the loader's images (in
+    its order: an unshuffled loader), IoU by object size, of ``model`` on every batch of ``loader``, in eval mode.
+    ``allreduce_sum``: sums the confusion counts over data-parallel ranks, each scoring its part of the images."""
+    model.eval()
+    metrics = SegmentationMetrics(num_classes)
+    size = loader.batch_size
+    for k, (x, y) in enumerate(loader.epoch(0)):
+        pred = model(x).argmax(axis=1)
+        b = None if buckets is None else backend.to_device(buckets[k * size : (k + 1) * size], model.device)
+        metrics.update(pred, y, b)
+    if allreduce_sum is not None:
+        metrics.sum_counts(allreduce_sum)
+    scores = metrics.compute()
+    return {
+        "test_pixel_accuracy": scores["pixel_accuracy"],
+        "test_miou": scores["miou"],
+        "test_iou": [None if math.isnan(v) else float(v) for v in scores["iou"]],
+        **(
+            {}
+            if buckets is None
+            else {f"test_iou_{k}": None if math.isnan(v) else v for k, v in scores["iou_by_size"].items()}
+        ),
+    }
 
 
 def predict_masks(model: SemanticSegmenter, images: Array) -> Array:
