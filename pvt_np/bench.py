@@ -35,6 +35,12 @@ TF32 (CuPy does not use it unless ``CUPY_TF32=1``; torch's cuDNN does by default
 so the worker turns it off), each timed iteration ending with a device
 synchronise. It runs the CPU table's configs and the GPU ones (:data:`GPU_CONFIGS`).
 
+``--frameworks`` picks among :data:`ALL_FRAMEWORKS` (see :mod:`pvt_np.bench_worker`): pvt_np's eager step and
+its graph-mode step (``pvt_np_graph``), torch eager, torch's step as a CUDA graph (``torch_graph``, the GPU
+only) and ``torch.compile`` (``torch_compile``). By default the CPU times pvt_np and torch
+(:data:`FRAMEWORKS`), the GPU pvt_np's graph-mode step as well (:data:`GPU_FRAMEWORKS`). Every ratio in the
+report is against torch eager of the same round.
+
 Here: the runner, which starts a worker process per pair and a neighbour beside it; the worker's timing and
 profile are :mod:`pvt_np.bench_worker`, the report :mod:`pvt_np.bench_report`.
 """
@@ -51,15 +57,18 @@ from typing import Any
 
 from pvt_np import backend
 from pvt_np.bench_report import format_report, machine_info
-from pvt_np.bench_worker import CONFIGS, be_neighbour, worker
+from pvt_np.bench_worker import CONFIGS, GPU_ONLY_FRAMEWORKS, be_neighbour, worker
+from pvt_np.bench_worker import FRAMEWORKS as ALL_FRAMEWORKS
 from pvt_np.io.atomic import atomic_write
 
 # Besides its own: the names pvt_np.bench gave before its worker and its report had modules of their own.
 __all__ = [
+    "ALL_FRAMEWORKS",
     "CONFIGS",
     "CPU_CONFIGS",
     "FRAMEWORKS",
     "GPU_CONFIGS",
+    "GPU_FRAMEWORKS",
     "NEIGHBOURS",
     "THREAD_VARS",
     "format_report",
@@ -69,7 +78,8 @@ __all__ = [
 
 CPU_CONFIGS = ("b0-cifar", "b0-224", "b2_li-224")
 GPU_CONFIGS = ("b0-cifar", "b0-224", "b2_li-224", "b0-224-bs32", "b2_li-224-bs16")
-FRAMEWORKS = ("pvt_np", "torch")
+FRAMEWORKS = ("pvt_np", "torch")  # the default on the CPU
+GPU_FRAMEWORKS = ("pvt_np", "pvt_np_graph", "torch")  # the default on the GPU: pvt_np's best step against torch's
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 NEIGHBOURS = ("loop", "gemm", "pvt_np", "torch")
 
@@ -85,6 +95,15 @@ def run(args: Any) -> int:
         result = worker(framework, config, args.device, args.threads, args.repeats, args.warmup, args.step_only)
         print("BENCH-RESULT " + json.dumps(result))
         return 0
+    frameworks = args.frameworks or list(GPU_FRAMEWORKS if args.device == "gpu" else FRAMEWORKS)
+    gpu_only = [f for f in frameworks if f in GPU_ONLY_FRAMEWORKS]
+    if gpu_only and args.device != "gpu":
+        print(
+            f"pvt-np bench: error: --frameworks: {' '.join(gpu_only)} records torch's step as a CUDA graph and needs "
+            f"--device gpu, got --device {args.device}; leave it out of --frameworks on the CPU",
+            file=sys.stderr,
+        )
+        return 2
     if args.device == "gpu":
         backend.check_device("gpu")
     configs = args.configs or list(GPU_CONFIGS if args.device == "gpu" else CPU_CONFIGS)
@@ -93,7 +112,7 @@ def run(args: Any) -> int:
     rounds = getattr(args, "rounds", 1)
     for round_number in range(1, rounds + 1):
         for config in configs:
-            for framework in args.frameworks:
+            for framework in frameworks:
                 of = f" (round {round_number} of {rounds})" if rounds > 1 else ""
                 print(f"timing {framework} {config}{of} ...", file=sys.stderr, flush=True)
                 try:

@@ -4,6 +4,24 @@
 training step, measures the step's peak memory and profiles the share of the step per op type (see
 :mod:`pvt_np.bench`, which starts these processes and prints the report); :func:`be_neighbour` is the busy process
 that ``--neighbour`` runs beside a pair.
+
+The frameworks (:data:`FRAMEWORKS`):
+
+* ``pvt_np``: the eager step (zero_grad, forward, loss, backward, AdamW), as the trainer runs it off the graph;
+* ``pvt_np_graph``: the step as the trainer runs it in graph mode, a
+  :class:`~pvt_np.training.capturable.CapturableStep` (``AdamW(capturable=True)``, the schedule on the device)
+  behind a :class:`~pvt_np.training.cuda_graph.StaticStep`: recorded as a CUDA graph on its second step and
+  replayed from then on; on the CPU (nothing to record) the capturable step called directly. Only the training
+  step is timed (a graph records the whole step, not its forward);
+* ``torch``: timm's model in torch eager;
+* ``torch_graph``: torch's step recorded as a CUDA graph the way torch documents it (static input and target,
+  warm-up steps on a side stream, ``AdamW(capturable=True)``, ``torch.cuda.graph``), each step a copy into the
+  static input and a replay; the GPU only; only the training step is timed;
+* ``torch_compile``: ``torch.compile(model)`` in its default mode (the optimizer eager); the first step
+  compiles, before anything is timed.
+
+Every result holds ``first_loss``, the loss of the first step on the worker's fixed batch (the same weights and
+batch in every framework), and the graph rows ``cuda_graph``: whether the timed step replays a recorded graph.
 """
 
 from __future__ import annotations
@@ -24,9 +42,15 @@ from pvt_np.io.timm import timm_twin
 from pvt_np.models import create_model
 from pvt_np.nn import CrossEntropyLoss
 from pvt_np.ops import parallel
-from pvt_np.optim import AdamW, param_groups_weight_decay
+from pvt_np.optim import AdamW, CosineWarmupSchedule, param_groups_weight_decay
+from pvt_np.training.capturable import CapturableStep
+from pvt_np.training.cuda_graph import StaticStep
 
-__all__ = ["CONFIGS", "be_neighbour", "worker"]
+__all__ = ["CONFIGS", "FRAMEWORKS", "GPU_ONLY_FRAMEWORKS", "be_neighbour", "worker"]
+
+FRAMEWORKS = ("pvt_np", "pvt_np_graph", "torch", "torch_graph", "torch_compile")
+GPU_ONLY_FRAMEWORKS = ("torch_graph",)
+LR = 1e-3
 
 # name -> (model name, create_model overrides, image size, batch size)
 CONFIGS: dict[str, tuple[str, dict[str, Any], int, int]] = {
@@ -96,17 +120,32 @@ def _median_ms(fn: Callable[[], None], sync: Callable[[], None], repeats: int, w
 def worker(
     framework: str, config: str, device: str, threads: int, repeats: int, warmup: int, step_only: bool = False
 ) -> dict[str, Any]:
+    """Time ``framework`` on ``config`` (one of :data:`FRAMEWORKS`, :data:`CONFIGS`): the result's fields."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"bench worker: framework: expected one of {FRAMEWORKS}, got {framework!r}")
+    if framework in GPU_ONLY_FRAMEWORKS and device != "gpu":
+        raise ValueError(
+            f"bench worker: framework {framework!r} records a CUDA graph and needs device 'gpu', got {device!r}"
+        )
     name, overrides, size, batch = CONFIGS[config]
     rng = np.random.default_rng(0)
     x_host = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
     y_host = rng.integers(0, overrides["num_classes"], size=batch)
     if framework == "pvt_np":
-        steps, sync, mem = _pvt_np_steps(name, overrides, x_host, y_host, device, threads)
+        steps, sync, mem, info = _pvt_np_steps(name, overrides, x_host, y_host, device, threads)
+    elif framework == "pvt_np_graph":
+        # every step this worker runs: the set-up's two, the training step's timing, the GPU memory meter's two
+        calls = 4 + warmup + repeats
+        steps, sync, mem, info = _pvt_np_graph_steps(name, overrides, x_host, y_host, device, threads, calls)
+    elif framework == "torch_graph":
+        steps, sync, mem, info = _torch_graph_steps(name, overrides, x_host, y_host, threads)
     else:
-        steps, sync, mem = _torch_steps(name, overrides, x_host, y_host, device, threads)
-    result: dict[str, Any] = {"framework": framework, "config": config, "batch": batch, "size": size}
+        compiled = framework == "torch_compile"
+        steps, sync, mem, info = _torch_steps(name, overrides, x_host, y_host, device, threads, compiled)
+    result: dict[str, Any] = {"framework": framework, "config": config, "batch": batch, "size": size, **info}
     mem["start"]()
-    for key in ("train_step",) if step_only else ("forward", "forward_backward", "train_step"):
+    timed = [k for k in ("forward", "forward_backward", "train_step") if k in steps]
+    for key in ("train_step",) if step_only else timed:
         result[key + "_ms"] = _median_ms(steps[key], sync, repeats, warmup)
     if step_only:
         return result
@@ -126,7 +165,7 @@ def _pvt_np_steps(
         parallel.configure_threads(threads)
     model = create_model(name, device=device, **overrides)
     crit = CrossEntropyLoss()
-    opt = AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3)
+    opt = AdamW(param_groups_weight_decay(model, 0.05), lr=LR)
     x, y = backend.to_device(x_host, device), backend.to_device(y_host, device)
 
     def forward() -> None:
@@ -138,31 +177,20 @@ def _pvt_np_steps(
         model.backward(crit.backward(), input_grad=False)
         model.zero_grad()
 
-    def model_step() -> None:
+    def model_step() -> Any:
         opt.zero_grad()
-        crit(model(x), y)
+        loss = crit(model(x), y)
         model.backward(crit.backward(), input_grad=False)
+        return loss
 
-    def train_step() -> None:
-        model_step()
+    def train_step() -> Any:
+        loss = model_step()
         opt.step()
+        return loss
 
-    if device == "gpu":
-        import cupy
-
-        def sync() -> None:
-            cupy.cuda.Device().synchronize()
-
-        pool = cupy.get_default_memory_pool()
-        mem = {
-            "start": lambda: None,
-            "peak": lambda: _cupy_peak_bytes(train_step, sync),
-            "held": pool.total_bytes,
-        }
-    else:
-        sync, mem = _cpu_meters()  # the baseline, before any step
+    sync, mem = _cupy_meters(train_step) if device == "gpu" else _cpu_meters()  # CPU: the baseline, before any step
     # One step first, so that optimizer state exists and first-call costs are paid before anything is timed.
-    train_step()
+    first_loss = float(train_step())
     steps = {
         "forward": forward,
         "forward_backward": forward_backward,
@@ -170,7 +198,68 @@ def _pvt_np_steps(
         "model_step": model_step,  # train_step is model_step then optimizer_step (for the profile)
         "optimizer_step": opt.step,
     }
-    return steps, sync, mem
+    return steps, sync, mem, {"first_loss": first_loss}
+
+
+def _pvt_np_graph_steps(
+    name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str, threads: int, calls: int
+):
+    """pvt_np's step as the trainer runs it in graph mode (module docstring), for ``calls`` steps at most.
+
+    The schedule holds the lr at the eager rows' (``min_lr`` = the base lr) but is stepped on the device every
+    step, as the trainer's; the mask keys and the loss tally are sized for ``calls`` steps, so that nothing is
+    read back inside the timings (the trainer reads the tally every ``--log-every`` steps, between steps).
+    """
+    parallel.configure_threads(threads)
+    model = create_model(name, device=device, **overrides)
+    crit = CrossEntropyLoss()
+    opt = AdamW(param_groups_weight_decay(model, 0.05), lr=LR, capturable=True)
+    schedule = CosineWarmupSchedule(opt, total_steps=calls, min_lr=LR)
+    capturable = CapturableStep(model, crit, opt, schedule, steps_per_epoch=calls, log_every=calls)
+    capturable.begin_epoch(0, 0, 0)
+    x, y = backend.to_device(x_host, device), backend.to_device(y_host, device)
+    static = StaticStep(capturable) if device == "gpu" else None
+
+    def train_step() -> None:
+        if static is None:
+            capturable(x, y)
+        else:
+            static(x, y)
+
+    if device == "gpu":
+        sync, mem = _cupy_meters(train_step, static)
+    else:
+        sync, mem = _cpu_meters()
+    # Two steps first: on the GPU the first runs eagerly (kernels compiled, state made), the second is recorded
+    # and launched, so every timed step is a replay.
+    train_step()
+    train_step()
+    losses, _ = capturable.read_tally(1)
+    info = {"first_loss": float(losses[0]), "cuda_graph": static is not None and bool(static.graphs())}
+    return {"train_step": train_step}, sync, mem, info
+
+
+def _cupy_meters(
+    train_step: Callable[[], Any], static: StaticStep | None = None
+) -> tuple[Callable[[], None], dict[str, Callable[[], Any]]]:
+    """The GPU's sync and memory meters for pvt_np: the pool's high-water mark (:func:`_cupy_peak_bytes`) and
+    its total; with ``static``, what its recorded graphs' own pools hold is added to both (the graphs' temporaries,
+    kept for their life and written by every replay, which allocates nothing from the default pool)."""
+    import cupy
+
+    def sync() -> None:
+        cupy.cuda.Device().synchronize()
+
+    def graph_bytes() -> int:
+        return 0 if static is None else sum(g.pool.total_bytes() for g in static.graphs())
+
+    pool = cupy.get_default_memory_pool()
+    mem = {
+        "start": lambda: None,
+        "peak": lambda: _cupy_peak_bytes(train_step, sync) + graph_bytes(),
+        "held": lambda: pool.total_bytes() + graph_bytes(),
+    }
+    return sync, mem
 
 
 def _cupy_peak_bytes(train_step: Callable[[], None], sync: Callable[[], None], steps: int = 2) -> int:
@@ -204,9 +293,11 @@ def _cupy_peak_bytes(train_step: Callable[[], None], sync: Callable[[], None], s
     return peak
 
 
-def _torch_steps(
-    name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str, threads: int
-):
+def _torch_parts(
+    name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str, threads: int,
+    capturable: bool = False,
+) -> tuple[Any, Any, Any, Any, Any, Any]:  # fmt: skip
+    """torch, timm's twin of the pvt_np model, the loss, AdamW, and the batch on the device."""
     import torch
 
     torch.set_num_threads(threads)
@@ -218,20 +309,32 @@ def _torch_steps(
     crit = torch.nn.CrossEntropyLoss()
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}])
-    x, y = torch.from_numpy(x_host).to(dev), torch.from_numpy(y_host).to(dev)
+    groups = [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=LR, capturable=capturable)
+    return torch, model, crit, opt, torch.from_numpy(x_host).to(dev), torch.from_numpy(y_host).to(dev)
+
+
+def _torch_steps(
+    name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, device: str, threads: int,
+    compiled: bool = False,
+):  # fmt: skip
+    """torch eager, or with ``compiled`` the model through ``torch.compile`` (default mode)."""
+    torch, model, crit, opt, x, y = _torch_parts(name, overrides, x_host, y_host, device, threads)
+    run = torch.compile(model) if compiled else model
 
     def forward() -> None:
-        model(x)
+        run(x)
 
     def forward_backward() -> None:
-        crit(model(x), y).backward()
+        crit(run(x), y).backward()
         model.zero_grad(set_to_none=True)
 
-    def train_step() -> None:
+    def train_step() -> Any:
         opt.zero_grad(set_to_none=True)
-        crit(model(x), y).backward()
+        loss = crit(run(x), y)
+        loss.backward()
         opt.step()
+        return loss.detach()
 
     if device == "gpu":
 
@@ -245,9 +348,49 @@ def _torch_steps(
         }
     else:
         sync, mem = _cpu_meters()  # the baseline, before any step
-    train_step()
+    first_loss = float(train_step())  # torch.compile compiles the forward and the backward here
     steps = {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}
-    return steps, sync, mem
+    return steps, sync, mem, {"first_loss": first_loss}
+
+
+def _torch_graph_steps(name: str, overrides: dict[str, Any], x_host: np.ndarray, y_host: np.ndarray, threads: int):
+    """torch's step recorded as one CUDA graph, the documented way (module docstring); the GPU only."""
+    torch, model, crit, opt, x, y = _torch_parts(name, overrides, x_host, y_host, "gpu", threads, capturable=True)
+    torch.cuda.reset_peak_memory_stats()  # the peak from here on: the warm-up's eager steps and the recording
+    static_x, static_y = x.clone(), y.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    losses = []
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch's CUDA graph notes ask
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            loss = crit(model(static_x), static_y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = crit(model(static_x), static_y)
+        static_loss.backward()
+        opt.step()
+
+    def train_step() -> None:
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+
+    def sync() -> None:
+        torch.cuda.synchronize()
+
+    train_step()
+    mem = {
+        "start": lambda: None,
+        "peak": lambda: torch.cuda.max_memory_allocated(),
+        "held": lambda: torch.cuda.max_memory_reserved(),
+    }
+    return {"train_step": train_step}, sync, mem, {"first_loss": float(losses[0]), "cuda_graph": True}
 
 
 def _cpu_meters() -> tuple[Callable[[], None], dict[str, Callable[[], Any]]]:

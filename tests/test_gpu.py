@@ -559,3 +559,36 @@ def test_cuda_graph_step_equals_eager_step(dtype: Any, target: Target) -> None:
     assert graph_lrs == eager_lrs
     assert_close(graph_losses, eager_losses, _tol(dtype, GPU_F64_TOL, F32_LOSS_TOL), "losses")
     _assert_states_close(graph_weights, eager_weights, _tol(dtype, GPU_F64_MODEL_TOL, F32_WEIGHT_TOL), "weights")
+
+
+def test_bench_graph_frameworks_run_on_a_tiny_config(target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pvt-np bench`'s graph rows on the GPU (the tiny config of test_bench_frameworks, in this process): pvt_np_graph
+    times a recorded CUDA graph and its first loss is the eager row's; torch_graph records torch's step the
+    documented way and starts from the loss torch eager starts from; pvt_np and torch agree to float32 rounding."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device: the torch rows need one")
+    from test_bench_frameworks import TINY
+
+    from pvt_np import bench_worker
+    from pvt_np.ops import parallel
+
+    monkeypatch.setitem(bench_worker.CONFIGS, "tiny", TINY)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # the torch rows turn TF32 off
+    results = {}
+    try:
+        for framework in ("pvt_np", "pvt_np_graph", "torch", "torch_graph"):
+            backend.manual_seed(0)
+            threads = parallel.get_num_threads() if framework.startswith("pvt_np") else torch.get_num_threads()
+            results[framework] = bench_worker.worker(framework, "tiny", target.device, threads, repeats=2, warmup=1)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        backend._RNGS.pop(target.xp.__name__, None)
+        backend.manual_seed(0)
+    assert results["pvt_np_graph"]["cuda_graph"] is True and results["torch_graph"]["cuda_graph"] is True
+    for framework, r in results.items():
+        assert r["train_step_ms"] > 0 and r["peak_memory_mb"] > 0 and r["pool_held_mb"] > 0, framework
+    loss = {framework: r["first_loss"] for framework, r in results.items()}
+    assert loss["pvt_np_graph"] == pytest.approx(loss["pvt_np"], rel=F32_LOSS_TOL)
+    assert loss["torch_graph"] == pytest.approx(loss["torch"], rel=F32_LOSS_TOL)
+    assert loss["torch"] == pytest.approx(loss["pvt_np"], rel=F32_LOSS_TOL)

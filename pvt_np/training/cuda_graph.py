@@ -93,6 +93,11 @@ class StaticStep:
             )
             return run
 
+    def graphs(self) -> list[_Graph]:
+        """The recorded steps so far: one per batch shape from its second batch on (none on NumPy, with
+        ``capture=False`` or after a recording failed)."""
+        return [entry[2] for entry in self.entries.values() if isinstance(entry[2], _Graph)]
+
     def shapes(self) -> list[tuple[Any, ...]]:
         """The batch shapes seen so far (each with its buffers and, from its second batch, its step)."""
         return list(self.entries)
