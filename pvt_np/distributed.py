@@ -68,6 +68,7 @@ __all__ = [
     "default_threads",
     "fail",
     "get_world",
+    "join_world",
     "launch",
     "launch_command",
     "launcher_identity",
@@ -281,6 +282,17 @@ def set_threads(world: World, requested: int | None) -> None:
     node share its cores, so two ranks on two cores do not run four threads.
     """
     parallel.configure_threads(default_threads(world, requested))
+
+
+def join_world(device: str) -> World:
+    """This process's world, set up for a trainer: with several ranks each draws the random masks of the whole
+    batch and keeps its slice (``backend.set_batch_shard``), and on the GPU uses its node-local device."""
+    world = get_world()
+    if world.size > 1:
+        backend.set_batch_shard(world.rank, world.size)
+        if device == "gpu":
+            use_local_gpu(world)
+    return world
 
 
 def use_local_gpu(world: World) -> None:

@@ -250,13 +250,9 @@ class SegmentationTrainer:
         self.allreduce: distributed.GradientAllReduce | None = None  # data-parallel: made once the data is set up
         # Data-parallel ranks (mpiexec), as the classification trainer's: each takes a slice of every batch (and of
         # its drop-path masks), rank 0 alone writes and prints.
-        self.world = distributed.get_world()
-        if self.world.size > 1:
-            backend.set_batch_shard(self.world.rank, self.world.size)
-            if config.device == "gpu":
-                distributed.use_local_gpu(self.world)
-            if not self.world.is_root:
-                self.config = replace(config, progress=False)
+        self.world = distributed.join_world(config.device)
+        if not self.world.is_root:
+            self.config = replace(config, progress=False)
 
     def _setup(self) -> None:
         cfg = self.config

@@ -91,13 +91,9 @@ class Trainer:
         check_run_directory(self.out, resume)
         self._stop_requested = False
         # Data-parallel ranks (mpiexec): each takes a slice of every batch, rank 0 alone writes.
-        self.world = distributed.get_world()
-        if self.world.size > 1:
-            backend.set_batch_shard(self.world.rank, self.world.size)
-            if config.device == "gpu":
-                distributed.use_local_gpu(self.world)
-            if not self.world.is_root:
-                self.config = replace(config, progress=False)
+        self.world = distributed.join_world(config.device)
+        if not self.world.is_root:
+            self.config = replace(config, progress=False)
 
     # -- set-up ---------------------------------------------------------------
     def _setup(self) -> None:
