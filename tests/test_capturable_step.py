@@ -4,7 +4,7 @@ on NumPy: the eager step's bits, no host transfer and no new state buffer after 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -120,6 +120,64 @@ def test_a_step_that_cannot_be_recorded_runs_eagerly_with_a_warning(monkeypatch:
     with pytest.warns(RuntimeWarning, match="could not be recorded as a CUDA graph.*operation not permitted"):
         _, losses, _, _, _ = _capturable(np.float64, static=True)
     assert losses == _eager(np.float64)[1]
+
+
+class _FakeStream:
+    """A CuPy stream stand-in that records begin/end_capture calls."""
+
+    calls: ClassVar[list[str]] = []
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        pass
+
+    def __enter__(self) -> _FakeStream:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        pass
+
+    def begin_capture(self) -> None:
+        self.calls.append("begin")
+
+    def end_capture(self) -> None:
+        self.calls.append("end")
+
+
+def _fake_cupy() -> Any:
+    import types
+
+    return types.SimpleNamespace(
+        ones=np.ones, float32=np.float32, cuda=types.SimpleNamespace(Stream=_FakeStream)
+    )  # fmt: skip
+
+
+def test_a_cupy_that_refuses_gemms_in_a_capture_is_found_before_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CuPy 14's cuBLAS bindings raise NotImplementedError on a recording stream: the probe records one GEMM,
+    ends the capture, and reports why; StaticStep then trains eagerly with a warning, never starting to record the
+    step itself."""
+    import types
+
+    import pvt_np.training.cuda_graph as cuda_graph
+
+    def refuse(a: Any, b: Any) -> None:
+        raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+
+    _FakeStream.calls = []
+    monkeypatch.setattr(cuda_graph.blas, "matmul", refuse)
+    reason = cuda_graph.capture_refusal(_fake_cupy())
+    assert reason == "NotImplementedError: calling cuBLAS API during stream capture is currently unsupported"
+    assert _FakeStream.calls == ["begin", "end"]
+    monkeypatch.setattr(cuda_graph.blas, "matmul", lambda a, b: a @ b)
+    assert cuda_graph.capture_refusal(_fake_cupy()) is None
+
+    def never(xp: Any, run: Any) -> None:
+        raise AssertionError("the step was recorded after the probe failed")
+
+    monkeypatch.setattr(cuda_graph, "_Graph", never)
+    monkeypatch.setattr(cuda_graph, "capture_refusal", lambda xp: "NotImplementedError: cuBLAS")
+    with pytest.warns(RuntimeWarning, match="cannot be recorded as a CUDA graph here.*cuBLAS"):
+        static = StaticStep(types.SimpleNamespace(xp=_fake_cupy()))  # type: ignore[arg-type]
+    assert not static.capture
 
 
 def _capture_on(init: Any) -> Any:

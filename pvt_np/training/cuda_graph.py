@@ -17,6 +17,9 @@ runs eagerly in the first epoch and as its own graph from the second on, so ever
 the eager step computes. Each graph allocates its temporaries from a memory pool of its own, kept for
 the graph's life, so nothing outside it can take memory that its replays write.
 
+Before any of that, :func:`capture_refusal` records one GEMM on a side stream: where CuPy refuses it (CuPy 14
+refuses every cuBLAS call on a recording stream), the step runs eagerly from the start, with one warning.
+
 On NumPy there is nothing to record: the no-argument step is called as it is, which is what the CPU tests
 compare with the eager step.
 """
@@ -32,6 +35,7 @@ import numpy as np
 
 from pvt_np import backend
 from pvt_np.backend import Array
+from pvt_np.ops import blas
 from pvt_np.training.capturable import CapturableStep
 
 
@@ -54,6 +58,28 @@ class _Graph:
         self.graph.launch(stream=self.xp.cuda.get_current_stream())
 
 
+def capture_refusal(xp: Any) -> str | None:
+    """Why ``xp`` (CuPy) cannot record the step's GEMMs in a CUDA graph, or None where it can: one small
+    ``blas.matmul`` (what every matmul of the step calls) recorded on a side stream and thrown away.
+
+    CuPy 14 refuses any cuBLAS call on a stream that is recording (its cuBLAS bindings raise
+    NotImplementedError), so there the step runs eagerly until pvt_np's GEMMs reach cuBLAS another way."""
+    a = xp.ones((4, 4), dtype=xp.float32)
+    stream = xp.cuda.Stream(non_blocking=True)
+    reason = None
+    with stream:
+        stream.begin_capture()
+        try:
+            blas.matmul(a, a)
+        except Exception as err:  # what a library refuses while a stream records
+            reason = f"{type(err).__name__}: {err}"
+        try:
+            stream.end_capture()
+        except Exception as err:  # a capture the refusal invalidated
+            reason = reason or f"{type(err).__name__}: {err}"
+    return reason
+
+
 class StaticStep:
     """``step(x, y)``: copy the batch into its shape's static buffers, then run the recorded step (module
     docstring). ``capture=False`` (or NumPy) calls the no-argument step instead of recording it."""
@@ -61,6 +87,16 @@ class StaticStep:
     def __init__(self, step: CapturableStep, capture: bool = True) -> None:
         self.step = step
         self.capture = bool(capture) and step.xp is not np
+        if self.capture:  # probed first: a step refused halfway would leave its Python side half-run
+            refusal = capture_refusal(step.xp)
+            if refusal is not None:
+                self.capture = False
+                warnings.warn(
+                    f"the training step cannot be recorded as a CUDA graph here: recording a GEMM fails ({refusal});"
+                    " training without (as with --no-cuda-graph)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         # (x's shape and dtype, y's) -> [x buffer, y buffer, the no-argument step once recorded, else None]
         self.entries: dict[tuple[Any, ...], list[Any]] = {}
 
