@@ -116,14 +116,8 @@ class AdamW(Optimizer):
                 if cuda.active(xp) and _fusable(data, g, m, v):  # the GPU: one kernel per group (pvt_np.ops.cuda)
                     key = (data.dtype, *opts.values())
                     fused.setdefault(key, (xp, opts, []))[2].append((data, xp.ascontiguousarray(g), m, v))
-                elif xp is np and _chunkable(data, g, m, v):
-                    size = data.size
-                    flat = [a.reshape(-1) for a in (data, g, m, v)]
-                    for start in range(0, size, ADAMW_CHUNK_ELEMENTS):
-                        stop = min(size, start + ADAMW_CHUNK_ELEMENTS)
-                        tasks.append(functools.partial(_adamw_chunk, *flat, start, stop, opts))
                 elif xp is np:
-                    tasks.append(functools.partial(_adamw_whole, data, g, m, v, opts))
+                    tasks += _host_updates(data, g, m, v, opts)
                 else:
                     _adamw_whole(data, g, m, v, opts)
         parallel.run_tasks(tasks)
@@ -213,14 +207,8 @@ class AdamW(Optimizer):
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 if cuda.active(xp) and _fusable(data, g, m, v):  # the GPU: one kernel reading the scalars' buffers
                     later.append(functools.partial(_capturable_kernel, data, xp.ascontiguousarray(g), m, v, opts))
-                elif xp is np and _chunkable(data, g, m, v):
-                    size = data.size
-                    flat = [a.reshape(-1) for a in (data, g, m, v)]
-                    for start in range(0, size, ADAMW_CHUNK_ELEMENTS):
-                        stop = min(size, start + ADAMW_CHUNK_ELEMENTS)
-                        tasks.append(functools.partial(_adamw_chunk, *flat, start, stop, opts))
                 elif xp is np:
-                    tasks.append(functools.partial(_adamw_whole, data, g, m, v, opts))
+                    tasks += _host_updates(data, g, m, v, opts)
                 else:
                     later.append(functools.partial(_adamw_whole, data, g, m, v, opts))
         parallel.run_tasks(tasks)
@@ -292,6 +280,18 @@ def _fusable(data: Array, g: Array, m: Array, v: Array) -> bool:
 # AdamW's update makes 14 NumPy calls per chunk; as for the GELU (pvt_np.ops.activation.GELU_CHUNK_ELEMENTS), chunks
 # twice the common size keep the GIL hand-offs between the threads from eating the second thread.
 ADAMW_CHUNK_ELEMENTS = 2 * parallel.CHUNK_ELEMENTS
+
+
+def _host_updates(data: Array, g: Array, m: Array, v: Array, opts: dict[str, Any]) -> list[Callable[[], None]]:
+    """One parameter's NumPy update as tasks for the worker threads: chunks of a large contiguous one, else one."""
+    if not _chunkable(data, g, m, v):
+        return [functools.partial(_adamw_whole, data, g, m, v, opts)]
+    size = data.size
+    flat = [a.reshape(-1) for a in (data, g, m, v)]
+    return [
+        functools.partial(_adamw_chunk, *flat, start, min(size, start + ADAMW_CHUNK_ELEMENTS), opts)
+        for start in range(0, size, ADAMW_CHUNK_ELEMENTS)
+    ]
 
 
 def _chunkable(data: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray) -> bool:
