@@ -44,6 +44,7 @@ from pvt_np.training.errors import TrainingError
 from pvt_np.training.interrupt import ctrl_c_requests_stop
 from pvt_np.training.rundir import check_run_directory, write_config, write_metrics
 from pvt_np.training.segmentation_metrics import SegmentationMetrics
+from pvt_np.training.state import restore_progress
 from pvt_np.training.trainer import train_step
 from pvt_np.training.validation import ConfigError, check_subset
 
@@ -325,12 +326,7 @@ class SegmentationTrainer:
         if ckpt.get("task") != "segmentation":
             raise CheckpointError(f"{path} is not a segmentation run's checkpoint")
         check_resumable(ckpt, self.config, self.num_classes, path, TRAJECTORY_FIELDS, ABSENT_FIELD_VALUES)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.epoch, self.batch = ckpt["progress"]["epoch"], ckpt["progress"]["batch"]
-        self.partial = ckpt["progress"]["partial"]
-        self.history = ckpt["history"]
+        restore_progress(self, ckpt)
         self.best_miou = ckpt["best_miou"]
 
     def checkpoint_state(self) -> dict[str, Any]:

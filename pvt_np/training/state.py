@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from pvt_np.training.trainer import Trainer
 
-__all__ = ["checkpoint_state", "restore", "save_last", "write_epoch"]
+__all__ = ["checkpoint_state", "restore", "restore_progress", "save_last", "write_epoch"]
 
 
 def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
@@ -46,15 +46,20 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
-    """Put a checkpoint's state (``checkpoint_state``'s) back into a set-up ``trainer``, after checking it fits."""
-    check_resumable(ckpt, trainer.config, trainer.num_classes, trainer.out / "last.npz")
+def restore_progress(trainer: Any, ckpt: dict[str, Any]) -> None:
+    """What either task's trainer resumes alike: weights, optimizer, schedule, where the epoch stopped, history."""
     trainer.model.load_state_dict(ckpt["model"])
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
     trainer.schedule.load_state_dict(ckpt["schedule"])
     trainer.epoch, trainer.batch = ckpt["progress"]["epoch"], ckpt["progress"]["batch"]
     trainer.partial = ckpt["progress"]["partial"]
     trainer.history = ckpt["history"]
+
+
+def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """Put a checkpoint's state (``checkpoint_state``'s) back into a set-up ``trainer``, after checking it fits."""
+    check_resumable(ckpt, trainer.config, trainer.num_classes, trainer.out / "last.npz")
+    restore_progress(trainer, ckpt)
     trainer.best_accuracy = ckpt["best_accuracy"]
     if trainer.ema is not None:
         trainer.ema = ema_on_device(ckpt["ema"], trainer.model)
